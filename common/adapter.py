@@ -1,0 +1,146 @@
+"""The one LoRA adapter codec: PEFT folders with a checksum manifest on disk, named numpy arrays on the wire.
+
+`PeftModel.from_pretrained` opens every folder written here; the manifest ties it to its base model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import _publish_dir, sha256_file
+
+ADAPTER_MANIFEST = "fedfingpt_manifest.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterError(ValueError):
+    """An adapter that does not fit: wrong base model, wrong LoRA shape, bad checksum, missing files."""
+
+
+# ------------------------------------------------------------------------------------------ arrays
+
+
+def lora_state(model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The trainable LoRA tensors by stable name (PEFT's adapter-name infix removed)."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            out[name.replace(".default", "")] = p
+    if not out:
+        raise AdapterError("the model has no LoRA parameters; attach LoRA first (common.models.attach_lora)")
+    return out
+
+
+def get_lora_arrays(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((k, v.detach().cpu().float().numpy().copy()) for k, v in lora_state(model).items())
+
+
+def check_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], source: str = "update") -> None:
+    """Names, shapes and finiteness must match exactly: a silent partial load would corrupt the model."""
+    expected = lora_state(model)
+    missing = [k for k in expected if k not in arrays]
+    extra = [k for k in arrays if k not in expected]
+    if missing or extra:
+        raise AdapterError(
+            f"{source}: LoRA arrays do not match the model (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}); same base model and lora.target_modules?"
+        )
+    for k, t in expected.items():
+        a = np.asarray(arrays[k])
+        if tuple(a.shape) != tuple(t.shape):
+            raise AdapterError(
+                f"{source}: {k} has shape {tuple(a.shape)}, model expects {tuple(t.shape)} (a different lora.r?)"
+            )
+        if not np.all(np.isfinite(a)):
+            raise AdapterError(f"{source}: {k} holds NaN or Inf values")
+
+
+def set_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], source: str = "update") -> None:
+    check_lora_arrays(model, arrays, source)
+    with torch.no_grad():
+        for k, t in lora_state(model).items():
+            t.copy_(torch.as_tensor(np.asarray(arrays[k]), dtype=t.dtype))
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+def save_adapter(model, out_dir: str | Path, *, base_id: str, base_sha256: str, extra: dict | None = None) -> Path:
+    """Write a PEFT adapter folder plus manifest, atomically (temporary folder, then rename)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        peft_cfg = model.peft_config["default"]
+        manifest = {
+            "format": "fedfingpt-adapter/1",
+            "base_model": base_id,
+            "base_model_sha256": base_sha256,
+            "lora": {
+                "r": peft_cfg.r,
+                "alpha": peft_cfg.lora_alpha,
+                "dropout": peft_cfg.lora_dropout,
+                "target_modules": sorted(peft_cfg.target_modules),
+            },
+            "shapes": {k: list(v.shape) for k, v in lora_state(model).items()},
+            "weights_sha256": sha256_file(tmp / ADAPTER_WEIGHTS),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
+        }
+        (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        _publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(adapter_dir: str | Path) -> dict:
+    d = Path(adapter_dir)
+    mf = d / ADAPTER_MANIFEST
+    if not mf.is_file():
+        raise AdapterError(f"{d}: no {ADAPTER_MANIFEST}; not an adapter written by fedfingpt (or a partial copy)")
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{mf}: corrupted manifest ({err})") from None
+    weights = d / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise AdapterError(f"{d}: {ADAPTER_WEIGHTS} is missing")
+    actual = sha256_file(weights)
+    if actual != manifest.get("weights_sha256"):
+        raise AdapterError(
+            f"{weights}: sha256 {actual[:12]}... does not match the manifest ({str(manifest.get('weights_sha256'))[:12]}...); "
+            "the file was changed or truncated: copy the adapter again"
+        )
+    return manifest
+
+
+def load_adapter(base_model, adapter_dir: str | Path, *, base_sha256: str, is_trainable: bool = False):
+    """Open an adapter on its base model after checking checksum, base hash and LoRA shapes."""
+    from peft import PeftModel
+
+    d = Path(adapter_dir)
+    manifest = read_manifest(d)
+    if manifest["base_model_sha256"] != base_sha256:
+        raise AdapterError(
+            f"{d}: adapter was trained on base {manifest['base_model']!r} (sha256 {manifest['base_model_sha256'][:12]}...), "
+            f"but the loaded base has sha256 {base_sha256[:12]}...; load the matching model.base"
+        )
+    try:
+        model = PeftModel.from_pretrained(base_model, d, is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as err:  # size mismatch, unknown target modules
+        raise AdapterError(f"{d}: adapter does not fit the base model ({str(err).splitlines()[0][:300]})") from None
+    shapes = {k: list(v.shape) for k, v in lora_state(model).items()}
+    if shapes != manifest["shapes"]:
+        raise AdapterError(f"{d}: LoRA shapes in the model differ from the manifest; the adapter folder is inconsistent")
+    return model, manifest

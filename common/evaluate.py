@@ -1,0 +1,102 @@
+"""Sentiment evaluation on the benchmark test sets: label-likelihood scoring and/or FinGPT's generate-and-parse.
+
+Returns flat rows (one per data set and method) in the results format of benchmarks/ and `fedfingpt eval`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import EvalConfig
+from .metrics import classification_report, parse_fingpt_answer, parse_sentiment_answer
+from .predict import generate, label_logprobs, softmax
+from .tasks.sentiment import LABELS, content_free_prompt, sentiment_prompt
+from .tasks.sentiment_data import SentimentExample
+
+
+def sample_rows(examples: Sequence[SentimentExample], limit: int | None, seed: int) -> list[SentimentExample]:
+    """A seeded sample of `limit` rows (all rows when limit is None), so quick evaluations are comparable."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(list(examples), limit)
+
+
+def content_free_prior(model, tokenizer, cfg: EvalConfig, max_length: int) -> dict[str, np.ndarray]:
+    """log P(label | content-free input) per instruction kind, for contextual calibration."""
+    kinds = ["news", "tweet"]
+    logp = label_logprobs(
+        model, tokenizer, [content_free_prompt(k) for k in kinds], LABELS, max_length=max_length, bf16=cfg.bf16_autocast
+    )
+    return {k: logp[i] for i, k in enumerate(kinds)}
+
+
+def _summary(dataset: str, method: str, report: dict, wall_s: float) -> dict:
+    row = {
+        "dataset": dataset,
+        "method": method,
+        "n": report["n"],
+        "accuracy": report["accuracy"],
+        "weighted_f1": report["weighted_f1"],
+        "macro_f1": report["macro_f1"],
+        "micro_f1": report["micro_f1"],
+        "unparsed_share": report["unparsed_share"],
+        "eval_s": round(wall_s, 2),
+    }
+    if "ece" in report:
+        row["ece"] = report["ece"]
+    for lab in LABELS:
+        row[f"f1_{lab}"] = report["per_class"][lab]["f1"]
+    row["confusion"] = report["confusion"]
+    return row
+
+
+def evaluate_sentiment(
+    model,
+    tokenizer,
+    test_sets: dict[str, Sequence[SentimentExample]],
+    cfg: EvalConfig,
+    *,
+    max_length: int = 256,
+    progress: bool = True,
+) -> list[dict]:
+    rows: list[dict] = []
+    prior = content_free_prior(model, tokenizer, cfg, max_length) if cfg.calibrate else None
+    for name, examples in test_sets.items():
+        prompts = [sentiment_prompt(ex) for ex in examples]
+        truth = [ex.label for ex in examples]
+        if cfg.method in ("likelihood", "both"):
+            t0 = time.perf_counter()
+            with tqdm(total=len(prompts), desc=f"score {name}", disable=not progress, leave=False, mininterval=2) as bar:
+                logp = label_logprobs(
+                    model, tokenizer, prompts, LABELS, max_length=max_length, batch_size=cfg.batch_size,
+                    bf16=cfg.bf16_autocast, progress=bar,
+                )
+            wall = time.perf_counter() - t0
+            variants = [("likelihood", logp)]
+            if prior is not None:  # the same scores with the content-free prior removed: both rows, one pass
+                variants.append(("likelihood-calibrated", logp - np.stack([prior[ex.kind] for ex in examples])))
+            for method, scores in variants:
+                probs = softmax(scores)
+                preds = [LABELS[i] for i in probs.argmax(1)]
+                rows.append(_summary(name, method, classification_report(truth, preds, LABELS, probs=probs), wall))
+        if cfg.method in ("generate", "both"):
+            t0 = time.perf_counter()
+            with tqdm(total=len(prompts), desc=f"generate {name}", disable=not progress, leave=False, mininterval=2) as bar:
+                outputs = generate(
+                    model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, max_length=max_length,
+                    batch_size=cfg.batch_size, bf16=cfg.bf16_autocast, progress=bar,
+                )
+            strict = [parse_sentiment_answer(o) for o in outputs]
+            report = classification_report(truth, strict, LABELS)
+            row = _summary(name, "generate", report, time.perf_counter() - t0)
+            # FinGPT's own parser counts anything unparseable as neutral; shown beside ours for comparison.
+            fingpt = classification_report(truth, [parse_fingpt_answer(o) for o in outputs], LABELS)
+            row["fingpt_parser_accuracy"] = fingpt["accuracy"]
+            row["fingpt_parser_weighted_f1"] = fingpt["weighted_f1"]
+            rows.append(row)
+    return rows

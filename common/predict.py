@@ -1,0 +1,126 @@
+"""Prediction from prompts: label-likelihood scoring (a probability per label) and greedy generation.
+
+Both take prompts built by `common.prompt`, so training, evaluation and serving see the same token boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .prompt import build_answer, encode_prompt
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def label_token_ids(tokenizer, labels: Sequence[str]) -> list[list[int]]:
+    return [tokenizer(build_answer(lab), add_special_tokens=False)["input_ids"] for lab in labels]
+
+
+@torch.no_grad()
+def label_logprobs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    max_length: int = 256,
+    batch_size: int = 16,
+    bf16: bool = True,
+    progress=None,
+) -> np.ndarray:
+    """log P(label | prompt) for every prompt and label, shape (n, len(labels)).
+
+    When every label is one distinct token (SmolLM2: " negative", " neutral", " positive"), one forward pass over
+    the prompt gives all of them from the last position; otherwise each label is scored as a continuation.
+    """
+    model.eval()
+    label_ids = label_token_ids(tokenizer, labels)
+    single = all(len(t) == 1 for t in label_ids) and len({t[0] for t in label_ids}) == len(label_ids)
+    longest_label = max(len(t) for t in label_ids)
+    encoded = [encode_prompt(tokenizer, p, max_length - longest_label) for p in prompts]
+    order = np.argsort([len(e) for e in encoded])  # similar lengths together: less padding
+    out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if single:
+            ids, mask = _pad_right([encoded[i] for i in idx], tokenizer.pad_token_id)
+            with _autocast(bf16):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            last = mask.sum(1) - 1
+            logp = torch.log_softmax(logits[torch.arange(len(idx)), last].float(), dim=-1)
+            out[idx] = logp[:, [t[0] for t in label_ids]].numpy()
+        else:
+            seqs = [encoded[i] + lab for i in idx for lab in label_ids]
+            ids, mask = _pad_right(seqs, tokenizer.pad_token_id)
+            with _autocast(bf16):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            scores = []
+            for row, i in enumerate(np.repeat(idx, len(labels))):
+                lab = label_ids[row % len(labels)]
+                p_len = len(encoded[i])
+                pos = torch.arange(p_len - 1, p_len - 1 + len(lab))
+                scores.append(logp[row, pos, torch.tensor(lab)].sum().item())
+            out[idx] = np.asarray(scores).reshape(len(idx), len(labels))
+        if progress is not None:
+            progress.update(len(idx))
+    return out
+
+
+def softmax(logp: np.ndarray) -> np.ndarray:
+    z = logp - logp.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 4,
+    max_length: int = 256,
+    batch_size: int = 16,
+    bf16: bool = True,
+    progress=None,
+) -> list[str]:
+    """Greedy continuations of each prompt (left-padded batches), decoded without special tokens."""
+    model.eval()
+    encoded = [encode_prompt(tokenizer, p, max_length - max_new_tokens) for p in prompts]
+    out: list[str] = [""] * len(prompts)
+    order = np.argsort([len(e) for e in encoded])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        with _autocast(bf16):
+            gen = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+        for row, i in enumerate(idx):
+            out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
+        if progress is not None:
+            progress.update(len(idx))
+    return out

@@ -1,0 +1,51 @@
+"""The one prompt formatter: FinGPT's instruction template, and its tokenization with the loss on the answer only.
+
+Training, label scoring, generation and serving all build prompts here, so the token boundary is decided once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# FinGPT's template is "Instruction: {instruction}\nInput: {input}\nAnswer: {answer}". The space after "Answer:"
+# belongs to the answer here: BPE tokenizers (SmolLM2's among them) encode " positive" as one token, and a prompt
+# ending in a bare space makes the model continue oddly ("1) positive"). The concatenated text is FinGPT's exactly.
+TEMPLATE = "Instruction: {instruction}\nInput: {input}\nAnswer:"
+ANSWER_PREFIX = " "
+IGNORE_INDEX = -100
+
+
+def build_prompt(instruction: str, text: str) -> str:
+    return TEMPLATE.format(instruction=instruction, input=text)
+
+
+def build_answer(answer: str) -> str:
+    return ANSWER_PREFIX + answer
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on the prompt, token ids on the answer (and EOS)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:
+    """Token ids of a prompt, cut inside the input (never the "\\nAnswer:" tail) when it is too long."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if len(ids) <= max_tokens:
+        return ids
+    tail = tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"]
+    keep = max(1, max_tokens - len(tail))
+    return ids[:keep] + tail
+
+
+def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
+    """Prompt + answer + EOS, with the loss masked to the answer (and EOS) tokens."""
+    answer_ids = tokenizer(build_answer(answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(answer_ids) >= max_length:
+        raise ValueError(f"answer {answer[:40]!r} alone needs {len(answer_ids)} tokens > data.max_length={max_length}")
+    prompt_ids = encode_prompt(tokenizer, prompt, max_length - len(answer_ids))
+    return Encoded(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)

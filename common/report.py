@@ -1,0 +1,64 @@
+"""Result files in the project's one format: JSON (config, seed, machine, rows) plus the same rows as markdown.
+
+Written atomically; used by `fedfingpt train/eval` and every script in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+
+from .metrics import format_markdown_table
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its waited-for children (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024, 1)
+
+
+def machine_info() -> dict:
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_results(
+    stem: str | Path,
+    *,
+    benchmark: str,
+    config: dict,
+    seed: int,
+    rows: list[dict],
+    columns: list[str] | None = None,
+    extra: dict | None = None,
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Write STEM.json and STEM.md; nested values (confusion matrices) stay in the JSON only."""
+    stem = Path(stem)
+    payload = {"benchmark": benchmark, "config": config, "seed": seed, "machine": machine_info(), "rows": rows}
+    payload.update(extra or {})
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows]
+    md = (f"# {title}\n\n" if title else "") + format_markdown_table(flat, columns) + "\n"
+    write_text_atomic(md_path, md)
+    return json_path, md_path

@@ -1,0 +1,1 @@
+"""Tasks: prompt formatting, data loaders, label parsing for financial sentiment (and later AML)."""

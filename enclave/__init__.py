@@ -1,0 +1,1 @@
+"""Trusted-execution hook: attestation and sealed weights (not built yet)."""

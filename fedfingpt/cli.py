@@ -1,0 +1,107 @@
+"""The `fedfingpt` command: models prepare, train, eval, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .common.config import ConfigError, load_config, parse_override
+
+
+def _config(args) -> "Config":  # noqa: F821
+    overrides = dict(parse_override(s) for s in (args.set or []))
+    return load_config(args.config, overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
+    p.add_argument("config", nargs="?" if optional else None, help="YAML file (configs/*.yaml); default: embedded")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. training.max_steps=10")
+    p.add_argument("--out", help="output folder (default runs/NAME-TIMESTAMP)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fedfingpt", description=__doc__)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="base models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    prep = msub.add_parser("prepare", help="convert/cache the base model once (GGUF -> HF folder) and print it")
+    prep.add_argument("--base", help="model.base to prepare (default: from the config)")
+    _add_config_args(prep)
+
+    tr = sub.add_parser("train", help="centralized LoRA training with evaluation")
+    _add_config_args(tr)
+
+    ev = sub.add_parser("eval", help="evaluate zero-shot or with an adapter on FPB, FiQA, TFNS, NWGI")
+    _add_config_args(ev)
+    ev.add_argument("--adapter", help="adapter folder written by `fedfingpt train`")
+    ev.add_argument("--sets", help="comma-separated: fpb,fiqa,tfns,nwgi")
+    ev.add_argument("--limit", type=int, help="rows per set (seeded sample)")
+    ev.add_argument("--method", choices=["likelihood", "generate", "both"])
+    ev.add_argument("--calibrate", action="store_true", help="contextual calibration of label scores")
+
+    demo = sub.add_parser("demo", help="the main job on its embedded default (short centralized LoRA run + eval)")
+    demo.add_argument("--out", help="output folder")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    progress = not args.quiet
+    from . import jobs
+    from .common.adapter import AdapterError
+    from .common.models import ModelLoadError
+    from .common.tasks.sentiment_data import DataFormatError
+
+    try:
+        if args.command == "models":
+            cfg = _config(args)
+            if args.base:
+                cfg.model.base = args.base
+            from .common.models import resolve_base
+
+            where = resolve_base(cfg.model)
+            print(where)
+        elif args.command == "train":
+            _report(jobs.run_train(_config(args), args.out, progress))
+        elif args.command == "demo":
+            _report(jobs.run_train(load_config(None), args.out, progress))
+        elif args.command == "eval":
+            cfg = _config(args)
+            if args.sets:
+                cfg.data.eval_sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+            if args.limit:
+                cfg.data.eval_limit = args.limit
+            if args.method:
+                cfg.eval.method = args.method
+            if args.calibrate:
+                cfg.eval.calibrate = True
+            _report(jobs.run_eval(cfg, args.adapter, args.out, progress))
+    except (ConfigError, ModelLoadError, AdapterError, DataFormatError, FileNotFoundError) as err:
+        print(f"fedfingpt: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _report(summary: dict) -> None:
+    from .common.metrics import format_markdown_table
+
+    cols = ["setting", "dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece"]
+    print()
+    print(format_markdown_table([{k: r.get(k) for k in cols} for r in summary["rows"]], cols))
+    print()
+    for key in ("adapter", "metrics", "table", "plot"):
+        if key in summary:
+            print(f"{key:>8}: {summary[key]}")
+    if "train" in summary:
+        print(f"   train: {json.dumps(summary['train'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

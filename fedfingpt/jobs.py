@@ -1,0 +1,146 @@
+"""Jobs behind the commands: prepare a model, train centralized LoRA, evaluate zero-shot or with an adapter.
+
+Each job wires the shared pieces (config, models, data, the one training loop, evaluation) and writes a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .client.train import train
+from .common.adapter import load_adapter, save_adapter
+from .common.config import Config
+from .common.evaluate import evaluate_sentiment, sample_rows
+from .common.models import attach_lora, load_base_model
+from .common.report import peak_rss_mb, write_results, write_text_atomic
+from .common.tasks.sentiment import encode_sentiment
+from .common.tasks.sentiment_data import data_dir_from_env, fingpt_sentiment_splits, training_mix
+
+log = logging.getLogger("fedfingpt")
+
+SUMMARY_COLUMNS = ["dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece", "unparsed_share"]
+
+
+def run_dir(cfg: Config, out: str | Path | None) -> Path:
+    d = Path(out) if out else Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def load_test_sets(cfg: Config, splits: dict | None = None, limit: int | None = None) -> dict:
+    splits = splits or fingpt_sentiment_splits(data_dir_from_env(cfg.data.data_dir))
+    return {name: sample_rows(splits["test"][name], limit, cfg.data.seed) for name in cfg.data.eval_sets}
+
+
+def plot_training(result, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps, losses = zip(*result.losses) if result.losses else ((), ())
+    ax1.plot(steps, losses, marker="o", ms=3)
+    ax1.set(xlabel="optimizer step", ylabel="answer-token loss", title="training loss")
+    if result.evals:
+        for name in result.evals[0][1]:
+            ax1b = ax1.twinx() if name == next(iter(result.evals[0][1])) else ax1b
+            ax1b.plot([s for s, _ in result.evals], [e[name] for _, e in result.evals], "--", label=f"{name} wF1")
+        ax1b.set_ylabel("weighted F1 (periodic eval)")
+        ax1b.legend(loc="lower left", fontsize=8)
+    names = [f"{r['dataset']}" for r in rows]
+    ax2.bar(names, [r["weighted_f1"] for r in rows], color="#3b7dd8")
+    ax2.set(ylim=(0, 1), ylabel="weighted F1", title="final evaluation")
+    for i, r in enumerate(rows):
+        ax2.text(i, r["weighted_f1"] + 0.02, f"{r['weighted_f1']:.3f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Centralized LoRA on FinGPT's training mix, then evaluation on the benchmark test sets."""
+    out_dir = run_dir(cfg, out)
+    t_start = time.perf_counter()
+    splits = fingpt_sentiment_splits(data_dir_from_env(cfg.data.data_dir))
+    mix = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)
+    t = cfg.training
+    needed = (t.max_steps or 0) * t.batch_size * t.grad_accum
+    rows_used = mix[:needed] if t.max_steps and needed < len(mix) else mix  # the mix is shuffled: a prefix is a sample
+    loaded = load_base_model(cfg.model)
+    model = attach_lora(loaded.model, cfg.lora)
+    tok = loaded.tokenizer
+    encoded = encode_sentiment(tok, rows_used, cfg.data.max_length)
+    log.info("training on %d examples of %d in the mix; %s", len(encoded), len(mix), out_dir)
+
+    quick_sets = {k: v for k, v in load_test_sets(cfg, splits, t.eval_limit).items() if k in ("fpb", "tfns")}
+
+    def periodic_eval(step: int) -> dict:
+        rows = evaluate_sentiment(model, tok, quick_sets, cfg.eval.model_copy(update={"method": "likelihood"}),
+                                  max_length=cfg.data.max_length, progress=False)
+        scores = {r["dataset"]: r["weighted_f1"] for r in rows}
+        log.info("step %d: periodic eval weighted F1 %s", step, {k: round(v, 3) for k, v in scores.items()})
+        return scores
+
+    result = train(
+        model, encoded, t, pad_id=tok.pad_token_id, eval_fn=periodic_eval if t.eval_every else None,
+        on_log=lambda s, l: log.info("step %d loss %.4f", s, l), progress=progress,
+    )
+    train_info = {
+        "steps": result.steps, "examples": result.examples, "tokens": result.tokens,
+        "train_s": round(result.wall_s, 1), "tokens_per_s": round(result.tokens_per_s, 1),
+        "final_loss": result.final_loss,
+    }
+    adapter_dir = save_adapter(
+        model, out_dir / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256,
+        extra={"config": cfg.model_dump(mode="json"), "train": train_info},
+    )
+    rows = evaluate_sentiment(model, tok, load_test_sets(cfg, splits, cfg.data.eval_limit), cfg.eval,
+                              max_length=cfg.data.max_length, progress=progress)
+    for r in rows:
+        r["setting"] = "lora"
+    extra = {
+        "train": train_info, "losses": result.losses, "periodic_evals": result.evals,
+        "adapter": str(adapter_dir), "wall_s": round(time.perf_counter() - t_start, 1), "peak_rss_mb": peak_rss_mb(),
+    }
+    json_path, md_path = write_results(
+        out_dir / "metrics", benchmark="train", config=cfg.model_dump(mode="json"), seed=cfg.training.seed,
+        rows=rows, columns=["setting", *SUMMARY_COLUMNS], extra=extra, title=f"{cfg.name}: evaluation",
+    )
+    plot_training(result, [r for r in rows if r["method"] != "generate"] or rows, out_dir / "report.png")
+    write_text_atomic(out_dir / "config.yaml", _yaml(cfg))
+    return {"out_dir": str(out_dir), "adapter": str(adapter_dir), "metrics": str(json_path), "table": str(md_path),
+            "plot": str(out_dir / "report.png"), "rows": rows, **extra}
+
+
+def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | None = None,
+             progress: bool = True) -> dict:
+    """Zero-shot (no adapter) or adapter evaluation on the configured benchmark test sets."""
+    out_dir = run_dir(cfg, out)
+    t0 = time.perf_counter()
+    loaded = load_base_model(cfg.model)
+    model, setting, manifest = loaded.model, "zero-shot", None
+    if adapter:
+        model, manifest = load_adapter(loaded.model, adapter, base_sha256=loaded.base_sha256)
+        setting = "lora"
+    rows = evaluate_sentiment(model, loaded.tokenizer, load_test_sets(cfg, limit=cfg.data.eval_limit), cfg.eval,
+                              max_length=cfg.data.max_length, progress=progress)
+    for r in rows:
+        r["setting"] = setting
+    json_path, md_path = write_results(
+        out_dir / "eval", benchmark="eval", config=cfg.model_dump(mode="json"), seed=cfg.data.seed, rows=rows,
+        columns=["setting", *SUMMARY_COLUMNS], title=f"{setting} evaluation",
+        extra={"adapter": str(adapter) if adapter else None, "adapter_sha256": manifest and manifest["weights_sha256"],
+               "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()},
+    )
+    return {"out_dir": str(out_dir), "metrics": str(json_path), "table": str(md_path), "rows": rows}
+
+
+def _yaml(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

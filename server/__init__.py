@@ -1,0 +1,1 @@
+"""The coordinator: Flower ServerApp, LoRA-aware strategies, round checkpoints and reports."""

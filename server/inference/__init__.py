@@ -1,0 +1,1 @@
+"""The compliance-gated gRPC inference service (not built yet)."""

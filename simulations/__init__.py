@@ -1,0 +1,1 @@
+"""Multi-bank runs on one machine: partitioners, scenarios, reports."""

@@ -1,0 +1,174 @@
+"""The one training loop, the prompt formatter's loss mask, label scoring, generation, and 4-bit QLoRA."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedfingpt.client.train import batch_order, collate, train
+from fedfingpt.common.adapter import get_lora_arrays
+from fedfingpt.common.models import attach_lora, load_base_model
+from fedfingpt.common.predict import generate, label_logprobs, label_token_ids
+from fedfingpt.common.prompt import IGNORE_INDEX, build_prompt, encode_example, encode_prompt
+from fedfingpt.common.tasks.sentiment import INSTRUCTIONS, encode_sentiment, sentiment_prompt
+from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample
+
+EXAMPLES = [
+    SentimentExample("Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "positive", "fpb", "news"),
+    SentimentExample("The company said sales fell sharply and it will cut 200 jobs.", "negative", "fpb", "news"),
+    SentimentExample("Shares were unchanged after the annual general meeting.", "neutral", "fpb", "news"),
+    SentimentExample("$ACME to the moon after earnings beat", "positive", "tfns", "tweet"),
+]
+
+
+def test_prompt_is_fingpt_template_and_loss_is_masked_to_the_answer(tiny_config):
+    tok = load_base_model(tiny_config.model).tokenizer
+    prompt = sentiment_prompt(EXAMPLES[0])
+    assert prompt == f"Instruction: {INSTRUCTIONS['news']}\nInput: {EXAMPLES[0].text}\nAnswer:"
+    enc = encode_example(tok, prompt, "positive", max_length=96)
+    n_prompt = len(encode_prompt(tok, prompt, 96))
+    assert enc.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    answer = enc.labels[n_prompt:]
+    assert answer[-1] == tok.eos_token_id and tok.decode(answer[:-1]) == " positive"
+    # Text of prompt + answer is FinGPT's "Answer: positive" exactly.
+    assert tok.decode(enc.input_ids, skip_special_tokens=True).endswith("Answer: positive")
+
+
+def test_long_inputs_are_cut_inside_the_input_keeping_the_answer_cue(tiny_config):
+    tok = load_base_model(tiny_config.model).tokenizer
+    prompt = build_prompt(INSTRUCTIONS["news"], "profit " * 500)
+    enc = encode_example(tok, prompt, "neutral", max_length=64)
+    assert len(enc) <= 64
+    assert tok.decode(enc.input_ids).endswith("\nAnswer: neutral<|endoftext|>")
+
+
+def test_group_by_length_batches_cover_every_example_once():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 90) for _ in range(203)]
+    batches = batch_order(lengths, 8, random.Random(0), group_by_length=True)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(203))
+    spread_grouped = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    plain = batch_order(lengths, 8, random.Random(0), group_by_length=False)
+    spread_plain = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain])
+    assert spread_grouped < spread_plain / 2
+
+
+def test_collate_pads_and_masks(tiny_config):
+    tok = load_base_model(tiny_config.model).tokenizer
+    enc = encode_sentiment(tok, EXAMPLES[:2], 96)
+    b = collate(enc, tok.pad_token_id)
+    short = int(np.argmin([len(e) for e in enc]))
+    n = len(enc[short])
+    assert b["attention_mask"][short, n:].sum() == 0 and (b["labels"][short, n:] == IGNORE_INDEX).all()
+
+
+def test_training_changes_lora_and_lowers_the_loss(tiny_config):
+    loaded = load_base_model(tiny_config.model)
+    every_linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = attach_lora(loaded.model, tiny_config.lora.model_copy(update={"target_modules": every_linear}))
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora_before = get_lora_arrays(model)
+    enc = encode_sentiment(loaded.tokenizer, EXAMPLES, 96)
+    cfg = tiny_config.training.model_copy(update={"max_steps": 25, "eval_every": 10, "log_every": 5,
+                                                  "schedule": "constant"})
+    seen = []
+    result = train(model, enc, cfg, pad_id=loaded.tokenizer.pad_token_id, eval_fn=lambda s: {"step": s},
+                   on_log=lambda s, l: seen.append(s), progress=False)
+    assert result.steps == 25 and result.examples == 25 * 4 and result.tokens > 0
+    assert [s for s, _ in result.evals] == [10, 20, 25] and seen == [5, 10, 15, 20, 25]
+    # A random tiny model's frozen lm_head caps how far the loss can fall; the drop must still be clear.
+    assert result.losses[-1][1] < result.losses[0][1] - 0.3, result.losses
+    after = get_lora_arrays(model)
+    assert any(not np.allclose(after[k], lora_before[k]) for k in after)
+    for n, p in model.named_parameters():
+        if n in base_before:
+            assert torch.equal(p, base_before[n]), f"frozen {n} changed"
+
+
+def test_gradient_accumulation_matches_a_large_batch(tiny_config):
+    """Two micro-batches of 2 accumulated give the same update as one batch of 4 (same examples)."""
+    results = []
+    for bs, accum in ((4, 1), (2, 2)):
+        loaded = load_base_model(tiny_config.model)
+        model = attach_lora(loaded.model, tiny_config.lora)
+        # equal lengths, so mean-of-means equals the mean over the batch
+        same = [EXAMPLES[2]] * 4
+        enc = encode_sentiment(loaded.tokenizer, same, 96)
+        cfg = tiny_config.training.model_copy(update={"max_steps": 1, "batch_size": bs, "grad_accum": accum,
+                                                      "group_by_length": False, "max_grad_norm": None})
+        train(model, enc, cfg, pad_id=loaded.tokenizer.pad_token_id, progress=False)
+        results.append(get_lora_arrays(model))
+    for k in results[0]:
+        np.testing.assert_allclose(results[0][k], results[1][k], atol=1e-6)
+
+
+def test_extra_loss_term_is_applied(tiny_config):
+    """A term that rewards large LoRA B entries (the slot FedProx's proximal term uses) drives every B entry up;
+    without it, B moves in both directions."""
+    lowest = []
+    for extra in (None, lambda m: -1e3 * sum(p.sum() for n, p in m.named_parameters() if "lora_B" in n)):
+        loaded = load_base_model(tiny_config.model)
+        model = attach_lora(loaded.model, tiny_config.lora)
+        enc = encode_sentiment(loaded.tokenizer, EXAMPLES, 96)
+        cfg = tiny_config.training.model_copy(update={"max_steps": 3, "lr": 1e-3, "max_grad_norm": None})
+        train(model, enc, cfg, pad_id=loaded.tokenizer.pad_token_id, extra_loss=extra, progress=False)
+        lowest.append(min(v.min() for k, v in get_lora_arrays(model).items() if "lora_B" in k))
+    assert lowest[0] < 0 < lowest[1]
+
+
+def test_label_scoring_single_and_multi_token_paths_agree(tiny_config):
+    """Multi-token labels take the continuation path; its scores equal a hand computation."""
+    loaded = load_base_model(tiny_config.model)
+    model, tok = loaded.model, loaded.tokenizer
+    prompts = [sentiment_prompt(e) for e in EXAMPLES]
+    logp = label_logprobs(model, tok, prompts, LABELS, max_length=96, batch_size=3, bf16=False)
+    assert logp.shape == (4, 3) and np.all(logp < 0)
+    for i, p in enumerate(prompts):
+        ids = encode_prompt(tok, p, 96)
+        for j, lab in enumerate(label_token_ids(tok, LABELS)):
+            full = torch.tensor([ids + lab])
+            lp = torch.log_softmax(model(input_ids=full).logits[0], -1)
+            want = sum(lp[len(ids) - 1 + k, t].item() for k, t in enumerate(lab))
+            assert abs(logp[i, j] - want) < 1e-4
+    # single-token path: labels that are one token each in this vocabulary
+    singles = [w for w in ["a", "b", "c"] if len(label_token_ids(tok, [w])[0]) == 1]
+    if len(singles) == 3:
+        fast = label_logprobs(model, tok, prompts, singles, max_length=96, bf16=False)
+        for i, p in enumerate(prompts):
+            ids = torch.tensor([encode_prompt(tok, p, 96)])
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, -1], -1)
+            want = [lp[label_token_ids(tok, [w])[0][0]].item() for w in singles]
+            np.testing.assert_allclose(fast[i], want, atol=1e-4)
+
+
+def test_generation_returns_continuations(tiny_config):
+    loaded = load_base_model(tiny_config.model)
+    out = generate(loaded.model, loaded.tokenizer, [sentiment_prompt(e) for e in EXAMPLES], max_new_tokens=3,
+                   bf16=False, batch_size=2)
+    assert len(out) == 4 and all(isinstance(o, str) for o in out)
+    # left padding must not change a prompt's continuation: batch of 1 gives the same text
+    solo = generate(loaded.model, loaded.tokenizer, [sentiment_prompt(EXAMPLES[1])], max_new_tokens=3, bf16=False)
+    assert solo[0] == out[1]
+
+
+def test_4bit_training_updates_lora_after_an_eval_forward(tiny_config):
+    """bitsandbytes' AVX512-BF16 4-bit CPU path has no autograd; our loader disables it (see STACK pitfall 3)."""
+    import bitsandbytes as bnb
+
+    cfg = tiny_config.model.model_copy(update={"quantization": "4bit"})
+    loaded = load_base_model(cfg)
+    q = [m for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert q and all(m.support_avx512bf16_for_cpu is False for m in q)
+    model = attach_lora(loaded.model, tiny_config.lora)
+    enc = encode_sentiment(loaded.tokenizer, EXAMPLES, 96)
+    model.eval()
+    with torch.no_grad():  # the forward that used to switch the kernel and kill gradients
+        model(input_ids=torch.tensor([enc[0].input_ids]))
+    before = get_lora_arrays(model)
+    train(model, enc, tiny_config.training.model_copy(update={"max_steps": 2}),
+          pad_id=loaded.tokenizer.pad_token_id, progress=False)
+    after = get_lora_arrays(model)
+    changed = [k for k in after if "lora_A" in k and not np.allclose(after[k], before[k])]
+    assert len(changed) == len([k for k in after if "lora_A" in k]), "every LoRA A matrix moved"
