@@ -12,8 +12,8 @@ export TOKENIZERS_PARALLELISM = false
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
-	$(BIN)/fedfingpt demo
+demo: setup  ## federated LoRA across 3 simulated banks (configs/federated.yaml defaults, ~15 min)
+	$(BIN)/fedfingpt simulate
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..common.config import TrainingConfig
+from ..common.models import use_bf16
 from ..common.prompt import IGNORE_INDEX, Encoded
 
 
@@ -49,10 +50,14 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def batch_order(lengths: Sequence[int], batch_size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
+def batch_order(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, group_by_length: bool, shuffle: bool = True
+) -> list[list[int]]:
     """One epoch of index batches. Grouping sorts within shuffled windows of 50 batches (about a third of each
     batch was padding otherwise) and then shuffles the batches, so the order stays random across windows."""
     idx = list(range(len(lengths)))
+    if not shuffle:
+        return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     rng.shuffle(idx)
     if group_by_length:
         window = batch_size * 50
@@ -105,11 +110,11 @@ def train(
     rng = random.Random(cfg.seed)
     lengths = [len(e) for e in examples]
     optimizer, scheduler = make_optimizer(model, cfg, steps)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16_autocast else contextlib.nullcontext()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(cfg.bf16_autocast) else contextlib.nullcontext()
 
     def micro_batches():
         while True:  # epochs until the step budget is spent
-            yield from batch_order(lengths, cfg.batch_size, rng, cfg.group_by_length)
+            yield from batch_order(lengths, cfg.batch_size, rng, cfg.group_by_length, cfg.shuffle)
 
     result = TrainResult(steps=0, examples=0, tokens=0, wall_s=0.0)
     batches = micro_batches()

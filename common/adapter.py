@@ -70,6 +70,21 @@ def set_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], sourc
             t.copy_(torch.as_tensor(np.asarray(arrays[k]), dtype=t.dtype))
 
 
+def arrays_nbytes(arrays: dict[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]):
+    """Named arrays -> Flower ArrayRecord (names kept, order kept)."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def record_to_arrays(record) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((k, record[k].numpy()) for k in record.keys())
+
+
 # ------------------------------------------------------------------------------------------ folders
 
 

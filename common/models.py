@@ -82,6 +82,19 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 matmuls are emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(setting: bool | str) -> bool:
+    return cpu_has_native_bf16() if setting == "auto" else bool(setting)
+
+
 # ---------------------------------------------------------------------------------------------- GGUF
 
 

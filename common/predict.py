@@ -11,11 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .models import use_bf16
 from .prompt import build_answer, encode_prompt
 
 
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+def _autocast(setting: bool | str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(setting) else contextlib.nullcontext()
 
 
 def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +42,7 @@ def label_logprobs(
     *,
     max_length: int = 256,
     batch_size: int = 16,
-    bf16: bool = True,
+    bf16: bool | str = "auto",
     progress=None,
 ) -> np.ndarray:
     """log P(label | prompt) for every prompt and label, shape (n, len(labels)).
@@ -98,7 +99,7 @@ def generate(
     max_new_tokens: int = 4,
     max_length: int = 256,
     batch_size: int = 16,
-    bf16: bool = True,
+    bf16: bool | str = "auto",
     progress=None,
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), decoded without special tokens."""

@@ -1,4 +1,4 @@
-"""The `fedfingpt` command: models prepare, train, eval, demo."""
+"""The `fedfingpt` command: simulate (the main job), train, eval, models prepare."""
 
 from __future__ import annotations
 
@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", choices=["likelihood", "generate", "both"])
     ev.add_argument("--calibrate", action="store_true", help="contextual calibration of label scores")
 
-    demo = sub.add_parser("demo", help="the main job on its embedded default (short centralized LoRA run + eval)")
+    sim = sub.add_parser("simulate", help="federated LoRA across simulated banks (Flower Simulation Engine)")
+    _add_config_args(sim)
+
+    demo = sub.add_parser("demo", help="the main job on its embedded default (same as `simulate` with no config)")
     demo.add_argument("--out", help="output folder")
     return ap
 
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from .common.adapter import AdapterError
     from .common.models import ModelLoadError
     from .common.tasks.sentiment_data import DataFormatError
+    from .simulations.partition import PartitionError
+    from .simulations.run import SimulationError
 
     try:
         if args.command == "models":
@@ -70,20 +75,24 @@ def main(argv: list[str] | None = None) -> int:
             print(where)
         elif args.command == "train":
             _report(jobs.run_train(_config(args), args.out, progress))
-        elif args.command == "demo":
-            _report(jobs.run_train(load_config(None), args.out, progress))
+        elif args.command in ("simulate", "demo"):
+            from .simulations.run import simulate
+
+            cfg = load_config(None) if args.command == "demo" else _config(args)
+            _report_simulation(simulate(cfg, args.out, progress=progress))
         elif args.command == "eval":
             cfg = _config(args)
             if args.sets:
                 cfg.data.eval_sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-            if args.limit:
-                cfg.data.eval_limit = args.limit
+            if args.limit is not None:
+                cfg.data.eval_limit = args.limit or None  # 0 = every row
             if args.method:
                 cfg.eval.method = args.method
             if args.calibrate:
                 cfg.eval.calibrate = True
             _report(jobs.run_eval(cfg, args.adapter, args.out, progress))
-    except (ConfigError, ModelLoadError, AdapterError, DataFormatError, FileNotFoundError) as err:
+    except (ConfigError, ModelLoadError, AdapterError, DataFormatError, FileNotFoundError,
+            PartitionError, SimulationError) as err:
         print(f"fedfingpt: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -101,6 +110,18 @@ def _report(summary: dict) -> None:
             print(f"{key:>8}: {summary[key]}")
     if "train" in summary:
         print(f"   train: {json.dumps(summary['train'])}")
+
+
+def _report_simulation(summary: dict) -> None:
+    from .common.metrics import format_markdown_table
+
+    rows = summary["rows"]
+    cols = [c for c in rows[0] if c != "setting"] if rows else []
+    print()
+    print(format_markdown_table(rows, cols) if rows else "(no round finished)")
+    print()
+    for key in ("report", "metrics", "plot", "partition", "partition_plot"):
+        print(f"{key:>15}: {summary[key]}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .common.evaluate import evaluate_sentiment, sample_rows
 from .common.models import attach_lora, load_base_model
 from .common.report import peak_rss_mb, write_results, write_text_atomic
 from .common.tasks.sentiment import encode_sentiment
-from .common.tasks.sentiment_data import data_dir_from_env, fingpt_sentiment_splits, training_mix
+from .common.tasks.sentiment_data import sentiment_splits, training_mix
 
 log = logging.getLogger("fedfingpt")
 
@@ -30,7 +30,7 @@ def run_dir(cfg: Config, out: str | Path | None) -> Path:
 
 
 def load_test_sets(cfg: Config, splits: dict | None = None, limit: int | None = None) -> dict:
-    splits = splits or fingpt_sentiment_splits(data_dir_from_env(cfg.data.data_dir))
+    splits = splits or sentiment_splits(cfg.data.data_dir)
     return {name: sample_rows(splits["test"][name], limit, cfg.data.seed) for name in cfg.data.eval_sets}
 
 
@@ -66,7 +66,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     """Centralized LoRA on FinGPT's training mix, then evaluation on the benchmark test sets."""
     out_dir = run_dir(cfg, out)
     t_start = time.perf_counter()
-    splits = fingpt_sentiment_splits(data_dir_from_env(cfg.data.data_dir))
+    splits = sentiment_splits(cfg.data.data_dir)
     mix = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)
     t = cfg.training
     needed = (t.max_steps or 0) * t.batch_size * t.grad_accum

@@ -383,3 +383,29 @@ def load_from_hub(dataset_id: str, split: str = "train", source: str | None = No
             raise _err(dataset_id, n, f"unknown label {row.get('label')!r}", "Check the dataset version")
         out.append(SentimentExample(row[text_col], label, source or src, kind or to_kind(row)))
     return out
+
+
+def hub_sentiment_splits() -> dict[str, dict[str, list[SentimentExample]]]:
+    """The same train/test structure from the public hub sets (for users with a hub and no local copies).
+    FiQA uses pauri32's train/test split (150 test rows) instead of FinLoRA's 235-row test file."""
+    fpb_train, fpb_test = split_fpb(load_from_hub("takala/financial_phrasebank", "train"))
+    tfns = "zeroshot/twitter-financial-news-sentiment"
+    return {
+        "train": {"fpb": fpb_train, "fiqa": load_from_hub("pauri32/fiqa-2018", "train"),
+                  "tfns": load_from_hub(tfns, "train")},
+        "test": {"fpb": fpb_test, "fiqa": load_from_hub("pauri32/fiqa-2018", "test"),
+                 "tfns": load_from_hub(tfns, "validation"),
+                 "nwgi": load_from_hub("oliverwang15/news_with_gpt_instructions", "test")},
+    }
+
+
+def sentiment_splits(data_dir: PathLike | None = None) -> dict[str, dict[str, list[SentimentExample]]]:
+    """Local copies when a data folder is configured (argument or $FEDFINGPT_DATA_DIR), else the public hub."""
+    if data_dir or os.environ.get(ENV_VAR):
+        return fingpt_sentiment_splits(data_dir)
+    log.info("no data folder configured: fetching the public data sets from the hub")
+    try:
+        return hub_sentiment_splits()
+    except (RuntimeError, ImportError) as err:
+        raise MissingDataError(f"no data folder and no hub ({str(err).splitlines()[0][:200]}). Set {ENV_VAR} "
+                               f"(e.g. to ../shared/data) or {CONFIG_KEY}") from None

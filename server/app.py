@@ -1,0 +1,161 @@
+"""The coordinator's Flower ServerApp: initial or resumed global adapter, the chosen LoRA strategy, server-side
+evaluation on the benchmark test sets and a checkpoint every round, and the run report (JSON, markdown, PNG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from ..common.adapter import arrays_to_record, get_lora_arrays, record_to_arrays, set_lora_arrays
+from ..common.config import Config
+from ..common.evaluate import evaluate_sentiment, sample_rows
+from ..common.metrics import format_markdown_table
+from ..common.models import attach_lora, load_base_model
+from ..common.report import machine_info, peak_rss_mb, write_text_atomic
+from ..common.tasks.sentiment_data import sentiment_splits
+from .checkpoint import latest_checkpoint, peft_names_to_ours, save_round
+from .strategies import STRATEGIES
+
+log = logging.getLogger("fedfingpt.server")
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = cfg.federation
+    t_start = time.perf_counter()
+    loaded = load_base_model(cfg.model)
+    torch.manual_seed(cfg.training.seed)  # the same LoRA init the banks build
+    model = attach_lora(loaded.model, cfg.lora)
+    config_json = cfg.model_dump(mode="json")
+
+    history: list[dict] = []
+    done = 0
+    if f.resume and (ck := latest_checkpoint(run_dir, loaded.base_sha256)):
+        done, manifest, saved = ck
+        set_lora_arrays(model, peft_names_to_ours(saved, list(get_lora_arrays(model))), source=f"checkpoint round {done}")
+        prev = run_dir / "federated.json"
+        history = json.loads(prev.read_text())["history"] if prev.is_file() else []
+        history = [h for h in history if h["round"] <= done]
+        log.info("resuming from %s: round %d of %d done", run_dir / "checkpoints", done, f.rounds)
+    remaining = f.rounds - done
+    if remaining <= 0:
+        log.info("all %d rounds are already done in %s", f.rounds, run_dir)
+        return write_report(cfg, run_dir, history, [], t_start)
+
+    splits = sentiment_splits(cfg.data.data_dir)
+    tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
+    strategy = STRATEGIES[f.strategy](
+        fraction_train=f.fraction_train, fraction_evaluate=1.0 if f.client_eval else 0.0, min_train_nodes=max(1, f.min_banks),
+        min_evaluate_nodes=1, min_available_nodes=f.num_banks, min_valid_updates=f.min_banks,
+        max_examples=f.max_examples_per_bank, round_offset=done,
+    )
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        rnd = server_round + done
+        if server_round == 0 and done:
+            return None  # this state was evaluated when its round ended
+        set_lora_arrays(model, record_to_arrays(arrays), source=f"aggregate of round {rnd}")
+        rows = evaluate_sentiment(model, loaded.tokenizer, tests, cfg.eval.model_copy(update={"method": "likelihood"}),
+                                  max_length=cfg.data.max_length, progress=False)
+        scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in ("accuracy", "weighted_f1")}
+        entry = next((e for e in strategy.rounds if e["round"] == rnd), None)
+        history.append({"round": rnd, "eval": [{k: v for k, v in r.items() if k != "confusion"} for r in rows],
+                        "train": entry, "t": round(time.perf_counter() - t_start, 1)})
+        if rnd > 0:
+            save_round(model, run_dir, rnd, base_id=loaded.base_id, base_sha256=loaded.base_sha256,
+                       config=config_json, metrics=scores)
+        log.info("round %d server eval: %s", rnd, {k: round(v, 3) for k, v in scores.items()})
+        write_report(cfg, run_dir, history, strategy.rounds, t_start)  # a partial run still leaves a report
+        return MetricRecord(scores)
+
+    strategy.start(grid=grid, initial_arrays=arrays_to_record(get_lora_arrays(model)), num_rounds=remaining,
+                   timeout=f.round_timeout_s, train_config=ConfigRecord({"local-steps": f.local_steps}),
+                   evaluate_fn=evaluate_fn)
+    return write_report(cfg, run_dir, history, strategy.rounds, t_start)
+
+
+def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[dict], t_start: float) -> dict:
+    """federated.json (everything), report.md (per-round table), accuracy.png (accuracy per round)."""
+    rows = []
+    for h in history:
+        tr = h.get("train") or {}
+        banks = tr.get("banks", [])
+        row = {"round": h["round"], "setting": "federated"}
+        for r in h["eval"]:
+            row[f"{r['dataset']}_acc"] = r["accuracy"]
+            row[f"{r['dataset']}_wf1"] = r["weighted_f1"]
+        row.update({
+            "banks_aggregated": len(banks) if tr else None,
+            "dropped": len(tr.get("dropped", [])) if tr else None,
+            "train_loss": (sum(b["train_loss"] * b["num_examples"] for b in banks) / sum(b["num_examples"] for b in banks))
+            if banks else None,
+            "mb_down_per_bank": banks[0]["bytes_down"] / 1e6 if banks else None,
+            "mb_up_per_bank": banks[0]["bytes_up"] / 1e6 if banks else None,
+            "round_s": tr.get("round_s"),
+            "sum_client_train_s": round(sum(b["train_s"] or 0 for b in banks), 2) if banks else None,
+        })
+        rows.append(row)
+    payload = {"benchmark": "federated", "config": cfg.model_dump(mode="json"), "seed": cfg.training.seed,
+               "machine": machine_info(), "rows": rows, "history": history,
+               "wall_s": round(time.perf_counter() - t_start, 1), "peak_rss_mb": peak_rss_mb()}
+    write_text_atomic(run_dir / "federated.json", json.dumps(payload, indent=2, default=str))
+    drops = [f"- round {h['round']}: bank {d['bank']} (node {d['node_id']}): {d['reason']}"
+             for h in history for d in ((h.get("train") or {}).get("dropped") or [])]
+    md = (f"# {cfg.name}: federated run ({cfg.federation.num_banks} banks, {cfg.federation.strategy}, "
+          f"{cfg.federation.partition.kind} partition)\n\n{format_markdown_table(rows)}\n\n"
+          + ("Dropped updates:\n" + "\n".join(drops) + "\n" if drops else "No update was dropped.\n"))
+    write_text_atomic(run_dir / "report.md", md)
+    if rows:
+        plot_rounds(rows, run_dir / "accuracy.png", cfg.name)
+    return {"run_dir": str(run_dir), "report": str(run_dir / "report.md"), "metrics": str(run_dir / "federated.json"),
+            "plot": str(run_dir / "accuracy.png"), "rows": rows}
+
+
+def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key in sorted(k for k in rows[0] if k.endswith("_acc")):
+        ax.plot([r["round"] for r in rows], [r.get(key) for r in rows], marker="o", label=key.replace("_acc", " accuracy"))
+    for key in sorted(k for k in rows[0] if k.endswith("_wf1")):
+        ax.plot([r["round"] for r in rows], [r.get(key) for r in rows], "--", marker=".", label=key.replace("_wf1", " weighted F1"))
+    ax.set(xlabel="round (0 = initial adapter)", ylabel="score", ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def make_server_app(cfg: Config | None = None, run_dir: Path | None = None) -> ServerApp:
+    """A ServerApp bound to `cfg`; without one, the config comes from the Flower run config (flwr run)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from ..client.bank import config_from_context
+
+        c = cfg or config_from_context(context)
+        rd = run_dir or Path(context.run_config.get("run-dir") or default_run_dir(c))
+        run_server(grid, c, rd)
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,54 @@
+"""Round checkpoints of the global adapter (PEFT folder + manifest with round, config, sha256, metrics) and resume."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from safetensors.numpy import load_file
+
+from ..common.adapter import ADAPTER_WEIGHTS, AdapterError, read_manifest, save_adapter
+
+log = logging.getLogger("fedfingpt.server")
+_ROUND_DIR = re.compile(r"^round-(\d{4})$")
+
+
+def checkpoint_dir(run_dir: Path, rnd: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"round-{rnd:04d}"
+
+
+def save_round(model, run_dir: Path, rnd: int, *, base_id: str, base_sha256: str, config: dict, metrics: dict) -> Path:
+    return save_adapter(model, checkpoint_dir(run_dir, rnd), base_id=base_id, base_sha256=base_sha256,
+                        extra={"round": rnd, "config": config, "metrics": metrics})
+
+
+def latest_checkpoint(run_dir: Path, base_sha256: str) -> tuple[int, dict, dict] | None:
+    """(round, manifest, arrays) of the newest intact checkpoint for this base model; damaged ones are skipped
+    with a warning (a crash mid-write leaves only a temporary folder, never a half checkpoint)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    rounds = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _ROUND_DIR.match(p.name)))
+    for rnd, path in reversed(rounds):
+        try:
+            manifest = read_manifest(path)
+        except AdapterError as err:
+            log.warning("skipping checkpoint %s: %s", path, err)
+            continue
+        if manifest["base_model_sha256"] != base_sha256:
+            log.warning("skipping checkpoint %s: trained on another base model", path)
+            continue
+        return rnd, manifest, load_file(str(path / ADAPTER_WEIGHTS))
+    return None
+
+
+def peft_names_to_ours(arrays: dict, ours: list[str]) -> dict:
+    """PEFT's saved names carry no adapter infix, like ours; match by suffix to be safe across PEFT versions."""
+    out = {}
+    for name in ours:
+        hits = [k for k in arrays if k == name or k.endswith(name.split("base_model.model.", 1)[-1])]
+        if len(hits) != 1:
+            raise AdapterError(f"checkpoint has no unique tensor for {name}")
+        out[name] = arrays[hits[0]]
+    return out

@@ -1,0 +1,128 @@
+"""FedAvg of LoRA arrays weighted by example counts, on Flower's FedAvg, dropping unusable bank updates.
+
+Flower's FedAvg skips a whole round when one reply is inconsistent; a bank's bad update must cost only that update.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from ...common.adapter import arrays_nbytes, arrays_to_record, record_to_arrays
+from ..aggregation import update_problem, weighted_mean
+
+log = logging.getLogger("fedfingpt.server")
+
+
+class LoraFedAvg(FedAvg):
+    """FedAvg over named LoRA arrays (A and B averaged separately, as FedIT does).
+
+    Parameters
+    ----------
+    min_valid_updates : int (default: 1)
+        Fewest usable updates a round needs; with fewer, the global adapter is kept unchanged.
+    max_examples : float (default: inf)
+        Largest plausible example count a bank may report for one round.
+    round_offset : int (default: 0)
+        Rounds already done before this run (resume): reported round = Flower's round + offset.
+    **kwargs
+        Passed to Flower's FedAvg (fraction_train, min_train_nodes, min_available_nodes, ...).
+    """
+
+    def __init__(self, *, min_valid_updates: int = 1, max_examples: float = float("inf"), round_offset: int = 0,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.min_valid_updates = min_valid_updates
+        self.max_examples = max_examples
+        self.round_offset = round_offset
+        self.rounds: list[dict] = []  # one entry per round: per-bank participation, traffic, drops
+        self._sent: dict[int, int] = {}
+        self._reference: dict[str, np.ndarray] = {}
+        self._bank_of: dict[int, int] = {}  # node id -> bank id, learned from replies, to name banks in drop logs
+        self._t_round = 0.0
+
+    # -- what the server sends ------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._t_round = time.perf_counter()
+        self._reference = record_to_arrays(arrays)
+        config["global-round"] = server_round + self.round_offset
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        size = arrays_nbytes(self._reference)
+        self._sent = {m.metadata.dst_node_id: size for m in messages}
+        return messages
+
+    # -- what the server accepts ----------------------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        entry = {"round": server_round + self.round_offset, "banks": [], "dropped": []}
+        updates, weights = [], []
+        replied = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            replied.add(node)
+            if msg.has_error():
+                # the reason is a whole traceback; its last line names the exception
+                lines = [ln.strip() for ln in msg.error.reason.strip().splitlines() if ln.strip()]
+                self._drop(entry, node, self._bank_of.get(node), f"client error: {(lines or ['?'])[-1][:300]}")
+                continue
+            try:
+                arrays = record_to_arrays(msg.content.array_records[next(iter(msg.content.array_records))])
+                metrics = dict(msg.content.metric_records[next(iter(msg.content.metric_records))])
+            except (StopIteration, KeyError, TypeError, ValueError) as err:
+                self._drop(entry, node, None, f"malformed reply ({err})")
+                continue
+            bank = metrics.get("bank-id")
+            if bank is not None:
+                self._bank_of[node] = bank
+            n = float(metrics.get(self.weighted_by_key, float("nan")))
+            problem = update_problem(arrays, self._reference, n, self.max_examples)
+            if problem:
+                self._drop(entry, node, bank, problem)
+                continue
+            updates.append(arrays)
+            weights.append(n)
+            entry["banks"].append({
+                "node_id": node, "bank": bank, "num_examples": int(n),
+                "train_loss": metrics.get("train-loss"), "train_s": metrics.get("train-s"),
+                "bytes_down": self._sent.get(node, 0), "bytes_up": arrays_nbytes(arrays),
+            })
+        for node in set(self._sent) - replied:
+            self._drop(entry, node, self._bank_of.get(node), "no reply before the round timeout")
+
+        entry["aggregated"] = len(updates) >= self.min_valid_updates
+        agg_arrays, agg_metrics = None, None
+        if entry["aggregated"]:
+            agg_arrays = arrays_to_record(weighted_mean(updates, weights))
+            total = sum(weights)
+            losses = [(b["train_loss"], b["num_examples"]) for b in entry["banks"] if b["train_loss"] is not None]
+            agg_metrics = MetricRecord({
+                "train-loss": float(sum(l * w for l, w in losses) / max(1, sum(w for _, w in losses))),
+                "num-examples": int(total), "banks": len(updates),
+            })
+        else:
+            log.warning("round %d: %d usable updates < min_banks %d; global adapter kept",
+                        entry["round"], len(updates), self.min_valid_updates)
+        entry["round_s"] = round(time.perf_counter() - self._t_round, 2)
+        self.rounds.append(entry)
+        return agg_arrays, agg_metrics
+
+    def _drop(self, entry: dict, node: int, bank, reason: str) -> None:
+        who = f"bank {bank} (node {node})" if bank is not None else f"node {node}"
+        log.warning("round %d: dropped the update of %s: %s", entry["round"], who, reason)
+        entry["dropped"].append({"node_id": node, "bank": bank, "reason": reason})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        ok = [m for m in replies if not m.has_error()]
+        if not ok:
+            return None
+        try:
+            return super().aggregate_evaluate(server_round, ok)
+        except Exception as err:  # inconsistent metric keys from a faulty bank must not end the run
+            log.warning("round %d: client evaluation metrics not aggregated: %s", server_round + self.round_offset, err)
+            return None

@@ -1,0 +1,165 @@
+"""Federated runs through Flower's Simulation Engine with a tiny model: FedAvg exactness, checkpoints and resume,
+faulty banks dropped with a reason, the memory check, and the partitioners."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedfingpt.client.app import handle_evaluate, handle_train
+from fedfingpt.common.adapter import arrays_to_record, record_to_arrays
+from fedfingpt.common.config import config_from_dict
+from fedfingpt.server.checkpoint import latest_checkpoint
+from fedfingpt.simulations.run import SimulationError, check_memory, simulate
+
+
+def sim_config(tiny_config, data_dir, tmp_path, **federation):
+    cfg = tiny_config.model_dump(mode="json")
+    cfg["data"]["data_dir"] = str(data_dir)
+    cfg["federation"] = {
+        "num_banks": 3, "rounds": 2, "local_steps": 2, "min_banks": 2, "client_cpus": 1,
+        "server_eval_limit": 8, "client_eval_limit": 8, "round_timeout_s": 120,
+        "partition": {"kind": "dirichlet", "alpha": 0.5, "max_rows": 240, "min_partition_size": 10},
+        **federation,
+    }
+    cfg["output_dir"] = str(tmp_path / "runs")
+    return config_from_dict(cfg)
+
+
+def recording_app(cfg, record_dir: str, faults: dict | None = None) -> ClientApp:
+    """Our bank logic, plus: every update it sends is saved for the test, and chosen banks misbehave."""
+    faults = faults or {}
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg, ctx):
+        bank = int(ctx.node_config["partition-id"])
+        fault = faults.get(bank)
+        if fault == "raise":
+            raise RuntimeError("simulated crash inside the bank")
+        if fault == "timeout":
+            time.sleep(75)  # past the 60 s round timeout, short enough not to hold up shutdown
+        reply = handle_train(msg, ctx, cfg)
+        arrays = dict(record_to_arrays(reply.content["arrays"]))
+        metrics = dict(reply.content["metrics"])
+        first = next(iter(arrays))
+        if fault == "nan":
+            arrays[first] = arrays[first] * np.nan
+        elif fault == "shape":
+            arrays[first] = arrays[first][:, :-1]
+        elif fault == "names":
+            arrays["not.a.lora.weight"] = arrays.pop(first)
+        elif fault == "count":
+            metrics["num-examples"] = 10**12
+        rnd = int(msg.content["config"]["global-round"])
+        np.savez(Path(record_dir) / f"r{rnd}-b{bank}.npz", __n=metrics["num-examples"], **arrays)
+        return Message(RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(metrics)}),
+                       reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg, ctx):
+        return handle_evaluate(msg, ctx, cfg)
+
+    return app
+
+
+def client_updates(record_dir: Path, rnd: int) -> list[tuple[dict, float]]:
+    out = []
+    for f in sorted(record_dir.glob(f"r{rnd}-b*.npz")):
+        z = np.load(f)
+        out.append(({k: z[k] for k in z.files if k != "__n"}, float(z["__n"])))
+    return out
+
+
+def global_arrays(run_dir: Path, rnd: int) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run_dir / "checkpoints" / f"round-{rnd:04d}" / "adapter_model.safetensors"))
+
+
+def match(ours: dict, peft: dict) -> dict:
+    return {k: peft[next(p for p in peft if p.endswith(k.split("base_model.model.", 1)[-1]))] for k in ours}
+
+
+def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_dir, tmp_path):
+    rec = tmp_path / "updates"
+    rec.mkdir()
+    run_dir = tmp_path / "run"
+    cfg1 = sim_config(tiny_config, data_dir, tmp_path, rounds=1)
+    simulate(cfg1, run_dir, client_app=recording_app(cfg1, str(rec)))
+    r1 = global_arrays(run_dir, 1)
+    assert latest_checkpoint(run_dir, json.loads((run_dir / "checkpoints/round-0001/fedfingpt_manifest.json")
+                                                  .read_text())["base_model_sha256"])[0] == 1
+
+    cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2)  # same run folder: resumes at round 2
+    out = simulate(cfg2, run_dir, client_app=recording_app(cfg2, str(rec)))
+    assert [h["round"] for h in out["history"]] == [0, 1, 2]
+    np.testing.assert_array_equal(global_arrays(run_dir, 1)["%s" % next(iter(r1))], r1[next(iter(r1))])
+
+    for rnd in (1, 2):
+        updates = client_updates(rec, rnd)
+        assert len(updates) == 3, "every bank trained"
+        g = match(updates[0][0], global_arrays(run_dir, rnd))
+        w = np.array([n for _, n in updates])
+        assert len(set(w)) > 1, "Dirichlet banks differ in size, so weighting matters"
+        for name in g:
+            want = sum(wi * u[name] for (u, _), wi in zip(updates, w / w.sum()))
+            np.testing.assert_allclose(g[name], want, atol=1e-6)
+    # the global adapter moved away from the initial one (LoRA B starts at zero)
+    assert any(np.abs(v).max() > 0 for k, v in global_arrays(run_dir, 2).items() if "lora_B" in k)
+    # round-2 clients started from the round-1 global adapter: their B differs from round 1's aggregate
+    report = json.loads((run_dir / "federated.json").read_text())
+    r2 = report["history"][2]["train"]
+    assert len(r2["banks"]) == 3 and r2["banks"][0]["bytes_up"] == r2["banks"][0]["bytes_down"] > 0
+    md = (run_dir / "report.md").read_text()
+    assert "mb_down_per_bank" in md and (run_dir / "accuracy.png").stat().st_size > 1000
+    assert (run_dir / "partition.png").is_file() and "negative" in (run_dir / "partition.md").read_text()
+
+
+def test_faulty_banks_are_dropped_and_the_round_completes(tiny_config, data_dir, tmp_path):
+    faults = {2: "raise", 3: "nan", 4: "shape", 5: "names", 6: "count", 7: "timeout"}
+    rec = tmp_path / "updates"
+    rec.mkdir()
+    run_dir = tmp_path / "run"
+    cfg = sim_config(tiny_config, data_dir, tmp_path, num_banks=8, rounds=1, round_timeout_s=60, client_eval=False,
+                     partition={"kind": "iid", "max_rows": 400})
+    out = simulate(cfg, run_dir, client_app=recording_app(cfg, str(rec), faults))
+    r1 = out["history"][1]["train"]
+    assert r1["aggregated"] and sorted(b["bank"] for b in r1["banks"]) == [0, 1]
+    reasons = " | ".join(d["reason"] for d in r1["dropped"])
+    for needle in ("simulated crash", "NaN or Inf", "has shape", "array names differ", "implausible example count",
+                   "no reply before the round timeout"):
+        assert needle in reasons, reasons
+    assert len(r1["dropped"]) == 6
+    honest = [(u, n) for u, n in client_updates(rec, 1) if n < 10**6 and all(np.isfinite(v).all() for v in u.values())
+              and "not.a.lora.weight" not in u]
+    honest = [(u, n) for u, n in honest if all(v.shape == honest[0][0][k].shape for k, v in u.items())]
+    g = match(honest[0][0], global_arrays(run_dir, 1))
+    w = np.array([n for _, n in honest[:2]])
+    for name in g:
+        want = sum(wi * u[name] for (u, _), wi in zip(honest[:2], w / w.sum()))
+        np.testing.assert_allclose(g[name], want, atol=1e-6)
+    assert "Dropped updates" in (run_dir / "report.md").read_text()
+
+
+def test_too_few_valid_updates_keep_the_global_adapter(tiny_config, data_dir, tmp_path):
+    rec = tmp_path / "updates"
+    rec.mkdir()
+    cfg = sim_config(tiny_config, data_dir, tmp_path, num_banks=2, rounds=1, min_banks=2,
+                     partition={"kind": "iid", "max_rows": 120})
+    out = simulate(cfg, tmp_path / "run", client_app=recording_app(cfg, str(rec), {1: "nan"}))
+    r1 = out["history"][1]["train"]
+    assert not r1["aggregated"] and len(r1["dropped"]) == 1
+    g = global_arrays(tmp_path / "run", 1)
+    assert all(np.abs(v).max() == 0 for k, v in g.items() if "lora_B" in k), "initial adapter kept"
+
+
+def test_memory_check_refuses_before_starting(tiny_config, data_dir, tmp_path):
+    cfg = sim_config(tiny_config, data_dir, tmp_path, num_banks=1000, client_cpus=0.01)
+    with pytest.raises(SimulationError, match=r"needs about .* GiB .* available; raise federation.client_cpus"):
+        check_memory(cfg)
+    assert check_memory(sim_config(tiny_config, data_dir, tmp_path)) > 0
