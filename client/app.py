@@ -32,7 +32,19 @@ def local_training_config(cfg: Config, global_round: int, bank: int):
     })
 
 
+def _show_progress() -> None:
+    """Client processes (Ray workers, SuperNodes) have no logging set up; give our logger a handler once so the
+    round/bank/step/loss lines reach the console."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
+    _show_progress()
     state = bank_state(cfg, context)
     set_lora_arrays(state.model, record_to_arrays(msg.content["arrays"]), source="global adapter")
     global_round = int(msg.content["config"].get("global-round", msg.content["config"]["server-round"]))
@@ -61,7 +73,7 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
                               max_length=cfg.data.max_length, progress=False)
     r = rows[0]
     metrics = MetricRecord({"num-examples": r["n"], "accuracy": r["accuracy"], "weighted-f1": r["weighted_f1"],
-                            "bank-id": state.bank})
+                            "bank-id": state.bank})  # the server keeps per-bank scores (LoraFedAvg.aggregate_evaluate)
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -66,7 +66,8 @@ def weights_sha256(folder: Path) -> str:
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
-    """Replace `final` by the fully written `tmp` so readers never see a half-written folder."""
+    """Replace `final` by the fully written `tmp` so readers never see a half-written folder. A crash between the
+    two renames leaves the previous copy at NAME.old-PID (nothing is lost; the next run rebuilds NAME)."""
     if final.exists():
         old = final.with_name(final.name + f".old-{os.getpid()}")
         final.rename(old)

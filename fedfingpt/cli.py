@@ -19,7 +19,7 @@ def _config(args) -> "Config":  # noqa: F821
 def _add_config_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
     p.add_argument("config", nargs="?" if optional else None, help="YAML file (configs/*.yaml); default: embedded")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. training.max_steps=10")
-    p.add_argument("--out", help="output folder (default runs/NAME-TIMESTAMP)")
+    p.add_argument("--out", help="output folder (default: runs/NAME-TIMESTAMP for train/eval, runs/NAME for simulate)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,15 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(None) if args.command == "demo" else _config(args)
             _report_simulation(simulate(cfg, args.out, progress=progress))
         elif args.command == "eval":
-            cfg = _config(args)
-            if args.sets:
-                cfg.data.eval_sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-            if args.limit is not None:
-                cfg.data.eval_limit = args.limit or None  # 0 = every row
-            if args.method:
-                cfg.eval.method = args.method
-            if args.calibrate:
-                cfg.eval.calibrate = True
+            flags = {"data.eval_sets": [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None,
+                     "data.eval_limit": (args.limit or None) if args.limit is not None else "keep",  # 0 = every row
+                     "eval.method": args.method, "eval.calibrate": True if args.calibrate else None}
+            overrides = dict(parse_override(x) for x in (args.set or []))
+            overrides.update({k: v for k, v in flags.items() if v is not None and v != "keep"})
+            cfg = load_config(args.config, overrides)
             _report(jobs.run_eval(cfg, args.adapter, args.out, progress))
     except (ConfigError, ModelLoadError, AdapterError, DataFormatError, FileNotFoundError,
             PartitionError, SimulationError) as err:

@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from .client.train import train
 from .common.adapter import load_adapter, save_adapter
 from .common.config import Config
@@ -72,6 +74,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     needed = (t.max_steps or 0) * t.batch_size * t.grad_accum
     rows_used = mix[:needed] if t.max_steps and needed < len(mix) else mix  # the mix is shuffled: a prefix is a sample
     loaded = load_base_model(cfg.model)
+    torch.manual_seed(cfg.training.seed)  # the LoRA A init is drawn from the global generator
     model = attach_lora(loaded.model, cfg.lora)
     tok = loaded.tokenizer
     encoded = encode_sentiment(tok, rows_used, cfg.data.max_length)
@@ -80,7 +83,8 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     quick_sets = {k: v for k, v in load_test_sets(cfg, splits, t.eval_limit).items() if k in ("fpb", "tfns")}
 
     def periodic_eval(step: int) -> dict:
-        rows = evaluate_sentiment(model, tok, quick_sets, cfg.eval.model_copy(update={"method": "likelihood"}),
+        rows = evaluate_sentiment(model, tok, quick_sets, cfg.eval.model_copy(update={"method": "likelihood",
+                                                                                     "calibrate": False}),
                                   max_length=cfg.data.max_length, progress=False)
         scores = {r["dataset"]: r["weighted_f1"] for r in rows}
         log.info("step %d: periodic eval weighted F1 %s", step, {k: round(v, 3) for k, v in scores.items()})

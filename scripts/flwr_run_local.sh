@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NUM_BANKS=${1:-3}; shift || true
-BIN=${VENV:-.venv}/bin
+BIN=$(cd "${VENV:-.venv}/bin" && pwd)
+export PATH="$BIN:$PATH"   # the SuperLink starts flower-superexec and flwr-simulation from PATH
 export FLWR_HOME=${FLWR_HOME:-$PWD/runs/flwr-home}
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 PORT=${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}

@@ -20,10 +20,18 @@ from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
 from ..common.report import machine_info, peak_rss_mb, write_text_atomic
 from ..common.tasks.sentiment_data import sentiment_splits
-from .checkpoint import latest_checkpoint, peft_names_to_ours, save_round
+from .checkpoint import latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round, set_aside_checkpoints
 from .strategies import STRATEGIES
 
 log = logging.getLogger("fedfingpt.server")
+
+
+class ResumeError(RuntimeError):
+    def __init__(self, run_dir: Path, conflicts: list[str]) -> None:
+        super().__init__(
+            f"{run_dir} holds a run of another configuration (it differs at {', '.join(conflicts[:6])}); "
+            "give this scenario another name (--set name=... or --out), or set federation.resume=false to start over"
+        )
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -42,6 +50,10 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
 
     history: list[dict] = []
     done = 0
+    if not f.resume:
+        set_aside_checkpoints(run_dir)
+    elif conflicts := resume_conflicts(run_dir, config_json):
+        raise ResumeError(run_dir, conflicts)
     if f.resume and (ck := latest_checkpoint(run_dir, loaded.base_sha256)):
         done, manifest, saved = ck
         set_lora_arrays(model, peft_names_to_ours(saved, list(get_lora_arrays(model))), source=f"checkpoint round {done}")
@@ -67,7 +79,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
         if server_round == 0 and done:
             return None  # this state was evaluated when its round ended
         set_lora_arrays(model, record_to_arrays(arrays), source=f"aggregate of round {rnd}")
-        rows = evaluate_sentiment(model, loaded.tokenizer, tests, cfg.eval.model_copy(update={"method": "likelihood"}),
+        rows = evaluate_sentiment(model, loaded.tokenizer, tests,
+                                  cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
                                   max_length=cfg.data.max_length, progress=False)
         scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in ("accuracy", "weighted_f1")}
         entry = next((e for e in strategy.rounds if e["round"] == rnd), None)
@@ -103,6 +116,7 @@ def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[d
             if banks else None,
             "mb_down_per_bank": banks[0]["bytes_down"] / 1e6 if banks else None,
             "mb_up_per_bank": banks[0]["bytes_up"] / 1e6 if banks else None,
+            "banks_local_wf1": (tr.get("client_eval") or {}).get("weighted_f1"),
             "round_s": tr.get("round_s"),
             "sum_client_train_s": round(sum(b["train_s"] or 0 for b in banks), 2) if banks else None,
         })

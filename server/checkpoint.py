@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 
 from safetensors.numpy import load_file
@@ -11,7 +12,7 @@ from safetensors.numpy import load_file
 from ..common.adapter import ADAPTER_WEIGHTS, AdapterError, read_manifest, save_adapter
 
 log = logging.getLogger("fedfingpt.server")
-_ROUND_DIR = re.compile(r"^round-(\d{4})$")
+_ROUND_DIR = re.compile(r"^round-(\d{4,})$")
 
 
 def checkpoint_dir(run_dir: Path, rnd: int) -> Path:
@@ -41,6 +42,44 @@ def latest_checkpoint(run_dir: Path, base_sha256: str) -> tuple[int, dict, dict]
             continue
         return rnd, manifest, load_file(str(path / ADAPTER_WEIGHTS))
     return None
+
+
+# Keys that may change between the runs of one federation without changing what is being trained.
+RESUMABLE_CHANGES = ("federation.rounds", "federation.resume", "federation.round_timeout_s", "federation.client_cpus",
+                     "output_dir", "data.data_dir")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def resume_conflicts(run_dir: Path, config: dict) -> list[str]:
+    """Config keys in which the run folder's newest checkpoint differs from `config` (empty: safe to resume)."""
+    root = Path(run_dir) / "checkpoints"
+    rounds = sorted(p for p in root.iterdir() if _ROUND_DIR.match(p.name)) if root.is_dir() else []
+    for path in reversed(rounds):
+        try:
+            old = read_manifest(path).get("config") or {}
+        except AdapterError:
+            continue
+        a, b = _flatten(old), _flatten(config)
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    return []
+
+
+def set_aside_checkpoints(run_dir: Path) -> Path | None:
+    """Starting over (resume off) moves earlier checkpoints aside instead of deleting them."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    aside = root.with_name(f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    root.rename(aside)
+    log.warning("federation.resume is off: earlier checkpoints moved to %s", aside)
+    return aside
 
 
 def peft_names_to_ours(arrays: dict, ours: list[str]) -> dict:

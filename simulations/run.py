@@ -70,6 +70,11 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     need = check_memory(cfg)
+    from ..server.app import ResumeError
+    from ..server.checkpoint import resume_conflicts
+
+    if cfg.federation.resume and (conflicts := resume_conflicts(run_dir, cfg.model_dump(mode="json"))):
+        raise ResumeError(run_dir, conflicts)  # before any process starts
     splits = sentiment_splits(cfg.data.data_dir)
     pool = training_pool(splits["train"], f.partition)
     parts = partition_pool(pool, f.num_banks, f.partition)

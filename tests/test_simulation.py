@@ -13,7 +13,8 @@ from flwr.clientapp import ClientApp
 from fedfingpt.client.app import handle_evaluate, handle_train
 from fedfingpt.common.adapter import arrays_to_record, record_to_arrays
 from fedfingpt.common.config import config_from_dict
-from fedfingpt.server.checkpoint import latest_checkpoint
+from fedfingpt.server.app import ResumeError
+from fedfingpt.server.checkpoint import latest_checkpoint, set_aside_checkpoints
 from fedfingpt.simulations.run import SimulationError, check_memory, simulate
 
 
@@ -39,6 +40,8 @@ def recording_app(cfg, record_dir: str, faults: dict | None = None) -> ClientApp
     def _train(msg, ctx):
         bank = int(ctx.node_config["partition-id"])
         fault = faults.get(bank)
+        rnd = int(msg.content["config"]["global-round"])
+        np.savez(Path(record_dir) / f"in-r{rnd}-b{bank}.npz", **record_to_arrays(msg.content["arrays"]))
         if fault == "raise":
             raise RuntimeError("simulated crash inside the bank")
         if fault == "timeout":
@@ -55,7 +58,6 @@ def recording_app(cfg, record_dir: str, faults: dict | None = None) -> ClientApp
             arrays["not.a.lora.weight"] = arrays.pop(first)
         elif fault == "count":
             metrics["num-examples"] = 10**12
-        rnd = int(msg.content["config"]["global-round"])
         np.savez(Path(record_dir) / f"r{rnd}-b{bank}.npz", __n=metrics["num-examples"], **arrays)
         return Message(RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
@@ -69,7 +71,7 @@ def recording_app(cfg, record_dir: str, faults: dict | None = None) -> ClientApp
 
 def client_updates(record_dir: Path, rnd: int) -> list[tuple[dict, float]]:
     out = []
-    for f in sorted(record_dir.glob(f"r{rnd}-b*.npz")):
+    for f in sorted(record_dir.glob(f"r{rnd}-b*.npz")):  # what banks sent (in-r* is what they received)
         z = np.load(f)
         out.append(({k: z[k] for k in z.files if k != "__n"}, float(z["__n"])))
     return out
@@ -95,10 +97,20 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
     assert latest_checkpoint(run_dir, json.loads((run_dir / "checkpoints/round-0001/fedfingpt_manifest.json")
                                                   .read_text())["base_model_sha256"])[0] == 1
 
+    other = sim_config(tiny_config, data_dir, tmp_path, rounds=2, partition={"kind": "iid", "max_rows": 240})
+    with pytest.raises(ResumeError, match="federation.partition.kind"):  # refused before any process starts
+        simulate(other, run_dir)
+
     cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2)  # same run folder: resumes at round 2
     out = simulate(cfg2, run_dir, client_app=recording_app(cfg2, str(rec)))
     assert [h["round"] for h in out["history"]] == [0, 1, 2]
     np.testing.assert_array_equal(global_arrays(run_dir, 1)["%s" % next(iter(r1))], r1[next(iter(r1))])
+    # the resumed round 2 started every bank from the round-1 checkpoint
+    for f in rec.glob("in-r2-b*.npz"):
+        z = np.load(f)
+        for name, want in match({k: z[k] for k in z.files}, r1).items():
+            np.testing.assert_array_equal(z[name], want)
+    assert len(list(rec.glob("in-r2-b*.npz"))) == 3
 
     for rnd in (1, 2):
         updates = client_updates(rec, rnd)
@@ -111,7 +123,6 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
             np.testing.assert_allclose(g[name], want, atol=1e-6)
     # the global adapter moved away from the initial one (LoRA B starts at zero)
     assert any(np.abs(v).max() > 0 for k, v in global_arrays(run_dir, 2).items() if "lora_B" in k)
-    # round-2 clients started from the round-1 global adapter: their B differs from round 1's aggregate
     report = json.loads((run_dir / "federated.json").read_text())
     r2 = report["history"][2]["train"]
     assert len(r2["banks"]) == 3 and r2["banks"][0]["bytes_up"] == r2["banks"][0]["bytes_down"] > 0
@@ -163,3 +174,10 @@ def test_memory_check_refuses_before_starting(tiny_config, data_dir, tmp_path):
     with pytest.raises(SimulationError, match=r"needs about .* GiB .* available; raise federation.client_cpus"):
         check_memory(cfg)
     assert check_memory(sim_config(tiny_config, data_dir, tmp_path)) > 0
+
+
+def test_starting_over_sets_earlier_checkpoints_aside(tmp_path):
+    (tmp_path / "checkpoints" / "round-0001").mkdir(parents=True)
+    aside = set_aside_checkpoints(tmp_path)
+    assert aside is not None and (aside / "round-0001").is_dir() and not (tmp_path / "checkpoints").exists()
+    assert set_aside_checkpoints(tmp_path) is None

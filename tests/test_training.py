@@ -92,6 +92,7 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_config):
     results = []
     for bs, accum in ((4, 1), (2, 2)):
         loaded = load_base_model(tiny_config.model)
+        torch.manual_seed(0)  # the same LoRA A init for both runs
         model = attach_lora(loaded.model, tiny_config.lora)
         # equal lengths, so mean-of-means equals the mean over the batch
         same = [EXAMPLES[2]] * 4
@@ -118,29 +119,26 @@ def test_extra_loss_term_is_applied(tiny_config):
     assert lowest[0] < 0 < lowest[1]
 
 
-def test_label_scoring_single_and_multi_token_paths_agree(tiny_config):
-    """Multi-token labels take the continuation path; its scores equal a hand computation."""
+def _hand_logprob(model, tok, prompt, label):
+    ids = encode_prompt(tok, prompt, 96)
+    lab = label_token_ids(tok, [label])[0]
+    lp = torch.log_softmax(model(input_ids=torch.tensor([ids + lab])).logits[0], -1)
+    return sum(lp[len(ids) - 1 + k, t].item() for k, t in enumerate(lab))
+
+
+@pytest.mark.parametrize("labels, multi", [(LABELS, False), (("bullish", "bearish", "sideways"), True)])
+def test_label_scoring_matches_a_hand_computation_on_both_paths(tiny_config, labels, multi):
+    """One forward pass when every label is one token; a continuation per label otherwise. Both must equal
+    log P(label tokens | prompt) computed by hand."""
     loaded = load_base_model(tiny_config.model)
     model, tok = loaded.model, loaded.tokenizer
+    assert any(len(t) > 1 for t in label_token_ids(tok, labels)) == multi, "the case exercises the intended path"
     prompts = [sentiment_prompt(e) for e in EXAMPLES]
-    logp = label_logprobs(model, tok, prompts, LABELS, max_length=96, batch_size=3, bf16=False)
+    logp = label_logprobs(model, tok, prompts, labels, max_length=96, batch_size=3, bf16=False)
     assert logp.shape == (4, 3) and np.all(logp < 0)
     for i, p in enumerate(prompts):
-        ids = encode_prompt(tok, p, 96)
-        for j, lab in enumerate(label_token_ids(tok, LABELS)):
-            full = torch.tensor([ids + lab])
-            lp = torch.log_softmax(model(input_ids=full).logits[0], -1)
-            want = sum(lp[len(ids) - 1 + k, t].item() for k, t in enumerate(lab))
-            assert abs(logp[i, j] - want) < 1e-4
-    # single-token path: labels that are one token each in this vocabulary
-    singles = [w for w in ["a", "b", "c"] if len(label_token_ids(tok, [w])[0]) == 1]
-    if len(singles) == 3:
-        fast = label_logprobs(model, tok, prompts, singles, max_length=96, bf16=False)
-        for i, p in enumerate(prompts):
-            ids = torch.tensor([encode_prompt(tok, p, 96)])
-            lp = torch.log_softmax(model(input_ids=ids).logits[0, -1], -1)
-            want = [lp[label_token_ids(tok, [w])[0][0]].item() for w in singles]
-            np.testing.assert_allclose(fast[i], want, atol=1e-4)
+        for j, lab in enumerate(labels):
+            assert abs(logp[i, j] - _hand_logprob(model, tok, p, lab)) < 1e-4
 
 
 def test_generation_returns_continuations(tiny_config):
@@ -172,3 +170,22 @@ def test_4bit_training_updates_lora_after_an_eval_forward(tiny_config):
     after = get_lora_arrays(model)
     changed = [k for k in after if "lora_A" in k and not np.allclose(after[k], before[k])]
     assert len(changed) == len([k for k in after if "lora_A" in k]), "every LoRA A matrix moved"
+
+
+def test_unshuffled_batches_keep_the_given_order():
+    import random
+
+    assert batch_order([5] * 7, 3, random.Random(0), group_by_length=False, shuffle=False) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_8bit_base_trains_lora(tiny_config):
+    import bitsandbytes as bnb
+
+    loaded = load_base_model(tiny_config.model.model_copy(update={"quantization": "8bit"}))
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in loaded.model.modules())
+    model = attach_lora(loaded.model, tiny_config.lora)
+    before = get_lora_arrays(model)
+    train(model, encode_sentiment(loaded.tokenizer, EXAMPLES, 96), tiny_config.training.model_copy(update={"max_steps": 2}),
+          pad_id=loaded.tokenizer.pad_token_id, progress=False)
+    after = get_lora_arrays(model)
+    assert all(not np.allclose(after[k], before[k]) for k in after if "lora_A" in k)

@@ -118,11 +118,20 @@ class LoraFedAvg(FedAvg):
         entry["dropped"].append({"node_id": node, "bank": bank, "reason": reason})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        ok = [m for m in replies if not m.has_error()]
-        if not ok:
+        """Per-bank scores on their own held-out rows, kept in the round entry; their example-weighted mean."""
+        banks = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            m = dict(msg.content.metric_records[next(iter(msg.content.metric_records))])
+            banks.append({"bank": m.get("bank-id"), "num_examples": m.get("num-examples"),
+                          "accuracy": m.get("accuracy"), "weighted_f1": m.get("weighted-f1")})
+        banks = [b for b in banks if b["num_examples"] and b["accuracy"] is not None]
+        if not banks:
             return None
-        try:
-            return super().aggregate_evaluate(server_round, ok)
-        except Exception as err:  # inconsistent metric keys from a faulty bank must not end the run
-            log.warning("round %d: client evaluation metrics not aggregated: %s", server_round + self.round_offset, err)
-            return None
+        n = sum(b["num_examples"] for b in banks)
+        mean = {k: sum(b[k] * b["num_examples"] for b in banks) / n for k in ("accuracy", "weighted_f1")}
+        entry = next((e for e in self.rounds if e["round"] == server_round + self.round_offset), None)
+        if entry is not None:
+            entry["client_eval"] = {"banks": banks, **mean}
+        return MetricRecord({"accuracy": mean["accuracy"], "weighted-f1": mean["weighted_f1"], "num-examples": n})
