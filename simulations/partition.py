@@ -22,8 +22,16 @@ class PartitionError(ValueError):
 
 
 def training_pool(train: dict[str, list[SentimentExample]], cfg: PartitionConfig) -> list[SentimentExample]:
-    """The unique training rows of every source, shuffled with the seed (optionally a seeded sample)."""
-    pool = [ex for name in sorted(train) for ex in train[name]]
+    """The unique training rows of every source, shuffled with the seed (optionally a seeded sample). Repeated
+    texts (FPB and TFNS hold a few) are kept once, so a bank's local test row is never also a training row."""
+    seen: set[str] = set()
+    pool = []
+    for name in sorted(train):
+        for ex in train[name]:
+            key = " ".join(ex.text.lower().split())
+            if key not in seen:
+                seen.add(key)
+                pool.append(ex)
     rng = random.Random(cfg.seed)
     rng.shuffle(pool)
     return pool[: cfg.max_rows] if cfg.max_rows else pool
@@ -71,6 +79,9 @@ def partition_pool(pool: list[SentimentExample], num_banks: int, cfg: PartitionC
         parts = _partition_with(ExponentialPartitioner(num_partitions=num_banks), ds, num_banks)
     else:  # source skew: each bank holds one kind of text; banks of the same kind split it evenly
         groups = sorted(set(ds["group"]))
+        if num_banks < len(groups):
+            raise PartitionError(f"source skew needs at least {len(groups)} banks (one per source: {groups}); "
+                                 f"got {num_banks}, which would drop whole sources")
         if num_banks == len(groups):
             parts = _partition_with(NaturalIdPartitioner(partition_by="group"), ds, num_banks)
         else:

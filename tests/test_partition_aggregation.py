@@ -58,7 +58,14 @@ def test_quantity_and_source_skew(pool):
     assert _covers(s5, len(pool)) and all(len({pool[i].source for i in p}) == 1 for p in s5)
 
 
+def test_pool_has_no_repeated_text(data_dir):
+    pool = training_pool(fingpt_sentiment_splits(data_dir)["train"], PartitionConfig())
+    assert len({" ".join(e.text.lower().split()) for e in pool}) == len(pool)
+
+
 def test_impossible_partitions_are_explained(pool):
+    with pytest.raises(PartitionError, match="at least 3 banks"):
+        partition_pool(pool, 2, PartitionConfig(kind="source"))
     with pytest.raises(PartitionError, match="min_partition_size"):
         partition_pool(pool[:60], 5, PartitionConfig(kind="dirichlet", alpha=0.01, min_partition_size=50))
     with pytest.raises(PartitionError, match="cannot be split"):
