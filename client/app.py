@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 from ..common.adapter import arrays_to_record, get_lora_arrays, record_to_arrays, set_lora_arrays
 from ..common.config import Config
 from ..common.evaluate import evaluate_sentiment, sample_rows
+from ..common.report import show_progress
 from .bank import bank_state, config_from_context
 from .train import train
 
@@ -32,19 +33,8 @@ def local_training_config(cfg: Config, global_round: int, bank: int):
     })
 
 
-def _show_progress() -> None:
-    """Client processes (Ray workers, SuperNodes) have no logging set up; give our logger a handler once so the
-    round/bank/step/loss lines reach the console."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
-    _show_progress()
+    show_progress(log)
     state = bank_state(cfg, context)
     set_lora_arrays(state.model, record_to_arrays(msg.content["arrays"]), source="global adapter")
     global_round = int(msg.content["config"].get("global-round", msg.content["config"]["server-round"]))

@@ -6,6 +6,7 @@ Written atomically; used by `fedfingpt train/eval` and every script in benchmark
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import resource
@@ -13,6 +14,17 @@ import sys
 from pathlib import Path
 
 from .metrics import format_markdown_table
+
+
+def show_progress(logger: logging.Logger) -> None:
+    """Processes that Flower starts (Ray workers, flwr-simulation, SuperNodes) have no logging set up: give our
+    logger a console handler once so progress lines (round, bank, step, loss, server eval) are seen."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def peak_rss_mb() -> float:

@@ -19,7 +19,7 @@ def _config(args) -> "Config":  # noqa: F821
 def _add_config_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
     p.add_argument("config", nargs="?" if optional else None, help="YAML file (configs/*.yaml); default: embedded")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. training.max_steps=10")
-    p.add_argument("--out", help="output folder (default: runs/NAME-TIMESTAMP for train/eval, runs/NAME for simulate)")
+    p.add_argument("--out", help="output folder (default: runs/NAME-train-TIME, runs/NAME-eval-TIME, runs/NAME for simulate)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,8 +25,8 @@ log = logging.getLogger("fedfingpt")
 SUMMARY_COLUMNS = ["dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece", "unparsed_share"]
 
 
-def run_dir(cfg: Config, out: str | Path | None) -> Path:
-    d = Path(out) if out else Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def run_dir(cfg: Config, out: str | Path | None, kind: str) -> Path:
+    d = Path(out) if out else Path(cfg.output_dir) / f"{cfg.name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -66,7 +66,7 @@ def plot_training(result, rows: list[dict], path: Path) -> None:
 
 def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True) -> dict:
     """Centralized LoRA on FinGPT's training mix, then evaluation on the benchmark test sets."""
-    out_dir = run_dir(cfg, out)
+    out_dir = run_dir(cfg, out, "train")
     t_start = time.perf_counter()
     splits = sentiment_splits(cfg.data.data_dir)
     mix = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)
@@ -124,7 +124,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
 def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | None = None,
              progress: bool = True) -> dict:
     """Zero-shot (no adapter) or adapter evaluation on the configured benchmark test sets."""
-    out_dir = run_dir(cfg, out)
+    out_dir = run_dir(cfg, out, "eval")
     t0 = time.perf_counter()
     loaded = load_base_model(cfg.model)
     model, setting, manifest = loaded.model, "zero-shot", None

@@ -18,7 +18,7 @@ from ..common.config import Config
 from ..common.evaluate import evaluate_sentiment, sample_rows
 from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
-from ..common.report import machine_info, peak_rss_mb, write_text_atomic
+from ..common.report import machine_info, peak_rss_mb, show_progress, write_text_atomic
 from ..common.tasks.sentiment_data import sentiment_splits
 from .checkpoint import latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round, set_aside_checkpoints
 from .strategies import STRATEGIES
@@ -165,6 +165,7 @@ def make_server_app(cfg: Config | None = None, run_dir: Path | None = None) -> S
     def main(grid: Grid, context: Context) -> None:
         from ..client.bank import config_from_context
 
+        show_progress(log)
         c = cfg or config_from_context(context)
         rd = run_dir or Path(context.run_config.get("run-dir") or default_run_dir(c))
         run_server(grid, c, rd)
