@@ -8,7 +8,6 @@ Usage: python benchmarks/federated_sentiment.py [--rounds 3] [--local-steps 8] [
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import threading
 import time

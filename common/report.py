@@ -53,6 +53,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write_results(
     stem: str | Path,
     *,

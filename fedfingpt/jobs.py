@@ -16,7 +16,7 @@ from .common.adapter import load_adapter, save_adapter
 from .common.config import Config
 from .common.evaluate import evaluate_sentiment, sample_rows
 from .common.models import attach_lora, load_base_model
-from .common.report import peak_rss_mb, write_results, write_text_atomic
+from .common.report import peak_rss_mb, save_figure, write_results, write_text_atomic
 from .common.tasks.sentiment import encode_sentiment
 from .common.tasks.sentiment_data import sentiment_splits, training_mix
 
@@ -47,8 +47,8 @@ def plot_training(result, rows: list[dict], path: Path) -> None:
     ax1.plot(steps, losses, marker="o", ms=3)
     ax1.set(xlabel="optimizer step", ylabel="answer-token loss", title="training loss")
     if result.evals:
+        ax1b = ax1.twinx()
         for name in result.evals[0][1]:
-            ax1b = ax1.twinx() if name == next(iter(result.evals[0][1])) else ax1b
             ax1b.plot([s for s, _ in result.evals], [e[name] for _, e in result.evals], "--", label=f"{name} wF1")
         ax1b.set_ylabel("weighted F1 (periodic eval)")
         ax1b.legend(loc="lower left", fontsize=8)
@@ -58,10 +58,7 @@ def plot_training(result, rows: list[dict], path: Path) -> None:
     for i, r in enumerate(rows):
         ax2.text(i, r["weighted_f1"] + 0.02, f"{r['weighted_f1']:.3f}", ha="center", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True) -> dict:

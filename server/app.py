@@ -18,7 +18,7 @@ from ..common.config import Config
 from ..common.evaluate import evaluate_sentiment, sample_rows
 from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
-from ..common.report import machine_info, peak_rss_mb, show_progress, write_text_atomic
+from ..common.report import machine_info, peak_rss_mb, save_figure, show_progress, write_text_atomic
 from ..common.tasks.sentiment_data import sentiment_splits
 from .checkpoint import latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round, set_aside_checkpoints
 from .strategies import STRATEGIES
@@ -151,10 +151,7 @@ def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
     ax.set(xlabel="round (0 = initial adapter)", ylabel="score", ylim=(0, 1), title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def make_server_app(cfg: Config | None = None, run_dir: Path | None = None) -> ServerApp:

@@ -122,7 +122,7 @@ def write_partition_report(pool, parts, cfg: PartitionConfig, out_dir: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..common.report import write_text_atomic
+    from ..common.report import save_figure, write_text_atomic
 
     table = partition_table(pool, parts)
     title = f"Partition: {cfg.kind}" + (f" (alpha={cfg.alpha})" if cfg.kind == "dirichlet" else "") + f", seed {cfg.seed}"
@@ -137,9 +137,4 @@ def write_partition_report(pool, parts, cfg: PartitionConfig, out_dir: Path) -> 
     ax.set(ylabel="training rows", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png = out_dir / "partition.png"
-    tmp = out_dir / ".partition.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
-    return md, png
+    return md, save_figure(fig, out_dir / "partition.png")
