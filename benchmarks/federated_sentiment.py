@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
-
 from fedfingpt.client.app import local_training_config
 from fedfingpt.client.bank import bank_rows
 from fedfingpt.client.train import train
@@ -23,7 +20,7 @@ from fedfingpt.common.adapter import set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
 from fedfingpt.common.models import attach_lora, load_base_model
-from fedfingpt.common.report import write_results
+from fedfingpt.common.report import TreeRSS, write_results
 from fedfingpt.common.tasks.sentiment import encode_sentiment
 from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
@@ -31,35 +28,6 @@ from fedfingpt.simulations.run import simulate
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
-
-
-class TreeRSS:
-    """Peak resident memory of this process and all its descendants (the Ray workers), sampled every 0.5 s."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.5)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def fresh_model(cfg):

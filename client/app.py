@@ -4,19 +4,27 @@ partition, send back only the LoRA arrays, the example count and metrics; evalua
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
+from pathlib import Path
 
+import numpy as np
+import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..common.adapter import arrays_to_record, get_lora_arrays, record_to_arrays, set_lora_arrays
-from ..common.config import Config
+from ..common.adapter import (arrays_to_record, get_lora_arrays, lora_state, record_to_arrays, select_parts,
+                              set_base_residual, set_lora_arrays, truncate_rank)
+from ..common.config import SHARED_LORA_PARTS, Config
 from ..common.evaluate import evaluate_sentiment, sample_rows
 from ..common.report import show_progress
-from .bank import bank_state, config_from_context
+from .bank import BankState, bank_state, config_from_context
 from .train import train
+
+LOCAL_B = "fedsa-local-b"  # FedSA-LoRA: the bank's own B, in the node's state and on the bank's disk
 
 log = logging.getLogger("fedfingpt.client")
 
@@ -33,30 +41,109 @@ def local_training_config(cfg: Config, global_round: int, bank: int):
     })
 
 
+def local_state_dir(cfg: Config, context: Context, bank: int) -> Path:
+    """Where a bank keeps what never leaves it: node config state-dir, else $FEDFINGPT_BANK_STATE_DIR/bank-<id>
+    (set by `fedfingpt simulate` to <run dir>/banks), else <run dir>/banks/bank-<id>."""
+    nc, rc = dict(context.node_config or {}), dict(context.run_config or {})
+    if nc.get("state-dir"):
+        return Path(str(nc["state-dir"]))
+    if os.environ.get("FEDFINGPT_BANK_STATE_DIR"):
+        return Path(os.environ["FEDFINGPT_BANK_STATE_DIR"]) / f"bank-{bank}"
+    run_dir = rc.get("run-dir") or Path(cfg.output_dir) / cfg.name
+    return Path(str(run_dir)) / "banks" / f"bank-{bank}"
+
+
+def _local_b(state: BankState, cfg: Config, context: Context, global_round: int | None) -> dict[str, np.ndarray]:
+    """FedSA-LoRA: this bank's B from the node state, else from its disk if saved at the previous round (a resumed
+    run), else B's initial value (zero): a bank joining late or after a restart starts its B over, and says so."""
+    if LOCAL_B in context.state:
+        return dict(record_to_arrays(context.state[LOCAL_B]))
+    path = local_state_dir(cfg, context, state.bank) / "local_lora_B.npz"
+    if path.is_file():
+        z = np.load(path)
+        if global_round is None or int(z["__round"]) == global_round - 1:
+            return {k: z[k] for k in z.files if k != "__round"}
+        log.warning("bank %d: local B on disk is from round %d, not %s; starting B over", state.bank,
+                    int(z["__round"]), global_round - 1)
+    return {k: np.zeros_like(v) for k, v in select_parts(get_lora_arrays(state.model), "B").items()}
+
+
+def _keep_local_b(state: BankState, cfg: Config, context: Context, global_round: int) -> None:
+    b = select_parts(get_lora_arrays(state.model), "B")
+    context.state[LOCAL_B] = arrays_to_record(b)
+    path = local_state_dir(cfg, context, state.bank) / "local_lora_B.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, __round=global_round, **b)
+    tmp.replace(path)  # never a half-written file
+
+
+def load_global(state: BankState, msg: Message, cfg: Config, context: Context, global_round: int | None) -> None:
+    """Put the global model into the bank's model: the shared LoRA arrays (truncated to the bank's rank), the
+    FedEx-LoRA base residual when sent, and for FedSA-LoRA the bank's own B."""
+    parts = SHARED_LORA_PARTS[cfg.federation.strategy]
+    incoming = record_to_arrays(msg.content["arrays"])
+    if state.rank < cfg.lora.r:
+        incoming = truncate_rank(incoming, state.rank)
+    residual = record_to_arrays(msg.content["base-residual"]) if "base-residual" in msg.content.array_records else {}
+    set_base_residual(state.model, residual, source="global base residual")
+    set_lora_arrays(state.model, incoming, source="global adapter", partial=parts != "AB")
+    if parts == "A":
+        set_lora_arrays(state.model, _local_b(state, cfg, context, global_round), source="local B", partial=True)
+
+
+def proximal_term(model: torch.nn.Module, mu: float):
+    """FedProx: (mu/2)·||w − w_global||² over the trainable LoRA parameters, w_global taken now."""
+    anchor = [(p, p.detach().clone()) for p in lora_state(model).values() if p.requires_grad]
+    return lambda _m: 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module, matrix: str):
+    """FFA-LoRA: keep one LoRA matrix (A) fixed while training."""
+    params = [p for k, p in lora_state(model).items() if f".lora_{matrix}." in k]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
     show_progress(log)
     state = bank_state(cfg, context)
-    set_lora_arrays(state.model, record_to_arrays(msg.content["arrays"]), source="global adapter")
-    global_round = int(msg.content["config"].get("global-round", msg.content["config"]["server-round"]))
+    conf = msg.content["config"]
+    global_round = int(conf.get("global-round", conf["server-round"]))
+    load_global(state, msg, cfg, context, global_round)
+    parts = SHARED_LORA_PARTS[cfg.federation.strategy]
+    mu = float(conf.get("proximal-mu", 0.0))
     tcfg = local_training_config(cfg, global_round, state.bank)
     t0 = time.perf_counter()
-    result = train(
-        state.model, state.train, tcfg, pad_id=state.tokenizer.pad_token_id, progress=False,
-        on_log=lambda s, l: log.info("round %d bank %d step %d/%d loss %.4f", global_round, state.bank, s,
-                                     tcfg.max_steps, l),
-    )
+    with frozen(state.model, "A") if parts == "B" else contextlib.nullcontext():
+        result = train(
+            state.model, state.train, tcfg, pad_id=state.tokenizer.pad_token_id, progress=False,
+            extra_loss=proximal_term(state.model, mu) if mu > 0 else None,
+            on_log=lambda s, l: log.info("round %d bank %d step %d/%d loss %.4f", global_round, state.bank, s,
+                                         tcfg.max_steps, l),
+        )
+    if parts == "A":
+        _keep_local_b(state, cfg, context, global_round)
     metrics = MetricRecord({
         "num-examples": len(state.train),  # FedAvg weights banks by the size of their local data
         "examples-seen": result.examples, "train-loss": float(result.final_loss), "train-s": float(result.wall_s),
         "round-s": float(time.perf_counter() - t0), "tokens": result.tokens, "bank-id": state.bank,
+        "lora-rank": state.rank,
     })
-    content = RecordDict({"arrays": arrays_to_record(get_lora_arrays(state.model)), "metrics": metrics})
+    content = RecordDict({"arrays": arrays_to_record(select_parts(get_lora_arrays(state.model), parts)),
+                          "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     state = bank_state(cfg, context)
-    set_lora_arrays(state.model, record_to_arrays(msg.content["arrays"]), source="global adapter")
+    load_global(state, msg, cfg, context, None)  # FedSA-LoRA: the bank's own model (shared A, its own B)
     local = sample_rows(state.test, cfg.federation.client_eval_limit, cfg.data.seed)
     rows = evaluate_sentiment(state.model, state.tokenizer, {"local": local},
                               cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),

@@ -28,6 +28,7 @@ class BankState:
     tokenizer: object
     train: list[Encoded]
     test: list[SentimentExample]
+    rank: int  # this bank's LoRA rank (HetLoRA banks may train below the global lora.r)
 
 
 _MODELS: dict[str, tuple] = {}
@@ -47,15 +48,28 @@ def config_from_context(context) -> Config:
     return load_config(None)
 
 
-def _model(cfg: Config):
-    key = cfg.model.model_dump_json() + cfg.lora.model_dump_json()
+def _model(cfg: Config, rank: int):
+    # alpha scales with the rank so that a bank's first components mean what the global ones do (HetLoRA)
+    lora = cfg.lora if rank == cfg.lora.r else cfg.lora.model_copy(update={"r": rank, "alpha": cfg.lora.alpha * rank / cfg.lora.r})
+    key = cfg.model.model_dump_json() + lora.model_dump_json()
     if key not in _MODELS:
         import torch
 
         loaded = load_base_model(cfg.model)
         torch.manual_seed(cfg.training.seed)  # every party starts from the same LoRA init
-        _MODELS[key] = (attach_lora(loaded.model, cfg.lora), loaded)
+        _MODELS[key] = (attach_lora(loaded.model, lora), loaded)
     return _MODELS[key]
+
+
+def bank_rank(cfg: Config, bank: int, node_config: dict) -> int:
+    """node config lora-rank (a SuperNode's own), else federation.aggregation.bank_ranks, else lora.r."""
+    rank = int(node_config.get("lora-rank", cfg.federation.aggregation.bank_ranks.get(bank, cfg.lora.r)))
+    if rank != cfg.lora.r and cfg.federation.strategy != "hetlora":
+        raise ValueError(f"bank {bank} asks for LoRA rank {rank} but the federation's rank is {cfg.lora.r} and its "
+                         f"strategy ({cfg.federation.strategy}) needs equal ranks; use strategy hetlora")
+    if not 1 <= rank <= cfg.lora.r:
+        raise ValueError(f"bank {bank}: LoRA rank {rank} must be between 1 and the global lora.r ({cfg.lora.r})")
+    return rank
 
 
 def bank_rows(cfg: Config, bank: int, num_banks: int) -> tuple[list[SentimentExample], list[SentimentExample]]:
@@ -75,11 +89,12 @@ def bank_state(cfg: Config, context) -> BankState:
     nc = dict(context.node_config or {})
     bank = int(nc.get("bank-id", nc.get("partition-id", 0)))
     num_banks = int(nc.get("num-partitions", cfg.federation.num_banks))
-    key = (cfg.model_dump_json(), bank, num_banks)
+    rank = bank_rank(cfg, bank, nc)
+    key = (cfg.model_dump_json(), bank, num_banks, rank)
     if key not in _BANKS:
-        model, loaded = _model(cfg)
+        model, loaded = _model(cfg, rank)
         train_rows, test_rows = bank_rows(cfg, bank, num_banks)
         log.info("bank %d of %d: %d training rows, %d local test rows", bank, num_banks, len(train_rows), len(test_rows))
         _BANKS[key] = BankState(bank, model, loaded.tokenizer,
-                                encode_sentiment(loaded.tokenizer, train_rows, cfg.data.max_length), test_rows)
+                                encode_sentiment(loaded.tokenizer, train_rows, cfg.data.max_length), test_rows, rank)
     return _BANKS[key]

@@ -17,8 +17,10 @@ import torch
 
 from .models import _publish_dir, sha256_file
 
+NamedArrays = dict[str, np.ndarray]
 ADAPTER_MANIFEST = "fedfingpt_manifest.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_RESIDUAL = "base_residual.safetensors"  # FedEx-LoRA: dense corrections folded into the frozen base weights
 
 
 class AdapterError(ValueError):
@@ -43,9 +45,13 @@ def get_lora_arrays(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((k, v.detach().cpu().float().numpy().copy()) for k, v in lora_state(model).items())
 
 
-def check_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], source: str = "update") -> None:
-    """Names, shapes and finiteness must match exactly: a silent partial load would corrupt the model."""
+def check_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], source: str = "update",
+                      partial: bool = False) -> None:
+    """Names, shapes and finiteness must match exactly: a silent partial load would corrupt the model. With
+    partial=True a named subset is allowed (strategies that share only A or only B), never an unknown name."""
     expected = lora_state(model)
+    if partial:
+        expected = OrderedDict((k, v) for k, v in expected.items() if k in arrays)
     missing = [k for k in expected if k not in arrays]
     extra = [k for k in arrays if k not in expected]
     if missing or extra:
@@ -63,11 +69,81 @@ def check_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], sou
             raise AdapterError(f"{source}: {k} holds NaN or Inf values")
 
 
-def set_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], source: str = "update") -> None:
-    check_lora_arrays(model, arrays, source)
+def set_lora_arrays(model: torch.nn.Module, arrays: dict[str, np.ndarray], source: str = "update",
+                    partial: bool = False) -> None:
+    check_lora_arrays(model, arrays, source, partial=partial)
     with torch.no_grad():
         for k, t in lora_state(model).items():
-            t.copy_(torch.as_tensor(np.asarray(arrays[k]), dtype=t.dtype))
+            if k in arrays:
+                t.copy_(torch.as_tensor(np.asarray(arrays[k]), dtype=t.dtype))
+
+
+def set_base_residual(model: torch.nn.Module, residual: dict[str, np.ndarray], source: str = "residual") -> None:
+    """Base weight of each adapted module := its original weight + residual[module] (FedEx-LoRA); modules not
+    named go back to their original weight. The original is kept once, so calls do not accumulate."""
+    modules = {name: m for name, m in model.named_modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")}
+    unknown = [k for k in residual if k not in modules]
+    if unknown:
+        raise AdapterError(f"{source}: no adapted module named {unknown[:2]}; same base model and target_modules?")
+    with torch.no_grad():
+        for name, m in modules.items():
+            w = m.base_layer.weight
+            if not hasattr(m, "_fedfingpt_w0"):
+                if name not in residual:
+                    continue
+                m._fedfingpt_w0 = w.detach().clone()
+            r = residual.get(name)
+            if r is not None and tuple(r.shape) != tuple(w.shape):
+                raise AdapterError(f"{source}: {name} has shape {tuple(r.shape)}, the base weight {tuple(w.shape)}")
+            w.copy_(m._fedfingpt_w0 + (torch.as_tensor(np.asarray(r), dtype=w.dtype) if r is not None else 0))
+
+
+def effective_delta(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
+    """Per adapted module, what the model adds to the original base weight: residual + scale·B@A (float64)."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for name, m in model.named_modules():
+        if not (hasattr(m, "base_layer") and hasattr(m, "lora_A")):
+            continue
+        w = m.base_layer.weight.detach().double()
+        w0 = m._fedfingpt_w0.double() if hasattr(m, "_fedfingpt_w0") else w
+        key = next(iter(m.lora_A))
+        ba = m.lora_B[key].weight.detach().double() @ m.lora_A[key].weight.detach().double()
+        out[name] = ((w - w0) + m.scaling[key] * ba).numpy()
+    return out
+
+
+# LoRA structure: which arrays form a module's pair, which a strategy shares, rank truncation (HetLoRA)
+
+def lora_pairs(names) -> "OrderedDict[str, tuple[str, str]]":
+    """module prefix -> (A name, B name) for every adapted module; ΔW = scale · B @ A with A (r, in), B (out, r)."""
+    pairs: OrderedDict[str, tuple[str, str]] = OrderedDict()
+    names = list(names)
+    for name in names:
+        if ".lora_A." in name:
+            prefix = name.split(".lora_A.")[0]
+            b = name.replace(".lora_A.", ".lora_B.")
+            if b not in names:
+                raise ValueError(f"{name} has no matching lora_B array")
+            pairs[prefix] = (name, b)
+    return pairs
+
+
+def select_parts(arrays: NamedArrays, parts: str) -> "OrderedDict[str, np.ndarray]":
+    """The arrays a strategy shares: 'AB' all, 'A' only lora_A (FedSA-LoRA), 'B' only lora_B (FFA-LoRA)."""
+    keep = tuple(f".lora_{p}." for p in parts)
+    return OrderedDict((k, v) for k, v in arrays.items() if any(t in k for t in keep))
+
+
+def truncate_rank(arrays: NamedArrays, rank: int) -> "OrderedDict[str, np.ndarray]":
+    """HetLoRA: the first `rank` components of each adapter (A's rows, B's columns)."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for k, v in arrays.items():
+        out[k] = np.ascontiguousarray(v[:rank] if ".lora_A." in k else v[:, :rank]) if rank < rank_of(k, v) else v
+    return out
+
+
+def rank_of(name: str, v: np.ndarray) -> int:
+    return v.shape[0] if ".lora_A." in name else v.shape[1]
 
 
 def arrays_nbytes(arrays: dict[str, np.ndarray]) -> int:
@@ -88,13 +164,19 @@ def record_to_arrays(record) -> "OrderedDict[str, np.ndarray]":
 # ------------------------------------------------------------------------------------------ folders
 
 
-def save_adapter(model, out_dir: str | Path, *, base_id: str, base_sha256: str, extra: dict | None = None) -> Path:
-    """Write a PEFT adapter folder plus manifest, atomically (temporary folder, then rename)."""
+def save_adapter(model, out_dir: str | Path, *, base_id: str, base_sha256: str, extra: dict | None = None,
+                 base_residual: dict[str, np.ndarray] | None = None) -> Path:
+    """Write a PEFT adapter folder plus manifest, atomically (temporary folder, then rename). A FedEx-LoRA
+    base residual travels in the same folder, checksummed by the manifest, and load_adapter applies it."""
+    from safetensors.numpy import save_file
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        if base_residual:
+            save_file({k: np.ascontiguousarray(v) for k, v in base_residual.items()}, str(tmp / BASE_RESIDUAL))
         peft_cfg = model.peft_config["default"]
         manifest = {
             "format": "fedfingpt-adapter/1",
@@ -108,6 +190,7 @@ def save_adapter(model, out_dir: str | Path, *, base_id: str, base_sha256: str, 
             },
             "shapes": {k: list(v.shape) for k, v in lora_state(model).items()},
             "weights_sha256": sha256_file(tmp / ADAPTER_WEIGHTS),
+            **({"base_residual_sha256": sha256_file(tmp / BASE_RESIDUAL)} if base_residual else {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {}),
         }
@@ -137,7 +220,19 @@ def read_manifest(adapter_dir: str | Path) -> dict:
             f"{weights}: sha256 {actual[:12]}... does not match the manifest ({str(manifest.get('weights_sha256'))[:12]}...); "
             "the file was changed or truncated: copy the adapter again"
         )
+    if "base_residual_sha256" in manifest:
+        res = d / BASE_RESIDUAL
+        if not res.is_file() or sha256_file(res) != manifest["base_residual_sha256"]:
+            raise AdapterError(f"{res}: missing or changed (sha256 differs from the manifest); copy the adapter again")
     return manifest
+
+
+def read_base_residual(adapter_dir: str | Path) -> dict[str, np.ndarray]:
+    """The FedEx-LoRA base residual of an adapter folder ({} when it has none); call read_manifest first."""
+    from safetensors.numpy import load_file
+
+    res = Path(adapter_dir) / BASE_RESIDUAL
+    return dict(load_file(str(res))) if res.is_file() else {}
 
 
 def load_adapter(base_model, adapter_dir: str | Path, *, base_sha256: str, is_trainable: bool = False):
@@ -158,4 +253,6 @@ def load_adapter(base_model, adapter_dir: str | Path, *, base_sha256: str, is_tr
     shapes = {k: list(v.shape) for k, v in lora_state(model).items()}
     if shapes != manifest["shapes"]:
         raise AdapterError(f"{d}: LoRA shapes in the model differ from the manifest; the adapter folder is inconsistent")
+    if residual := read_base_residual(d):
+        set_base_residual(model, residual, source=str(d / BASE_RESIDUAL))
     return model, manifest

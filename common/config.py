@@ -47,7 +47,7 @@ class ModelConfig(_Strict):
 
 class LoraConfigModel(_Strict):
     r: int = Field(8, gt=0, le=1024, description="LoRA rank.")
-    alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -137,6 +137,35 @@ class PartitionConfig(_Strict):
     seed: int = Field(42)
 
 
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "ffa_lora", "fedsa_lora", "fedex_lora",
+                  "hetlora", "median", "trimmed_mean", "norm_bound")
+StrategyName = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "ffa_lora", "fedsa_lora", "fedex_lora",
+                       "hetlora", "median", "trimmed_mean", "norm_bound"]
+# Which LoRA matrices a strategy trains and shares: FFA-LoRA freezes A and shares B; FedSA-LoRA shares A and keeps
+# each bank's B at the bank. The client reads this to know what to train, send and keep.
+SHARED_LORA_PARTS = {name: "AB" for name in STRATEGY_NAMES} | {"ffa_lora": "B", "fedsa_lora": "A"}
+
+
+class AggregationConfig(_Strict):
+    """Settings of the aggregation strategies; each strategy reads only its own keys."""
+
+    proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of (mu/2)||w - w_global||^2 in the local loss.")
+    server_lr: float = Field(1.0, gt=0, description="fedavgm: server learning rate on the averaged update.")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm: server momentum.")
+    adaptive_lr: float = Field(3e-3, gt=0, description="fedadam/fedyogi: server step size (eta).")
+    beta_1: float = Field(0.9, ge=0, lt=1, description="fedadam/fedyogi: first-moment decay.")
+    beta_2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi: second-moment decay.")
+    tau: float = Field(1e-6, gt=0, description="fedadam/fedyogi: adaptivity floor (LoRA updates are ~1e-3).")
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end per coordinate.")
+    norm_bound: float | None = Field(
+        None, gt=0, description="norm_bound: L2 bound on each bank's update (delta from the global adapter); "
+        "None = the median of the round's update norms times norm_bound_factor.")
+    norm_bound_factor: float = Field(1.0, gt=0, description="norm_bound: multiple of the median norm when adaptive.")
+    bank_ranks: dict[int, int] = Field(
+        default_factory=dict, description="hetlora: LoRA rank per bank id (others use lora.r, the global rank); a "
+        "SuperNode may set its own with node config lora-rank.")
+
+
 class FederationConfig(_Strict):
     num_banks: int = Field(3, ge=1, le=1000, description="Flower SuperNodes (banks) in the simulation.")
     rounds: int = Field(3, ge=1, description="Federated rounds.")
@@ -144,13 +173,16 @@ class FederationConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0, le=1.0, description="Share of banks sampled per round.")
     min_banks: int = Field(2, ge=1, description="A round needs this many valid updates, else the global model is kept.")
     round_timeout_s: float = Field(1800, gt=0, description="Replies later than this are dropped for the round.")
-    strategy: Literal["fedavg"] = Field("fedavg", description="Aggregation strategy by name.")
+    strategy: StrategyName = Field("fedavg", description="Aggregation strategy by name (README: Aggregation).")
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated bank (sets concurrency).")
     server_eval_sets: list[Literal["fpb", "fiqa", "tfns", "nwgi"]] = Field(
         default_factory=lambda: ["fpb", "tfns"], description="Benchmark test sets evaluated by the server each round."
     )
     server_eval_limit: int | None = Field(100, gt=0, description="Rows per server-side test set (None = all).")
+    server_eval_every: int = Field(
+        1, ge=0, description="Server-side evaluation every N rounds (and always after the last); 0 = the last only.")
     client_eval: bool = Field(True, description="Banks evaluate the global adapter on their local test rows.")
     client_eval_limit: int | None = Field(50, gt=0, description="Rows of its local test set each bank evaluates.")
     max_examples_per_bank: int = Field(
@@ -162,6 +194,12 @@ class FederationConfig(_Strict):
     def _min_le_banks(self) -> "FederationConfig":
         if self.min_banks > self.num_banks:
             raise ValueError(f"min_banks ({self.min_banks}) cannot exceed num_banks ({self.num_banks})")
+        if self.aggregation.bank_ranks and self.strategy != "hetlora":
+            raise ValueError("aggregation.bank_ranks gives banks their own LoRA ranks; only strategy hetlora can "
+                             f"aggregate those (strategy is {self.strategy})")
+        bad = {b: r for b, r in self.aggregation.bank_ranks.items() if r < 1 or b < 0 or b >= self.num_banks}
+        if bad:
+            raise ValueError(f"aggregation.bank_ranks {bad}: bank ids must be 0..{self.num_banks - 1}, ranks >= 1")
         return self
 
 
@@ -176,6 +214,18 @@ class Config(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> "Config":
+        f = self.federation
+        if f.strategy == "fedex_lora" and self.model.quantization != "none":
+            raise ValueError("federation.strategy fedex_lora folds the aggregation residual into the base weights, "
+                             "which a quantized base cannot hold; use model.quantization none or another strategy")
+        too_big = {b: r for b, r in f.aggregation.bank_ranks.items() if r > self.lora.r}
+        if too_big:
+            raise ValueError(f"federation.aggregation.bank_ranks {too_big}: a bank's rank cannot exceed the global "
+                             f"lora.r ({self.lora.r}); raise lora.r to the largest bank rank")
+        return self
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import sys
+import threading
 from pathlib import Path
 
 from .metrics import format_markdown_table
@@ -85,3 +86,34 @@ def write_results(
     md = (f"# {title}\n\n" if title else "") + format_markdown_table(flat, columns) + "\n"
     write_text_atomic(md_path, md)
     return json_path, md_path
+
+
+class TreeRSS:
+    """Peak resident memory of this process and all its descendants (the Ray workers), sampled every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.5)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()

@@ -13,15 +13,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from ..common.adapter import arrays_to_record, get_lora_arrays, record_to_arrays, set_lora_arrays
+from ..common.adapter import (arrays_to_record, get_lora_arrays, read_base_residual, record_to_arrays, select_parts,
+                              set_lora_arrays)
 from ..common.config import Config
 from ..common.evaluate import evaluate_sentiment, sample_rows
 from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
 from ..common.report import machine_info, peak_rss_mb, save_figure, show_progress, write_text_atomic
 from ..common.tasks.sentiment_data import sentiment_splits
-from .checkpoint import latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round, set_aside_checkpoints
-from .strategies import STRATEGIES
+from .checkpoint import (checkpoint_dir, latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round,
+                         set_aside_checkpoints)
+from .strategies import build_strategy
 
 log = logging.getLogger("fedfingpt.server")
 
@@ -50,6 +52,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
 
     history: list[dict] = []
     done = 0
+    state: dict = {}
     if not f.resume:
         set_aside_checkpoints(run_dir)
     elif conflicts := resume_conflicts(run_dir, config_json):
@@ -57,6 +60,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
     if f.resume and (ck := latest_checkpoint(run_dir, loaded.base_sha256)):
         done, manifest, saved = ck
         set_lora_arrays(model, peft_names_to_ours(saved, list(get_lora_arrays(model))), source=f"checkpoint round {done}")
+        state = read_base_residual(checkpoint_dir(run_dir, done))
         prev = run_dir / "federated.json"
         history = json.loads(prev.read_text())["history"] if prev.is_file() else []
         history = [h for h in history if h["round"] <= done]
@@ -68,32 +72,38 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
 
     splits = sentiment_splits(cfg.data.data_dir)
     tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
-    strategy = STRATEGIES[f.strategy](
-        fraction_train=f.fraction_train, fraction_evaluate=1.0 if f.client_eval else 0.0, min_train_nodes=max(1, f.min_banks),
-        min_evaluate_nodes=1, min_available_nodes=f.num_banks, min_valid_updates=f.min_banks,
-        max_examples=f.max_examples_per_bank, round_offset=done,
+    strategy = build_strategy(
+        cfg, fraction_train=f.fraction_train, fraction_evaluate=1.0 if f.client_eval else 0.0,
+        min_train_nodes=max(1, f.min_banks), min_evaluate_nodes=1, min_available_nodes=f.num_banks,
+        min_valid_updates=f.min_banks, max_examples=f.max_examples_per_bank, round_offset=done,
     )
+    if state:
+        strategy.restore_state(state)
+        strategy.prepare_model(model)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         rnd = server_round + done
         if server_round == 0 and done:
             return None  # this state was evaluated when its round ended
-        set_lora_arrays(model, record_to_arrays(arrays), source=f"aggregate of round {rnd}")
-        rows = evaluate_sentiment(model, loaded.tokenizer, tests,
-                                  cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
-                                  max_length=cfg.data.max_length, progress=False)
+        set_lora_arrays(model, record_to_arrays(arrays), source=f"aggregate of round {rnd}", partial=True)
+        strategy.prepare_model(model)
+        due = rnd == f.rounds or (f.server_eval_every > 0 and rnd % f.server_eval_every == 0)
+        rows = [] if strategy.personalised or not due else evaluate_sentiment(
+            model, loaded.tokenizer, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
+            max_length=cfg.data.max_length, progress=False)  # personalised: each bank scores its own model
         scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in ("accuracy", "weighted_f1")}
         entry = next((e for e in strategy.rounds if e["round"] == rnd), None)
         history.append({"round": rnd, "eval": [{k: v for k, v in r.items() if k != "confusion"} for r in rows],
                         "train": entry, "t": round(time.perf_counter() - t_start, 1)})
         if rnd > 0:
             save_round(model, run_dir, rnd, base_id=loaded.base_id, base_sha256=loaded.base_sha256,
-                       config=config_json, metrics=scores)
+                       config=config_json, metrics=scores, base_residual=strategy.state_arrays())
         log.info("round %d server eval: %s", rnd, {k: round(v, 3) for k, v in scores.items()})
         write_report(cfg, run_dir, history, strategy.rounds, t_start)  # a partial run still leaves a report
-        return MetricRecord(scores)
+        return MetricRecord(scores) if scores else None
 
-    strategy.start(grid=grid, initial_arrays=arrays_to_record(get_lora_arrays(model)), num_rounds=remaining,
+    shared = select_parts(get_lora_arrays(model), strategy.parts)
+    strategy.start(grid=grid, initial_arrays=arrays_to_record(shared), num_rounds=remaining,
                    timeout=f.round_timeout_s, train_config=ConfigRecord({"local-steps": f.local_steps}),
                    evaluate_fn=evaluate_fn)
     return write_report(cfg, run_dir, history, strategy.rounds, t_start)
@@ -144,12 +154,15 @@ def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for key in sorted(k for k in rows[0] if k.endswith("_acc")):
-        ax.plot([r["round"] for r in rows], [r.get(key) for r in rows], marker="o", label=key.replace("_acc", " accuracy"))
-    for key in sorted(k for k in rows[0] if k.endswith("_wf1")):
-        ax.plot([r["round"] for r in rows], [r.get(key) for r in rows], "--", marker=".", label=key.replace("_wf1", " weighted F1"))
+    keys = sorted({k for r in rows for k in r if k.endswith(("_acc", "_wf1"))})  # rounds not scored have none
+    for key in keys:
+        pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        label = key.replace("_acc", " accuracy").replace("_wf1", " weighted F1")
+        ax.plot(*zip(*pts), "-" if key.endswith("_acc") else "--", marker="o" if key.endswith("_acc") else ".",
+                label=label)
     ax.set(xlabel="round (0 = initial adapter)", ylabel="score", ylim=(0, 1), title=title)
-    ax.legend(fontsize=8)
+    if keys:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 

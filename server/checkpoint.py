@@ -19,9 +19,10 @@ def checkpoint_dir(run_dir: Path, rnd: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"round-{rnd:04d}"
 
 
-def save_round(model, run_dir: Path, rnd: int, *, base_id: str, base_sha256: str, config: dict, metrics: dict) -> Path:
+def save_round(model, run_dir: Path, rnd: int, *, base_id: str, base_sha256: str, config: dict, metrics: dict,
+               base_residual: dict | None = None) -> Path:
     return save_adapter(model, checkpoint_dir(run_dir, rnd), base_id=base_id, base_sha256=base_sha256,
-                        extra={"round": rnd, "config": config, "metrics": metrics})
+                        extra={"round": rnd, "config": config, "metrics": metrics}, base_residual=base_residual)
 
 
 def latest_checkpoint(run_dir: Path, base_sha256: str) -> tuple[int, dict, dict] | None:

@@ -84,6 +84,7 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray workers inherit this process's environment (Ray itself sets OMP_NUM_THREADS from num_cpus).
+    os.environ["FEDFINGPT_BANK_STATE_DIR"] = str((run_dir / "banks").resolve())  # what banks keep (FedSA-LoRA's B)
     if cfg.data.data_dir:
         os.environ["FEDFINGPT_DATA_DIR"] = str(data_dir_from_env(cfg.data.data_dir).resolve())
     backend_config = {

@@ -1,12 +1,16 @@
 """FedAvg of LoRA arrays weighted by example counts, on Flower's FedAvg, dropping unusable bank updates.
 
 Flower's FedAvg skips a whole round when one reply is inconsistent; a bank's bad update must cost only that update.
+This class is also the base of every other LoRA strategy: they change what is shared (`parts`), how the usable
+updates are combined (`combine`), and what travels or is checkpointed beside the adapter (`extra_content`,
+`state_arrays`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
@@ -21,7 +25,8 @@ log = logging.getLogger("fedfingpt.server")
 
 
 class LoraFedAvg(FedAvg):
-    """FedAvg over named LoRA arrays (A and B averaged separately, as FedIT does).
+    """FedAvg over named LoRA arrays (A and B averaged separately, as FedIT does: inexact, mean(B)·mean(A) is not
+    mean(B·A)).
 
     Parameters
     ----------
@@ -35,9 +40,17 @@ class LoraFedAvg(FedAvg):
         Passed to Flower's FedAvg (fraction_train, min_train_nodes, min_available_nodes, ...).
     """
 
+    parts = "AB"  # the LoRA matrices the federation shares
+    lower_rank = False  # accept updates of a lower LoRA rank (HetLoRA)
+    personalised = False  # no single global model (FedSA-LoRA): the server does not score one
+
     def __init__(self, *, min_valid_updates: int = 1, max_examples: float = float("inf"), round_offset: int = 0,
                  **kwargs) -> None:
         super().__init__(**kwargs)
+        self.setup_lora(min_valid_updates=min_valid_updates, max_examples=max_examples, round_offset=round_offset)
+
+    def setup_lora(self, *, min_valid_updates: int = 1, max_examples: float = float("inf"), round_offset: int = 0):
+        """Our settings; subclasses that also inherit a Flower strategy with a fixed signature call this after it."""
         self.min_valid_updates = min_valid_updates
         self.max_examples = max_examples
         self.round_offset = round_offset
@@ -53,9 +66,40 @@ class LoraFedAvg(FedAvg):
         self._reference = record_to_arrays(arrays)
         config["global-round"] = server_round + self.round_offset
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        size = arrays_nbytes(self._reference)
+        extras = self.extra_content()
+        for m in messages:
+            for key, record in extras.items():
+                m.content[key] = record
+        size = arrays_nbytes(self._reference) + sum(arrays_nbytes(record_to_arrays(r)) for r in extras.values())
         self._sent = {m.metadata.dst_node_id: size for m in messages}
         return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        extras = self.extra_content()
+        for m in messages:  # banks evaluate the model they would train (FedEx-LoRA: with the base residual)
+            for key, record in extras.items():
+                m.content[key] = record
+        return messages
+
+    # -- hooks for the other strategies ---------------------------------------------------------
+    def combine(self, updates: list[dict], weights: list[float], entry: dict) -> dict[str, np.ndarray]:
+        """The new global arrays from the usable updates (entry: this round's report, for notes)."""
+        return weighted_mean(updates, weights)
+
+    def extra_content(self) -> dict[str, ArrayRecord]:
+        """Records sent to every bank beside the adapter (FedEx-LoRA's base residual)."""
+        return {}
+
+    def prepare_model(self, model) -> None:
+        """Make the server's model the served global model (beyond setting the shared LoRA arrays)."""
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays saved with each checkpoint and given back on resume (restore_state)."""
+        return {}
+
+    def restore_state(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
 
     # -- what the server accepts ----------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -81,7 +125,7 @@ class LoraFedAvg(FedAvg):
             if bank is not None:
                 self._bank_of[node] = bank
             n = float(metrics.get(self.weighted_by_key, float("nan")))
-            problem = update_problem(arrays, self._reference, n, self.max_examples)
+            problem = update_problem(arrays, self._reference, n, self.max_examples, lower_rank=self.lower_rank)
             if problem:
                 self._drop(entry, node, bank, problem)
                 continue
@@ -98,7 +142,8 @@ class LoraFedAvg(FedAvg):
         entry["aggregated"] = len(updates) >= self.min_valid_updates
         agg_arrays, agg_metrics = None, None
         if entry["aggregated"]:
-            agg_arrays = arrays_to_record(weighted_mean(updates, weights))
+            combined = self.combine(updates, weights, entry)
+            agg_arrays = arrays_to_record(OrderedDict((k, combined[k]) for k in self._reference))
             total = sum(weights)
             losses = [(b["train_loss"], b["num_examples"]) for b in entry["banks"] if b["train_loss"] is not None]
             agg_metrics = MetricRecord({

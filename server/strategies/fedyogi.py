@@ -1,0 +1,16 @@
+"""FedYogi on LoRA: Flower's FedYogi (additive second-moment update) on the validated mean of the LoRA arrays."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedYogi
+
+from .fedavg import LoraFedAvg
+
+
+class LoraFedYogi(FedYogi, LoraFedAvg):
+    """As LoraFedAdam with Yogi's v ← v − (1−β2)·Δ²·sign(v − Δ²)."""
+
+    def __init__(self, *, eta: float, beta_1: float, beta_2: float, tau: float, min_valid_updates: int = 1,
+                 max_examples: float = float("inf"), round_offset: int = 0, **kwargs) -> None:
+        FedYogi.__init__(self, eta=eta, beta_1=beta_1, beta_2=beta_2, tau=tau, **kwargs)
+        self.setup_lora(min_valid_updates=min_valid_updates, max_examples=max_examples, round_offset=round_offset)

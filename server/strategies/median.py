@@ -1,0 +1,14 @@
+"""Coordinate-wise median of the banks' LoRA arrays (robust to a minority of bad or malicious banks)."""
+
+from __future__ import annotations
+
+from ..aggregation import coordinate_median
+from .fedavg import LoraFedAvg
+
+
+class LoraMedian(LoraFedAvg):
+    """Unweighted: a bank cannot buy influence by reporting a large example count. The median of the arrays is the
+    global adapter plus the median of the updates (the median commutes with a shift)."""
+
+    def combine(self, updates, weights, entry):
+        return coordinate_median(updates)
