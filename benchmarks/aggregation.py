@@ -69,12 +69,15 @@ def federated(cfg, run_dir: Path, tests) -> dict:
         out = simulate(cfg, run_dir, progress=False)
     wall = time.perf_counter() - t0
     trains = [h["train"] for h in out["history"] if h.get("train")]
-    up = np.mean([np.mean([b["bytes_up"] for b in t["banks"]]) for t in trains]) / 1e6
-    down = np.mean([np.mean([b["bytes_down"] for b in t["banks"]]) for t in trains]) / 1e6
+    if not any(t["banks"] for t in trains):
+        raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
+    up = np.mean([b["bytes_up"] for t in trains for b in t["banks"]]) / 1e6
+    down = np.mean([b["bytes_down"] for t in trains for b in t["banks"]]) / 1e6
     cell = {"mb_up": round(float(up), 3), "mb_down": round(float(down), 3), "wall_s": round(wall, 1),
             "peak_rss_mb": round(rss.peak / 2**20), "dropped": sum(len(t["dropped"]) for t in trains),
             "curve_loss": [round(sum(b["train_loss"] * b["num_examples"] for b in t["banks"])
-                                 / sum(b["num_examples"] for b in t["banks"]), 4) for t in trains]}
+                                 / sum(b["num_examples"] for b in t["banks"]), 4) if t["banks"] else None
+                           for t in trains]}
     last = out["history"][-1]
     if last["eval"]:
         cell.update({e["dataset"]: e["weighted_f1"] for e in last["eval"]})
