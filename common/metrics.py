@@ -253,6 +253,28 @@ def binary_report(
     return report
 
 
+def aml_report(
+    truth_typology: Sequence[str], scores: Sequence[float], predicted_typology: Sequence[str | None],
+    threshold: float = 0.5, none_label: str = "none",
+) -> dict:
+    """AML screening: binary_report on suspicious (truth = typology other than none), recall per typology (the
+    share of that typology's cases flagged), typology accuracy on the flagged true positives, and the count of
+    unparseable answers (predicted_typology None)."""
+    y = [int(t != none_label) for t in truth_typology]
+    report = binary_report(y, scores, threshold)
+    flagged = np.asarray(scores, dtype=np.float64) >= threshold
+    per_typ: dict[str, dict] = {}
+    for typ in sorted({t for t in truth_typology if t != none_label}):
+        idx = [i for i, t in enumerate(truth_typology) if t == typ]
+        per_typ[typ] = {"n": len(idx), "recall": _safe_div(int(sum(flagged[i] for i in idx)), len(idx))}
+    tp = [i for i, t in enumerate(truth_typology) if t != none_label and flagged[i]]
+    report["recall_by_typology"] = per_typ
+    report["typology_accuracy"] = (_safe_div(sum(predicted_typology[i] == truth_typology[i] for i in tp), len(tp))
+                                   if tp else None)
+    report["unparseable"] = sum(p is None for p in predicted_typology)
+    return report
+
+
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     order = np.argsort(-s, kind="mergesort")
     s_sorted, y_sorted = s[order], y[order]

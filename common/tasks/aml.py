@@ -1,0 +1,197 @@
+"""Anti-money-laundering as an instruction task: a case (an account's window of transactions) becomes a narrative,
+and the answer is strict JSON: {"suspicious": bool, "typology": str, "risk_score": 0-100, "reason": str}.
+
+The data model (accounts, transactions, cases) is shared by the loaders (`aml_data`), the synthetic generator
+(`simulations.aml_generator`), the rules baseline (`aml_rules`) and training; prompts go through `common.prompt`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..prompt import Encoded, build_prompt, encode_example
+
+# AMLworld's typologies, plus structuring (amounts kept just below a reporting threshold).
+TYPOLOGIES = ("fan_in", "fan_out", "cycle", "scatter_gather", "gather_scatter", "bipartite", "stack", "random",
+              "structuring")
+NONE = "none"
+INSTRUCTION = ("Review this account activity for money laundering. Answer in JSON with keys suspicious (true or "
+               "false), typology (one of " + ", ".join(TYPOLOGIES) + ", or none), risk_score (0-100) and reason "
+               "(one line).")
+MAX_LINES = 8  # transactions spelled out in a narrative; the rest are summarised in one line
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    bank: str
+    name: str = ""
+    country: str = ""
+    laundering: bool = False  # account-level label where the source has one (AMLSim nodes)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: str
+    src: str
+    dst: str
+    amount: float
+    currency: str
+    time: datetime
+    payment_format: str = ""
+    laundering: bool = False
+    typology: str | None = None  # of the laundering pattern the transaction belongs to
+    pattern: str | None = None  # id of that pattern (a case)
+
+
+@dataclass
+class AmlDataset:
+    """What a loader or the generator returns; `skipped` counts rows left out and why (never silently)."""
+
+    source: str
+    accounts: dict[str, Account]
+    transactions: list[Transaction]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def banks(self) -> list[str]:
+        return sorted({a.bank for a in self.accounts.values()})
+
+
+@dataclass
+class AmlCase:
+    id: str
+    bank: str  # the bank that holds the focus account (the one that would file the report)
+    focus: str
+    transactions: list[Transaction]
+    accounts: dict[str, Account]
+    suspicious: bool
+    typology: str  # NONE when not suspicious
+
+
+@dataclass(frozen=True)
+class AmlAnswer:
+    suspicious: bool
+    typology: str
+    risk_score: int
+    reason: str
+
+
+# ------------------------------------------------------------------------------------------ narrative
+
+def _alias(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"P{i}"
+
+
+def _party(acct: Account | None, acct_id: str, home_country: str, full: bool) -> str:
+    """'Jane Roe (bank_a)'; the focus (full) also shows its account number; foreign parties show their country."""
+    if acct is None:
+        return acct_id
+    name = acct.name or "unnamed"
+    where = acct.bank + (f", {acct.country}" if acct.country and acct.country != home_country else "")
+    return f"{acct.id} {name} ({where})" if full else f"{name} ({where})"
+
+
+def narrative(case: AmlCase, max_lines: int = MAX_LINES) -> str:
+    """The case as a compact event sequence. Parties get letters (A is the focus account) named once in a legend;
+    then one line per transfer, e.g. 'Day 2: B->A EUR 9,521 cash deposit'; days count from the first transfer,
+    and transfers past `max_lines` are summarised in one line."""
+    txs = sorted(case.transactions, key=lambda t: (t.time, t.id))
+    focus = case.accounts.get(case.focus)
+    home = focus.country if focus else ""
+    shown, rest = txs[:max_lines], txs[max_lines:]
+    alias = {case.focus: "A"}
+    for t in shown:
+        for a in (t.src, t.dst):
+            alias.setdefault(a, _alias(len(alias)))
+    legend = "; ".join(f"{al}={_party(case.accounts.get(a), a, home, a == case.focus)}" for a, al in alias.items())
+    lines = [f"Parties: {legend}."]
+    if not txs:
+        return lines[0] + " No transfers in the window."
+    t0 = txs[0].time
+    for t in shown:
+        how = f" {t.payment_format.lower()}" if t.payment_format else ""
+        lines.append(f"Day {(t.time.date() - t0.date()).days + 1}: {alias[t.src]}->{alias[t.dst]} "
+                     f"{t.currency} {t.amount:,.0f}{how}")
+    if rest:
+        parties = len({t.src for t in rest} | {t.dst for t in rest})
+        lines.append(f"Then {len(rest)} more transfers by day {(rest[-1].time.date() - t0.date()).days + 1}, "
+                     f"{rest[0].currency} {sum(t.amount for t in rest):,.0f} in total among {parties} accounts.")
+    return "\n".join(lines)
+
+
+def aml_prompt(case: AmlCase, max_lines: int = MAX_LINES) -> str:
+    return build_prompt(INSTRUCTION, narrative(case, max_lines))
+
+
+REASONS = {
+    "fan_in": "many accounts sent funds to one account in a short time",
+    "fan_out": "one account spread funds to many accounts in a short time",
+    "cycle": "funds moved through a chain of accounts back to where they started",
+    "scatter_gather": "funds were split across intermediaries and gathered again in one account",
+    "gather_scatter": "funds gathered from many accounts were quickly split out again",
+    "bipartite": "a group of accounts paid another group in a dense pattern",
+    "stack": "funds passed through layers of intermediary accounts",
+    "random": "funds hopped between accounts with no business pattern",
+    "structuring": "repeated amounts just below the reporting threshold",
+    NONE: "activity consistent with ordinary business",
+}
+
+
+def gold_answer(case: AmlCase) -> AmlAnswer:
+    """The training target: the label, its typology, a score at the label's end of the scale, a one-line reason."""
+    typ = case.typology if case.suspicious else NONE
+    return AmlAnswer(case.suspicious, typ, 90 if case.suspicious else 5, REASONS[typ])
+
+
+def format_answer(answer: AmlAnswer) -> str:
+    return json.dumps({"suspicious": answer.suspicious, "typology": answer.typology,
+                       "risk_score": answer.risk_score, "reason": answer.reason})
+
+
+class AnswerError(ValueError):
+    """An answer that is not the strict JSON the task asks for (counted as unparseable, never guessed)."""
+
+
+def parse_answer(text: str) -> AmlAnswer:
+    """Strict: one JSON object with exactly the four keys, the right types, a known typology, a score in 0..100,
+    and typology 'none' exactly when not suspicious."""
+    text = text.strip()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnswerError(f"not JSON ({err.msg})") from None
+    if not isinstance(obj, dict):
+        raise AnswerError(f"expected a JSON object, got {type(obj).__name__}")
+    keys = {"suspicious", "typology", "risk_score", "reason"}
+    if set(obj) != keys:
+        raise AnswerError(f"keys must be {sorted(keys)}, got {sorted(obj)}")
+    sus, typ, score, reason = obj["suspicious"], obj["typology"], obj["risk_score"], obj["reason"]
+    if not isinstance(sus, bool):
+        raise AnswerError("suspicious must be true or false")
+    if typ not in (*TYPOLOGIES, NONE):
+        raise AnswerError(f"unknown typology {typ!r}")
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
+        raise AnswerError(f"risk_score must be an integer 0..100, got {score!r}")
+    if not isinstance(reason, str) or not reason.strip() or "\n" in reason:
+        raise AnswerError("reason must be one non-empty line")
+    if sus != (typ != NONE):
+        raise AnswerError(f"suspicious={sus} contradicts typology {typ!r}")
+    return AmlAnswer(sus, typ, score, reason)
+
+
+# Label-likelihood scoring: the answer's opening decides the label, so P(suspicious) is the probability of one
+# opening against the other; the risk score is 100 x that probability (as the sentiment task gives a confidence).
+LABEL_OPENINGS = ('{"suspicious": true', '{"suspicious": false')
+
+
+def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: int = MAX_LINES) -> list[Encoded]:
+    return [encode_example(tokenizer, aml_prompt(c, max_lines), format_answer(gold_answer(c)), max_length)
+            for c in cases]
+
+
+__all__ = ["Account", "Transaction", "AmlDataset", "AmlCase", "AmlAnswer", "TYPOLOGIES", "NONE", "INSTRUCTION",
+           "narrative", "aml_prompt", "gold_answer", "format_answer", "parse_answer", "AnswerError",
+           "LABEL_OPENINGS", "encode_aml"]
