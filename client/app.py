@@ -22,6 +22,7 @@ from ..common.config import SHARED_LORA_PARTS, Config
 from ..common.evaluate import evaluate_sentiment, sample_rows
 from ..common.report import show_progress
 from .bank import BankState, bank_state, config_from_context
+from .privacy import DPSpec, PrivacyLedger, central_dp_mod
 from .train import train
 
 LOCAL_B = "fedsa-local-b"  # FedSA-LoRA: the bank's own B, in the node's state and on the bank's disk
@@ -78,14 +79,13 @@ def _keep_local_b(state: BankState, cfg: Config, context: Context, global_round:
     tmp.replace(path)  # never a half-written file
 
 
-def load_global(state: BankState, msg: Message, cfg: Config, context: Context, global_round: int | None) -> None:
+def load_global(state: BankState, incoming: dict, residual: dict, cfg: Config, context: Context,
+                global_round: int | None) -> None:
     """Put the global model into the bank's model: the shared LoRA arrays (truncated to the bank's rank), the
     FedEx-LoRA base residual when sent, and for FedSA-LoRA the bank's own B."""
     parts = SHARED_LORA_PARTS[cfg.federation.strategy]
-    incoming = record_to_arrays(msg.content["arrays"])
     if state.rank < cfg.lora.r:
         incoming = truncate_rank(incoming, state.rank)
-    residual = record_to_arrays(msg.content["base-residual"]) if "base-residual" in msg.content.array_records else {}
     set_base_residual(state.model, residual, source="global base residual")
     set_lora_arrays(state.model, incoming, source="global adapter", partial=parts != "AB")
     if parts == "A":
@@ -111,39 +111,92 @@ def frozen(model: torch.nn.Module, matrix: str):
             p.requires_grad_(True)
 
 
+def private_round(state: BankState, cfg: Config, context: Context, global_round: int):
+    """Local DP: (DP-SGD settings, the bank's ledger, this round's (noise, rate, steps)), or None without DP.
+    Raises PrivacyBudgetExceeded when the round would pass the bank's budget (the bank then skips the round)."""
+    p = cfg.privacy
+    if p.mode != "local":
+        return None
+    n = len(state.train)
+    if p.delta >= 1 / n:
+        raise ValueError(f"bank {state.bank}: privacy.delta {p.delta:g} is not below 1/n = 1/{n} of its training rows; "
+                         "a delta that large allows leaking whole records: lower privacy.delta")
+    q = min(1.0, cfg.training.batch_size / n)
+    ledger = PrivacyLedger.open(local_state_dir(cfg, context, state.bank), bank=state.bank,
+                                accountant_kind=p.accountant, delta=p.delta)
+    steps = cfg.federation.local_steps
+    planned = max(1, cfg.federation.rounds - global_round + 1) * steps  # the rest of this run
+    budget = bank_budget(cfg, context, state.bank)
+    sigma = ledger.plan(str(context.run_id), budget=budget, sample_rate=q, planned_steps=planned,
+                        noise_multiplier=p.noise_multiplier)
+    step = (sigma, q, steps)
+    ledger.check(step, budget, state.bank)
+    return DPSpec(sigma, p.max_grad_norm, q, cfg.training.batch_size), ledger, step
+
+
+def bank_budget(cfg: Config, context: Context, bank: int) -> float:
+    """The bank's privacy budget: node config privacy-epsilon, else privacy.bank_epsilon[bank], else epsilon."""
+    nc = dict(context.node_config or {})
+    if "privacy-epsilon" in nc:
+        eps = float(nc["privacy-epsilon"])
+        if not 0 < eps <= 100:
+            raise ValueError(f"bank {bank}: node config privacy-epsilon={eps:g} must be > 0 and at most 100")
+        return eps
+    return float(cfg.privacy.bank_epsilon.get(bank, cfg.privacy.epsilon))
+
+
+def _residual(msg: Message) -> dict:
+    return record_to_arrays(msg.content["base-residual"]) if "base-residual" in msg.content.array_records else {}
+
+
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
+    arrays, metrics = bank_round(cfg, context, record_to_arrays(msg.content["arrays"]), dict(msg.content["config"]),
+                                 _residual(msg))
+    return Message(content=RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(metrics)}),
+                   reply_to=msg)
+
+
+def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residual: dict) -> tuple[dict, dict]:
+    """One round at a bank: load the global model, train it (under DP when asked), return (what the bank shares,
+    its metrics). Both the Message API handler and the secure-aggregation client call it."""
     show_progress(log)
     state = bank_state(cfg, context)
-    conf = msg.content["config"]
     global_round = int(conf.get("global-round", conf["server-round"]))
-    load_global(state, msg, cfg, context, global_round)
+    load_global(state, incoming, residual, cfg, context, global_round)
     parts = SHARED_LORA_PARTS[cfg.federation.strategy]
     mu = float(conf.get("proximal-mu", 0.0))
     tcfg = local_training_config(cfg, global_round, state.bank)
+    private = private_round(state, cfg, context, global_round)
     t0 = time.perf_counter()
     with frozen(state.model, "A") if parts == "B" else contextlib.nullcontext():
         result = train(
             state.model, state.train, tcfg, pad_id=state.tokenizer.pad_token_id, progress=False,
-            extra_loss=proximal_term(state.model, mu) if mu > 0 else None,
+            extra_loss=proximal_term(state.model, mu) if mu > 0 else None, dp=private[0] if private else None,
             on_log=lambda s, l: log.info("round %d bank %d step %d/%d loss %.4f", global_round, state.bank, s,
                                          tcfg.max_steps, l),
         )
     if parts == "A":
         _keep_local_b(state, cfg, context, global_round)
-    metrics = MetricRecord({
+    dp_metrics = {}
+    if private:
+        spec, ledger, step = private
+        eps = ledger.record(step, run_key=str(context.run_id), round=global_round)
+        dp_metrics = {"dp-epsilon": eps, "dp-delta": cfg.privacy.delta, "dp-noise-multiplier": spec.noise_multiplier,
+                      "dp-sample-rate": spec.sample_rate}
+        log.info("round %d bank %d: privacy spent epsilon=%.3f (delta=%g) of budget %g", global_round, state.bank,
+                 eps, cfg.privacy.delta, bank_budget(cfg, context, state.bank))
+    metrics = {
         "num-examples": len(state.train),  # FedAvg weights banks by the size of their local data
         "examples-seen": result.examples, "train-loss": float(result.final_loss), "train-s": float(result.wall_s),
         "round-s": float(time.perf_counter() - t0), "tokens": result.tokens, "bank-id": state.bank,
-        "lora-rank": state.rank,
-    })
-    content = RecordDict({"arrays": arrays_to_record(select_parts(get_lora_arrays(state.model), parts)),
-                          "metrics": metrics})
-    return Message(content=content, reply_to=msg)
+        "lora-rank": state.rank, **dp_metrics,
+    }
+    return select_parts(get_lora_arrays(state.model), parts), metrics
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     state = bank_state(cfg, context)
-    load_global(state, msg, cfg, context, None)  # FedSA-LoRA: the bank's own model (shared A, its own B)
+    load_global(state, record_to_arrays(msg.content["arrays"]), _residual(msg), cfg, context, None)  # FedSA: own B
     local = sample_rows(state.test, cfg.federation.client_eval_limit, cfg.data.seed)
     rows = evaluate_sentiment(state.model, state.tokenizer, {"local": local},
                               cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
@@ -154,9 +207,10 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def make_client_app(cfg: Config | None = None) -> ClientApp:
-    """A ClientApp bound to `cfg`; without one, the config comes from the run config (flwr run)."""
-    app = ClientApp()
+def make_client_app(cfg: Config | None = None, outer_mods: list | None = None) -> ClientApp:
+    """A ClientApp bound to `cfg`; without one, the config comes from the run config (flwr run). `outer_mods` run
+    around everything else (they see what the bank finally sends, after client-side DP clipping)."""
+    app = ClientApp(mods=[*(outer_mods or []), central_dp_mod(lambda ctx: cfg or config_from_context(ctx))])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -50,7 +50,9 @@ def config_from_context(context) -> Config:
 
 def _model(cfg: Config, rank: int):
     # alpha scales with the rank so that a bank's first components mean what the global ones do (HetLoRA)
-    lora = cfg.lora if rank == cfg.lora.r else cfg.lora.model_copy(update={"r": rank, "alpha": cfg.lora.alpha * rank / cfg.lora.r})
+    lora = cfg.lora
+    if rank != cfg.lora.r:
+        lora = cfg.lora.model_copy(update={"r": rank, "alpha": cfg.lora.alpha * rank / cfg.lora.r})
     key = cfg.model.model_dump_json() + lora.model_dump_json()
     if key not in _MODELS:
         import torch
@@ -72,8 +74,10 @@ def bank_rank(cfg: Config, bank: int, node_config: dict) -> int:
     return rank
 
 
-def bank_rows(cfg: Config, bank: int, num_banks: int) -> tuple[list[SentimentExample], list[SentimentExample]]:
-    """This bank's local train and test rows under the scenario's partitioning (deterministic in the seed)."""
+def bank_rows(cfg: Config, bank: int, num_banks: int,
+              extra: str | None = None) -> tuple[list[SentimentExample], list[SentimentExample]]:
+    """This bank's local train and test rows under the scenario's partitioning (deterministic in the seed), plus
+    its own extra training rows (data.bank_extra_train or node config extra-train), which stay at the bank."""
     from ..simulations.partition import bank_split, partition_pool, training_pool
 
     key = (cfg.data.model_dump_json(), cfg.federation.partition.model_dump_json(), num_banks)
@@ -82,7 +86,15 @@ def bank_rows(cfg: Config, bank: int, num_banks: int) -> tuple[list[SentimentExa
         pool = training_pool(splits["train"], cfg.federation.partition)
         _POOLS[key] = (pool, partition_pool(pool, num_banks, cfg.federation.partition))
     pool, parts = _POOLS[key]
-    return bank_split(pool, parts[bank], cfg.federation.partition, bank)
+    train, test = bank_split(pool, parts[bank], cfg.federation.partition, bank)
+    extra = extra or cfg.data.bank_extra_train.get(bank)
+    if extra:
+        from ..common.tasks.sentiment_data import load_instruction_jsonl
+
+        rows = load_instruction_jsonl(extra, source="bank")
+        log.info("bank %d: %d extra training rows from %s", bank, len(rows), extra)
+        train = train + rows
+    return train, test
 
 
 def bank_state(cfg: Config, context) -> BankState:
@@ -93,7 +105,7 @@ def bank_state(cfg: Config, context) -> BankState:
     key = (cfg.model_dump_json(), bank, num_banks, rank)
     if key not in _BANKS:
         model, loaded = _model(cfg, rank)
-        train_rows, test_rows = bank_rows(cfg, bank, num_banks)
+        train_rows, test_rows = bank_rows(cfg, bank, num_banks, nc.get("extra-train"))
         log.info("bank %d of %d: %d training rows, %d local test rows", bank, num_banks, len(train_rows), len(test_rows))
         _BANKS[key] = BankState(bank, model, loaded.tokenizer,
                                 encode_sentiment(loaded.tokenizer, train_rows, cfg.data.max_length), test_rows, rank)

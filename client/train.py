@@ -1,6 +1,8 @@
 """The one training loop: centralized baselines, federated banks and DP training all call `train`.
 
 Read it top to bottom: batches -> forward (answer-only loss, optional extra term) -> backward -> clip -> step.
+With `dp` (DP-SGD through Opacus) the same loop draws Poisson-sampled batches, Opacus computes a gradient per
+example for the LoRA parameters only, clips each to `dp.max_grad_norm` and adds Gaussian noise at the step.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +21,9 @@ from tqdm.auto import tqdm
 from ..common.config import TrainingConfig
 from ..common.models import use_bf16
 from ..common.prompt import IGNORE_INDEX, Encoded
+
+if TYPE_CHECKING:
+    from .privacy import DPSpec
 
 
 @dataclass
@@ -68,6 +74,33 @@ def batch_order(
     return batches
 
 
+def make_private(model: torch.nn.Module, optimizer, dp: "DPSpec", gen: torch.Generator):
+    """Opacus around our model and optimizer: per-example gradients (trainable, i.e. LoRA, parameters only),
+    per-example clipping to dp.max_grad_norm, Gaussian noise of std noise_multiplier x max_grad_norm per step."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    forward = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    optimizer = DPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                            expected_batch_size=dp.expected_batch_size, loss_reduction="mean", generator=gen)
+    return forward, optimizer
+
+
+def poisson_batch(n: int, sample_rate: float, gen: torch.Generator) -> list[int]:
+    """DP-SGD's sampling: every example joins the batch independently with probability `sample_rate`."""
+    return torch.nonzero(torch.rand(n, generator=gen) < sample_rate).flatten().tolist()
+
+
+def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over examples of each example's mean answer-token loss: Opacus's per-example gradients need a loss that
+    is a mean over the batch dimension (the token-mean of the plain path weights long answers more)."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    tok = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                                            ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
+    mask = (shift_labels != IGNORE_INDEX).float()
+    return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
 def total_steps(cfg: TrainingConfig, n_examples: int) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
@@ -97,11 +130,13 @@ def train(
     on_log: Callable[[int, float], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    dp: "DPSpec | None" = None,
 ) -> TrainResult:
     """Train the model's trainable (LoRA) parameters on encoded examples.
 
     extra_loss: a term added to each micro-batch loss (FedProx's proximal term, for instance).
     eval_fn: called with the step number every `cfg.eval_every` steps and at the end; its dict is kept.
+    dp: DP-SGD settings (client.privacy.DPSpec); the caller accounts for the steps (client.privacy.PrivacyLedger).
     """
     if not examples:
         raise ValueError("no training examples")
@@ -111,8 +146,15 @@ def train(
     lengths = [len(e) for e in examples]
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(cfg.bf16_autocast) else contextlib.nullcontext()
+    forward = model
+    if dp is not None:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        forward, optimizer = make_private(model, optimizer, dp, gen)
 
     def micro_batches():
+        if dp is not None:
+            while True:
+                yield poisson_batch(len(examples), dp.sample_rate, gen)
         while True:  # epochs until the step budget is spent
             yield from batch_order(lengths, cfg.batch_size, rng, cfg.group_by_length, cfg.shuffle)
 
@@ -122,38 +164,50 @@ def train(
     bar = tqdm(total=steps, desc=desc, disable=not progress, mininterval=2.0, leave=False)
     model.train()
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        for _ in range(cfg.grad_accum):
-            idx = next(batches)
-            batch = collate([examples[i] for i in idx], pad_id)
-            with autocast:
-                loss = model(**batch).loss
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model)
-            (loss / cfg.grad_accum).backward()
-            running += loss.item()
-            running_n += 1
-            result.examples += len(idx)
-            result.tokens += int(batch["attention_mask"].sum())
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.steps = step
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == steps:
-            mean_loss = running / running_n
-            result.losses.append((step, mean_loss))
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if on_log is not None:
-                on_log(step, mean_loss)
-            running, running_n = 0.0, 0
-        if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
-            result.wall_s += time.perf_counter() - t0  # evaluation time is not training time
-            result.evals.append((step, eval_fn(step)))
-            model.train()
-            t0 = time.perf_counter()
+    try:
+        for step in range(1, steps + 1):
+            for _ in range(cfg.grad_accum):
+                idx = next(batches)
+                if not idx:  # an empty Poisson batch: the step still happens and adds noise only
+                    for p in optimizer.params:
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                    continue
+                batch = collate([examples[i] for i in idx], pad_id)
+                with autocast:
+                    if dp is not None:
+                        out = forward(batch["input_ids"], attention_mask=batch["attention_mask"])
+                        loss = example_mean_loss(out.logits, batch["labels"])
+                    else:
+                        loss = model(**batch).loss
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model)
+                (loss / cfg.grad_accum).backward()
+                running += loss.item()
+                running_n += 1
+                result.examples += len(idx)
+                result.tokens += int(batch["attention_mask"].sum())
+            if cfg.max_grad_norm is not None and dp is None:  # DP clips each example's gradient instead
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.steps = step
+            bar.update(1)
+            if (step % cfg.log_every == 0 or step == steps) and running_n:
+                mean_loss = running / running_n
+                result.losses.append((step, mean_loss))
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if on_log is not None:
+                    on_log(step, mean_loss)
+                running, running_n = 0.0, 0
+            if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+                result.wall_s += time.perf_counter() - t0  # evaluation time is not training time
+                result.evals.append((step, eval_fn(step)))
+                model.train()
+                t0 = time.perf_counter()
+    finally:
+        if dp is not None:
+            forward._close()  # take Opacus's hooks off the (cached, reused) model
     result.wall_s += time.perf_counter() - t0
     bar.close()
     model.eval()

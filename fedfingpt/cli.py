@@ -47,6 +47,37 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="federated LoRA across simulated banks (Flower Simulation Engine)")
     _add_config_args(sim)
 
+    priv = sub.add_parser("privacy", help="a bank's privacy ledger")
+    psub = priv.add_subparsers(dest="privacy_command", required=True)
+    led = psub.add_parser("ledger", help="show what a bank has spent (checks the ledger's checksum)")
+    led.add_argument("folder", help="the bank's state folder, e.g. runs/NAME/banks/bank-0")
+
+    srv = sub.add_parser("serve", help="the compliance-gated gRPC inference service (serving: in the config)")
+    _add_config_args(srv)
+    srv.add_argument("--port", type=int, help="override serving.port (0 = a free port)")
+    srv.add_argument("--insecure", action="store_true", help="plaintext transport (tests and demos only)")
+
+    qry = sub.add_parser("query", help="call the inference service")
+    qry.add_argument("what", choices=["sentiment", "info"], help="ClassifySentiment or GetModelInfo")
+    qry.add_argument("texts", nargs="*", help="texts to classify")
+    qry.add_argument("--target", default="127.0.0.1:50051")
+    qry.add_argument("--token-file", help="file holding the bearer token (else $FEDFINGPT_TOKEN)")
+    qry.add_argument("--ca", help="CA certificate of the server (PEM)")
+    qry.add_argument("--cert", help="client certificate for mutual TLS")
+    qry.add_argument("--key", help="client key for mutual TLS")
+    qry.add_argument("--insecure", action="store_true", help="plaintext (a server started with --insecure)")
+
+    aud = sub.add_parser("audit", help="the inference service's audit trail")
+    asub = aud.add_subparsers(dest="audit_command", required=True)
+    ver = asub.add_parser("verify", help="check the hash chain: any edited, removed or reordered line is named")
+    ver.add_argument("file", help="audit JSONL file (serving.audit_log)")
+
+    certs = sub.add_parser("certs", help="TLS certificates")
+    csub = certs.add_subparsers(dest="certs_command", required=True)
+    dev = csub.add_parser("dev", help="a local CA, a server certificate for localhost and a client certificate")
+    dev.add_argument("out", help="folder to write ca.pem, server.pem/.key, client.pem/.key into")
+    dev.add_argument("--host", action="append", help="server name or IP (default: localhost and 127.0.0.1)")
+
     demo = sub.add_parser("demo", help="the main job on its embedded default (same as `simulate` with no config)")
     demo.add_argument("--out", help="output folder")
     return ap
@@ -60,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import jobs
     from .common.adapter import AdapterError
     from .common.models import ModelLoadError
+    from .client.privacy import LedgerError
     from .common.tasks.sentiment_data import DataFormatError
     from .simulations.partition import PartitionError
     from .simulations.run import SimulationError
@@ -80,6 +112,28 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(None) if args.command == "demo" else _config(args)
             _report_simulation(simulate(cfg, args.out, progress=progress))
+        elif args.command == "serve":
+            return _serve(args)
+        elif args.command == "query":
+            return _query(args)
+        elif args.command == "audit":
+            from .server.inference.audit import verify
+
+            report = verify(args.file)
+            if not report.ok:
+                print(f"fedfingpt: audit trail {args.file} is broken: {report.problem}", file=sys.stderr)
+                return 1
+            print(f"{args.file}: intact, {report.lines} records, last hash {report.last_hash[:16]}...")
+        elif args.command == "certs":
+            from .common.certs import make_dev_certs
+
+            paths = make_dev_certs(args.out, tuple(args.host) if args.host else ("localhost", "127.0.0.1"))
+            print("\n".join(str(p) for p in paths.values()))
+            print("development certificates only: production uses the bank's own PKI", file=sys.stderr)
+        elif args.command == "privacy":
+            from .client.privacy import PrivacyLedger
+
+            print(json.dumps(PrivacyLedger.read(args.folder).summary(), indent=2))
         elif args.command == "eval":
             flags = {"data.eval_sets": [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None,
                      "data.eval_limit": (args.limit or None) if args.limit is not None else "keep",  # 0 = every row
@@ -89,9 +143,62 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, overrides)
             _report(jobs.run_eval(cfg, args.adapter, args.out, progress))
     except (ConfigError, ModelLoadError, AdapterError, DataFormatError, FileNotFoundError,
-            PartitionError, SimulationError) as err:
+            PartitionError, SimulationError, LedgerError) as err:
         print(f"fedfingpt: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _serve(args) -> int:
+    import signal
+    import threading
+
+    from .server.inference.service import InferenceServer, ServeError
+
+    overrides = dict(parse_override(x) for x in (args.set or []))
+    if args.port is not None:
+        overrides["serving.port"] = args.port
+    if args.insecure:
+        overrides["serving.insecure"] = True
+    cfg = load_config(args.config, overrides)
+    try:
+        server = InferenceServer(cfg).start()
+    except ServeError as err:
+        print(f"fedfingpt: error: {err}", file=sys.stderr)
+        return 2
+    print(f"listening on {cfg.serving.host}:{server.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def _query(args) -> int:
+    from .client.sdk import InferenceClient, InferenceError
+
+    token = (open(args.token_file).read().strip() if args.token_file else os.environ.get("FEDFINGPT_TOKEN", ""))
+    if not token:
+        print("fedfingpt: error: give --token-file or set FEDFINGPT_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        with InferenceClient(args.target, token, ca_cert=args.ca, client_cert=args.cert, client_key=args.key,
+                             insecure=args.insecure) as client:
+            if args.what == "info":
+                from google.protobuf.json_format import MessageToDict
+
+                print(json.dumps(MessageToDict(client.model_info()), indent=2))
+            else:
+                if not args.texts:
+                    print("fedfingpt: error: give the texts to classify", file=sys.stderr)
+                    return 2
+                for text, r in zip(args.texts, client.classify(args.texts).results):
+                    probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.probabilities.items()))
+                    print(f"{r.label:8s} ({probs})  {text[:60]}")
+    except (InferenceError, ValueError) as err:
+        print(f"fedfingpt: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

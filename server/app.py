@@ -23,6 +23,7 @@ from ..common.report import machine_info, peak_rss_mb, save_figure, show_progres
 from ..common.tasks.sentiment_data import sentiment_splits
 from .checkpoint import (checkpoint_dir, latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round,
                          set_aside_checkpoints)
+from .privacy import central_epsilon, wrap_central_dp
 from .strategies import build_strategy
 
 log = logging.getLogger("fedfingpt.server")
@@ -40,7 +41,7 @@ def default_run_dir(cfg: Config) -> Path:
     return Path(cfg.output_dir) / cfg.name
 
 
-def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
+def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None = None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     f = cfg.federation
@@ -80,6 +81,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
     if state:
         strategy.restore_state(state)
         strategy.prepare_model(model)
+    runner = wrap_central_dp(cfg, strategy) or strategy  # central DP: Flower's wrapper around our strategy
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         rnd = server_round + done
@@ -95,17 +97,31 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path) -> dict:
         entry = next((e for e in strategy.rounds if e["round"] == rnd), None)
         history.append({"round": rnd, "eval": [{k: v for k, v in r.items() if k != "confusion"} for r in rows],
                         "train": entry, "t": round(time.perf_counter() - t_start, 1)})
+        if cfg.privacy.mode == "central":
+            released = sum(1 for h in history if h["train"] and h["train"].get("aggregated"))
+            history[-1]["dp_central_epsilon"] = central_epsilon(cfg, released)
+            log.info("round %d: central DP epsilon %.3f at delta %g after %d noised aggregates", rnd,
+                     history[-1]["dp_central_epsilon"], cfg.privacy.delta, released)
         if rnd > 0:
+            spent = history[-1].get("dp_central_epsilon") or max(
+                (b.get("dp_epsilon") or 0.0 for h in history if h.get("train") for b in h["train"]["banks"]),
+                default=0.0)
             save_round(model, run_dir, rnd, base_id=loaded.base_id, base_sha256=loaded.base_sha256,
-                       config=config_json, metrics=scores, base_residual=strategy.state_arrays())
+                       config=config_json, metrics=scores, base_residual=strategy.state_arrays(),
+                       privacy_epsilon=float(spent))
         log.info("round %d server eval: %s", rnd, {k: round(v, 3) for k, v in scores.items()})
         write_report(cfg, run_dir, history, strategy.rounds, t_start)  # a partial run still leaves a report
         return MetricRecord(scores) if scores else None
 
     shared = select_parts(get_lora_arrays(model), strategy.parts)
-    strategy.start(grid=grid, initial_arrays=arrays_to_record(shared), num_rounds=remaining,
-                   timeout=f.round_timeout_s, train_config=ConfigRecord({"local-steps": f.local_steps}),
-                   evaluate_fn=evaluate_fn)
+    if cfg.privacy.secure_aggregation:  # SecAgg+: Flower's legacy workflow; the server sees only the sum
+        from .secure import run_secure_rounds
+
+        run_secure_rounds(grid, context, cfg, shared, remaining, evaluate_fn, strategy.rounds, done)
+    else:
+        runner.start(grid=grid, initial_arrays=arrays_to_record(shared), num_rounds=remaining,
+                     timeout=f.round_timeout_s, train_config=ConfigRecord({"local-steps": f.local_steps}),
+                     evaluate_fn=evaluate_fn)
     return write_report(cfg, run_dir, history, strategy.rounds, t_start)
 
 
@@ -127,6 +143,8 @@ def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[d
             "mb_down_per_bank": banks[0]["bytes_down"] / 1e6 if banks else None,
             "mb_up_per_bank": banks[0]["bytes_up"] / 1e6 if banks else None,
             "banks_local_wf1": (tr.get("client_eval") or {}).get("weighted_f1"),
+            "dp_epsilon": h.get("dp_central_epsilon", max((b.get("dp_epsilon") or 0 for b in banks), default=None)
+                                if any("dp_epsilon" in b for b in banks) else None),
             "round_s": tr.get("round_s"),
             "sum_client_train_s": round(sum(b["train_s"] or 0 for b in banks), 2) if banks else None,
         })
@@ -167,8 +185,9 @@ def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def make_server_app(cfg: Config | None = None, run_dir: Path | None = None) -> ServerApp:
-    """A ServerApp bound to `cfg`; without one, the config comes from the Flower run config (flwr run)."""
+def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, grid_hook=None) -> ServerApp:
+    """A ServerApp bound to `cfg`; without one, the config comes from the Flower run config (flwr run).
+    `grid_hook(grid)` may wrap Flower's Grid (tests look at what the server receives)."""
     app = ServerApp()
 
     @app.main()
@@ -178,7 +197,7 @@ def make_server_app(cfg: Config | None = None, run_dir: Path | None = None) -> S
         show_progress(log)
         c = cfg or config_from_context(context)
         rd = run_dir or Path(context.run_config.get("run-dir") or default_run_dir(c))
-        run_server(grid, c, rd)
+        run_server(grid if grid_hook is None else grid_hook(grid), c, rd, context)
 
     return app
 

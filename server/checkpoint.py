@@ -20,9 +20,12 @@ def checkpoint_dir(run_dir: Path, rnd: int) -> Path:
 
 
 def save_round(model, run_dir: Path, rnd: int, *, base_id: str, base_sha256: str, config: dict, metrics: dict,
-               base_residual: dict | None = None) -> Path:
+               base_residual: dict | None = None, privacy_epsilon: float = 0.0) -> Path:
+    """privacy_epsilon: what producing this adapter spent (central DP: the federation's; local DP: the largest
+    of the banks' ledgers), shown by the inference service's GetModelInfo."""
     return save_adapter(model, checkpoint_dir(run_dir, rnd), base_id=base_id, base_sha256=base_sha256,
-                        extra={"round": rnd, "config": config, "metrics": metrics}, base_residual=base_residual)
+                        extra={"round": rnd, "config": config, "metrics": metrics, "privacy_epsilon": privacy_epsilon},
+                        base_residual=base_residual)
 
 
 def latest_checkpoint(run_dir: Path, base_sha256: str) -> tuple[int, dict, dict] | None:

@@ -3,7 +3,7 @@ AMLworld typologies and structuring, with a per-bank typology mix (non-IID banks
 
 What it generates (all synthetic; names and IBANs look real, so PII redaction has something to find):
 - accounts: `accounts_per_bank` per bank, each with a person's or company's name and an IBAN of the bank's
-  country with valid check digits; a few foreign "offshore" accounts (KY, PA, CY, AE) for cross-border hops;
+  country with valid check digits; a few foreign "offshore" accounts (CY, LI, MT, AE) for cross-border hops;
 - ordinary activity: each account makes about `tx_per_account` payments over `days` days to other customers
   (mostly at its own bank), amounts log-normal (median about 240), times in business hours;
 - laundering: patterns drawn from each bank's typology mix until laundering transactions make up
@@ -29,15 +29,22 @@ FIRST = ["James", "Maria", "Wei", "Fatima", "Olga", "Carlos", "Aisha", "Liam", "
 LAST = ["Smith", "Garcia", "Chen", "Khan", "Petrova", "Rossi", "Okafor", "Müller", "Dubois", "Tanaka", "Novak",
         "Haddad", "Sharma", "Silva", "Johansson", "Lopez", "Martin", "Ivanov", "Nasser", "Brown", "Kowalski"]
 COMPANY = ["Holdings", "Trading", "Logistics", "Consulting", "Imports", "Capital", "Ventures", "Supplies"]
-COUNTRIES = {"DE": 18, "GB": 18, "FR": 23, "NL": 14, "ES": 20, "IT": 23, "CH": 17, "AE": 19, "KY": 20, "PA": 20,
-             "CY": 24}  # IBAN lengths (KY/PA stand in for offshore centres and use a generic length)
-OFFSHORE = ["KY", "PA", "CY", "AE"]
+# BBAN shapes of the IBAN registry (n digit, a letter), so that every generated IBAN has its country's real length
+# and form: what a PII recognizer that validates IBANs expects to see.
+COUNTRIES = {"DE": "18n", "GB": "4a14n", "FR": "23n", "NL": "4a10n", "PL": "24n", "IT": "1a22n", "CH": "17n",
+             "IE": "4a14n", "AE": "19n", "CY": "24n", "LI": "17n", "MT": "4a23n"}
+OFFSHORE = ["CY", "LI", "MT", "AE"]
 FORMATS = ["wire", "ach", "card", "cash deposit", "cheque"]
 
 
 def iban(country: str, rng: random.Random) -> str:
-    """An IBAN-shaped number with valid ISO 13616 check digits (mod 97 == 1)."""
-    bban = "".join(str(rng.randrange(10)) for _ in range(COUNTRIES[country] - 4))
+    """An IBAN of the country's length and form with valid ISO 13616 check digits (mod 97 == 1)."""
+    import re
+
+    bban = ""
+    for count, kind in re.findall(r"(\d+)([na])", COUNTRIES[country]):
+        pool = "0123456789" if kind == "n" else "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        bban += "".join(rng.choice(pool) for _ in range(int(count)))
     digits = "".join(str(int(c, 36)) for c in bban + country + "00")
     check = 98 - int(digits) % 97
     return f"{country}{check:02d}{bban}"
@@ -72,7 +79,7 @@ class GeneratorConfig:
 def default_banks(n: int) -> list[BankSpec]:
     """Non-IID by default: each bank sees mostly three typologies, a different three for each bank, and the last
     typology in the rotation only at one bank (so a typology one bank has never seen exists)."""
-    countries = ["DE", "GB", "FR", "NL", "ES", "IT", "CH", "AE"]
+    countries = ["DE", "GB", "FR", "NL", "PL", "IT", "CH", "IE"]
     specs = []
     for b in range(n):
         main = [TYPOLOGIES[(3 * b + j) % len(TYPOLOGIES)] for j in range(3)]

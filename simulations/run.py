@@ -58,7 +58,8 @@ def check_memory(cfg: Config) -> int:
     return need
 
 
-def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, progress: bool = True) -> dict:
+def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, progress: bool = True,
+             grid_hook=None) -> dict:
     from flwr.simulation import run_simulation
 
     from ..client.app import make_client_app
@@ -94,8 +95,13 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app=make_server_app(cfg, run_dir), client_app=client_app or make_client_app(cfg),
-                       num_supernodes=f.num_banks, backend_config=backend_config)
+        if client_app is None and cfg.privacy.secure_aggregation:
+            from ..client.secure import make_secure_client_app
+
+            client_app = make_secure_client_app(cfg)
+        run_simulation(server_app=make_server_app(cfg, run_dir, grid_hook),
+                       client_app=client_app or make_client_app(cfg), num_supernodes=f.num_banks,
+                       backend_config=backend_config)
     report_path = run_dir / "federated.json"
     if not report_path.is_file():
         raise SimulationError(f"the simulation ended without a report in {run_dir}; see the log above")

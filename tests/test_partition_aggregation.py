@@ -106,3 +106,29 @@ def test_update_problems_are_named():
     assert "dtype" in update_problem({"a": np.ones((2, 3), np.int64)}, ref, 10, 100)
     for n in (0, -1, 1000, float("nan")):
         assert "implausible" in update_problem({"a": np.ones((2, 3), np.float32)}, ref, n, 100)
+
+
+def test_a_bank_adds_its_own_rows_and_bad_rows_are_named(tiny_config, data_dir, tmp_path):
+    import json
+
+    from fedfingpt.client.bank import bank_rows
+    from fedfingpt.common.config import config_from_dict
+    from fedfingpt.common.tasks.sentiment_data import DataFormatError
+
+    extra = tmp_path / "own.jsonl"
+    extra.write_text("\n".join(json.dumps({"instruction": "What is the sentiment of this news?", "input": f"row {i}",
+                                           "output": "negative"}) for i in range(4)) + "\n")
+    base = tiny_config.model_dump(mode="json")
+    base["data"]["data_dir"] = str(data_dir)
+    base["federation"] = {"num_banks": 3, "partition": {"kind": "iid", "max_rows": 150}}
+    plain = bank_rows(config_from_dict(base), 1, 3)[0]
+    base["data"]["bank_extra_train"] = {1: str(extra)}
+    cfg = config_from_dict(base)
+    with_extra, _ = bank_rows(cfg, 1, 3)
+    assert len(with_extra) == len(plain) + 4 and with_extra[-1].text == "row 3" and with_extra[-1].source == "bank"
+    assert len(bank_rows(cfg, 0, 3)[0]) == len(bank_rows(config_from_dict({**base, "data": {
+        **base["data"], "bank_extra_train": {}}}), 0, 3)[0]), "only bank 1 gets them"
+    extra.write_text('{"instruction": "x", "input": "y", "output": "maybe"}\n')
+    base["data"]["bank_extra_train"] = {1: str(extra)}
+    with pytest.raises(DataFormatError, match="own.jsonl"):
+        bank_rows(config_from_dict(base), 1, 3)

@@ -1,1 +1,2 @@
-"""The compliance-gated gRPC inference service (not built yet)."""
+"""The compliance-gated gRPC inference service: service.py (the server), gate.py (Presidio redaction and policy),
+audit.py (hash-chained audit trail), model_server.py (model and micro-batching), v1/ (generated stubs)."""

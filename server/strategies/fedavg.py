@@ -51,6 +51,7 @@ class LoraFedAvg(FedAvg):
 
     def setup_lora(self, *, min_valid_updates: int = 1, max_examples: float = float("inf"), round_offset: int = 0):
         """Our settings; subclasses that also inherit a Flower strategy with a fixed signature call this after it."""
+        self.uniform_weights = False  # central DP: every bank counts the same (the noise calibration assumes it)
         self.min_valid_updates = min_valid_updates
         self.max_examples = max_examples
         self.round_offset = round_offset
@@ -130,11 +131,13 @@ class LoraFedAvg(FedAvg):
                 self._drop(entry, node, bank, problem)
                 continue
             updates.append(arrays)
-            weights.append(n)
+            weights.append(1.0 if self.uniform_weights else n)
             entry["banks"].append({
                 "node_id": node, "bank": bank, "num_examples": int(n),
                 "train_loss": metrics.get("train-loss"), "train_s": metrics.get("train-s"),
                 "bytes_down": self._sent.get(node, 0), "bytes_up": arrays_nbytes(arrays),
+                **({"dp_epsilon": metrics["dp-epsilon"], "dp_noise_multiplier": metrics.get("dp-noise-multiplier")}
+                   if "dp-epsilon" in metrics else {}),
             })
         for node in set(self._sent) - replied:
             self._drop(entry, node, self._bank_of.get(node), "no reply before the round timeout")
@@ -144,7 +147,7 @@ class LoraFedAvg(FedAvg):
         if entry["aggregated"]:
             combined = self.combine(updates, weights, entry)
             agg_arrays = arrays_to_record(OrderedDict((k, combined[k]) for k in self._reference))
-            total = sum(weights)
+            total = sum(b["num_examples"] for b in entry["banks"])
             losses = [(b["train_loss"], b["num_examples"]) for b in entry["banks"] if b["train_loss"] is not None]
             agg_metrics = MetricRecord({
                 "train-loss": float(sum(l * w for l, w in losses) / max(1, sum(w for _, w in losses))),

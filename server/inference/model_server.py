@@ -1,0 +1,160 @@
+"""The model behind the service: base model + verified adapter, and micro-batching of concurrent requests.
+
+Requests from many gRPC threads queue their prompts; one worker thread takes up to `max_batch_size` prompts
+(waiting at most `max_wait_ms` for more) and scores them in one pass with the same label-likelihood code as
+training-time evaluation. A request whose deadline passes while it waits is dropped before it costs compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...common.adapter import load_adapter, read_manifest
+from ...common.config import Config
+from ...common.models import attach_lora, load_base_model
+from ...common.predict import generate_stream, label_logprobs
+
+log = logging.getLogger("fedfingpt.serve")
+
+
+class DeadlineExceeded(RuntimeError):
+    pass
+
+
+@dataclass
+class _Job:
+    prompts: list[str]
+    labels: tuple[str, ...]
+    deadline: float | None  # time.monotonic() value
+    future: Future = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Collects jobs that share a label set and scores them together (one thread, so one forward at a time)."""
+
+    def __init__(self, score_fn, max_batch_size: int, max_wait_ms: float) -> None:
+        self.score_fn = score_fn
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.q: queue.Queue[_Job | None] = queue.Queue()
+        self.batches: list[int] = []  # prompts per forward batch (for the benchmark and tests)
+        self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompts: list[str], labels: tuple[str, ...], deadline: float | None) -> Future:
+        job = _Job(list(prompts), labels, deadline)
+        self.q.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self.q.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            batch = [job]
+            size = len(job.prompts)
+            until = time.monotonic() + self.max_wait
+            held: list[_Job] = []
+            while size < self.max_batch_size:
+                try:
+                    nxt = self.q.get(timeout=max(0.0, until - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.q.put(None)
+                    break
+                if nxt.labels == job.labels and size + len(nxt.prompts) <= self.max_batch_size:
+                    batch.append(nxt)
+                    size += len(nxt.prompts)
+                else:
+                    held.append(nxt)
+                    break
+            for h in held:
+                self.q.put(h)
+            now = time.monotonic()
+            live = []
+            for j in batch:
+                if j.deadline is not None and now > j.deadline:
+                    j.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
+                else:
+                    live.append(j)
+            if not live:
+                continue
+            prompts = [p for j in live for p in j.prompts]
+            try:
+                scores = self.score_fn(prompts, job.labels)
+            except Exception as err:  # every waiting request learns of the failure
+                for j in live:
+                    j.future.set_exception(err)
+                continue
+            self.batches.append(len(prompts))
+            at = 0
+            for j in live:
+                j.future.set_result(scores[at: at + len(j.prompts)])
+                at += len(j.prompts)
+
+
+class ModelServer:
+    """Base model + adapter, verified at start; label scoring through the micro-batcher, streamed generation."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        loaded = load_base_model(cfg.model)
+        self.tokenizer = loaded.tokenizer
+        self.base_id, self.base_sha256 = loaded.base_id, loaded.base_sha256
+        self.adapter_sha256, self.round, self.epsilon, self.delta = "", 0, 0.0, 0.0
+        s = cfg.serving
+        if s.adapter:
+            manifest = read_manifest(s.adapter)  # refuses a changed or truncated adapter (checksum)
+            self.model, manifest = load_adapter(loaded.model, Path(s.adapter), base_sha256=loaded.base_sha256)
+            self.adapter_sha256 = manifest["weights_sha256"]
+            self.round = int(manifest.get("round", 0))
+            dp = (manifest.get("config") or {}).get("privacy") or {}
+            self.epsilon, self.delta = float(manifest.get("privacy_epsilon", 0.0)), float(dp.get("delta", 0.0))
+        else:
+            log.warning("serving.adapter is not set: serving the base model without an adapter")
+            torch.manual_seed(cfg.training.seed)
+            self.model = attach_lora(loaded.model, cfg.lora)  # zero B: exactly the base model
+        self.model.eval()
+        self.seen_prompts: list[str] | None = None  # set to [] to record what reaches the model (tests)
+        self._lock = threading.Lock()  # one forward at a time between the batcher and generation
+        self.batcher = MicroBatcher(self._score, s.max_batch_size, s.max_wait_ms)
+
+    def _score(self, prompts: list[str], labels: tuple[str, ...]) -> np.ndarray:
+        with self._lock:
+            if self.seen_prompts is not None:
+                self.seen_prompts.extend(prompts)
+            return label_logprobs(self.model, self.tokenizer, prompts, list(labels),
+                                  max_length=self.cfg.data.max_length, batch_size=self.cfg.serving.max_batch_size,
+                                  bf16=self.cfg.eval.bf16_autocast)
+
+    def score(self, prompts: list[str], labels: tuple[str, ...], deadline: float | None) -> np.ndarray:
+        fut = self.batcher.submit(prompts, labels, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return fut.result(timeout=timeout)
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed before the model answered") from None
+
+    def stream(self, prompt: str, max_new_tokens: int):
+        with self._lock:
+            if self.seen_prompts is not None:
+                self.seen_prompts.append(prompt)
+            yield from generate_stream(self.model, self.tokenizer, prompt, max_new_tokens=max_new_tokens,
+                                       max_length=max(self.cfg.data.max_length, 2 * max_new_tokens),
+                                       bf16=self.cfg.eval.bf16_autocast)
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -1,0 +1,330 @@
+"""The gRPC service fedfingpt.v1.Inference: authentication and roles, limits, the compliance gate around the
+model, micro-batched scoring, streamed generation, health checking, reflection and the audit trail.
+
+Order for every call: authenticate (bearer token -> caller, role) -> role may call the method -> concurrency
+limit -> request limits -> gate scans the request (block refuses, otherwise the model sees the redacted text)
+-> model -> gate scans the reply -> one audit line (types and counts only, never text).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent import futures
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+import yaml
+
+from ...common.config import Config
+from ...common.predict import softmax
+from ...common.prompt import build_prompt
+from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, REASONS, TYPOLOGIES, Account, AmlCase,
+                                 Transaction, narrative)
+from ...common.tasks.sentiment import INSTRUCTIONS
+from ...common.tasks.sentiment_data import LABELS
+from .audit import AuditLog
+from .gate import ComplianceGate, GateResult
+from .model_server import DeadlineExceeded, ModelServer
+from .v1 import inference_pb2 as pb
+from .v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("fedfingpt.serve")
+SERVICE = "fedfingpt.v1.Inference"
+API_VERSION = "fedfingpt.v1"
+TYPOLOGY_OPENINGS = tuple(f'{{"suspicious": true, "typology": "{t}"' for t in TYPOLOGIES)
+
+
+class ServeError(RuntimeError):
+    """A service that cannot start as configured (the message says which key to change)."""
+
+
+def load_tokens(path: str | None) -> dict[str, dict]:
+    if not path:
+        raise ServeError("serving.tokens_file is not set: every call must be authenticated; write a YAML file "
+                         "{TOKEN: {caller: NAME, role: ROLE}} outside the repository and point to it")
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ServeError(f"serving.tokens_file {path}: cannot read it ({err})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and {"caller", "role"} <= set(v)
+                                             for v in data.values()):
+        raise ServeError(f"serving.tokens_file {path}: expected {{TOKEN: {{caller: NAME, role: ROLE}}}}")
+    short = [v["caller"] for k, v in data.items() if len(str(k)) < 16]
+    if short:
+        raise ServeError(f"serving.tokens_file {path}: tokens of {short} are shorter than 16 characters")
+    return {str(k): v for k, v in data.items()}
+
+
+class Call:
+    """What one request carries through the service: identity, gate findings, timing (for the audit line)."""
+
+    def __init__(self, method: str, caller: str, role: str) -> None:
+        self.id = uuid.uuid4().hex
+        self.method, self.caller, self.role = method, caller, role
+        self.found: Counter = Counter()
+        self.decision, self.status = "allow", "OK"
+        self.t0 = time.perf_counter()
+
+    def add(self, result: GateResult) -> None:
+        self.found.update(result.found)
+        if result.blocked:
+            self.decision = "block"
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, cfg: Config, model: ModelServer, gate: ComplianceGate, audit: AuditLog,
+                 tokens: dict[str, dict]) -> None:
+        self.cfg, self.model, self.gate, self.audit, self.tokens = cfg, model, gate, audit, tokens
+        self._slots = threading.BoundedSemaphore(cfg.serving.max_concurrent)
+
+    # -- the steps every call takes ---------------------------------------------------------------
+    def _begin(self, method: str, context) -> Call:
+        meta = dict(context.invocation_metadata() or ())
+        auth = meta.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        who = self.tokens.get(token) if token else None
+        if who is None:
+            self._audit(Call(method, "unknown", "-"), status="UNAUTHENTICATED")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token: send metadata "
+                          "'authorization: Bearer <token>' with a token from serving.tokens_file")
+        call = Call(method, str(who["caller"]), str(who["role"]))
+        if method not in self.cfg.serving.roles.get(call.role, []):
+            self._audit(call, status="PERMISSION_DENIED")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"role {call.role!r} may not call {method}; it may "
+                          f"call {self.cfg.serving.roles.get(call.role, [])}")
+        if not self._slots.acquire(blocking=False):
+            self._audit(call, status="RESOURCE_EXHAUSTED")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its limit of "
+                          f"{self.cfg.serving.max_concurrent} requests in flight; retry with backoff")
+        return call
+
+    def _end(self, call: Call) -> None:
+        self._slots.release()
+        self._audit(call)
+
+    def _audit(self, call: Call, status: str | None = None) -> None:
+        self.audit.append(request_id=call.id, caller=call.caller, role=call.role, method=call.method,
+                          entities=dict(call.found), decision=call.decision, model_sha256=self.model.base_sha256,
+                          adapter_sha256=self.model.adapter_sha256, status=status or call.status,
+                          latency_ms=round((time.perf_counter() - call.t0) * 1000, 2))
+
+    def _fail(self, call: Call, context, code: grpc.StatusCode, message: str):
+        call.status = code.name
+        self._end(call)
+        context.abort(code, message)
+
+    def _deadline(self, context) -> float | None:
+        left = context.time_remaining()
+        return None if left is None else time.monotonic() + left
+
+    def _scan(self, call: Call, context, text: str) -> GateResult:
+        result = self.gate.scan(text, call.role)
+        call.add(result)
+        if result.blocked:
+            self._fail(call, context, grpc.StatusCode.PERMISSION_DENIED,
+                       f"the request contains {', '.join(result.blocked)}, which the policy blocks for role "
+                       f"{call.role!r}; remove it and retry")
+        return result
+
+    @staticmethod
+    def _report(result: GateResult) -> pb.GateReport:
+        return pb.GateReport(entities=result.found, decision="block" if result.blocked else "allow")
+
+    def _check_items(self, call: Call, context, n: int, texts) -> None:
+        s = self.cfg.serving
+        if n == 0:
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "the request holds nothing to process")
+        if n > s.max_items:
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{n} items in one request; at most serving.max_items={s.max_items}")
+        for t in texts:
+            if len(t) > s.max_text_chars:
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                           f"a text of {len(t)} characters; at most serving.max_text_chars={s.max_text_chars}")
+            if not t.strip():
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "an empty text")
+
+    def _model(self, call: Call, context, prompts: list[str], labels: tuple[str, ...]) -> np.ndarray:
+        try:
+            return self.model.score(prompts, labels, self._deadline(context))
+        except DeadlineExceeded as err:
+            self._fail(call, context, grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
+        except Exception as err:  # the message names the failure; the text itself never reaches a log
+            log.exception("model failure in %s (request %s)", call.method, call.id)
+            self._fail(call, context, grpc.StatusCode.INTERNAL, f"the model failed: {type(err).__name__}")
+
+    # -- methods -----------------------------------------------------------------------------------
+    def ClassifySentiment(self, request, context):
+        call = self._begin("ClassifySentiment", context)
+        kind = request.kind or "news"
+        if kind not in INSTRUCTIONS:
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, f"kind {kind!r}: use 'news' or 'tweet'")
+        texts = list(request.texts)
+        self._check_items(call, context, len(texts), texts)
+        gated = [self._scan(call, context, t) for t in texts]
+        prompts = [build_prompt(INSTRUCTIONS[kind], g.text) for g in gated]
+        logp = self._model(call, context, prompts, tuple(f" {lab}" for lab in LABELS))
+        probs = softmax(logp)
+        out = [pb.SentimentResult(label=LABELS[int(np.argmax(p))], probabilities=dict(zip(LABELS, map(float, p))),
+                                  gate=self._report(g)) for p, g in zip(probs, gated)]
+        self._end(call)
+        return pb.ClassifySentimentResponse(results=out, request_id=call.id)
+
+    def ScreenTransactions(self, request, context):
+        call = self._begin("ScreenTransactions", context)
+        cases = list(request.cases)
+        self._check_items(call, context, len(cases), [])
+        prompts, reports = [], []
+        for c in cases:
+            # the narrative carries names and account numbers: it passes the gate like any text
+            g = self._scan(call, context, narrative(self._case(call, context, c)))
+            prompts.append(build_prompt(INSTRUCTION, g.text))
+            reports.append(g)
+        sus = softmax(self._model(call, context, prompts, LABEL_OPENINGS))[:, 0]
+        typ = self._model(call, context, prompts, TYPOLOGY_OPENINGS).argmax(axis=1)
+        out = []
+        for p, t, g in zip(sus, typ, reports):
+            flagged = bool(p >= 0.5)
+            name = TYPOLOGIES[int(t)] if flagged else NONE
+            out.append(pb.Screening(suspicious=flagged, typology=name, risk_score=int(round(100 * float(p))),
+                                    reason=REASONS[name], probability=float(p), gate=self._report(g)))
+        self._end(call)
+        return pb.ScreenTransactionsResponse(results=out, request_id=call.id)
+
+    def _case(self, call: Call, context, c) -> AmlCase:
+        if not c.focus or not c.transactions:
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "a case needs a focus account and "
+                       "transactions")
+        if len(c.transactions) > 10 * self.cfg.serving.max_items:
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, f"a case with {len(c.transactions)} "
+                       f"transactions; at most {10 * self.cfg.serving.max_items}")
+        accounts = {a.id: Account(a.id, a.bank, a.name, a.country) for a in c.accounts}
+        txs = []
+        for t in c.transactions:
+            try:
+                when = datetime.fromisoformat(t.timestamp.replace("Z", "+00:00")).replace(tzinfo=None)
+            except ValueError:
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                           f"transaction {t.id!r}: timestamp {t.timestamp!r} is not ISO 8601")
+            if not (t.amount >= 0) or t.amount == float("inf"):
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                           f"transaction {t.id!r}: amount must be a finite number >= 0")
+            txs.append(Transaction(t.id, t.src, t.dst, t.amount, t.currency or "USD", when, t.payment_format))
+        return AmlCase("request", accounts.get(c.focus, Account(c.focus, "")).bank, c.focus, txs, accounts, False,
+                       NONE)
+
+    def Generate(self, request, context):
+        call = self._begin("Generate", context)
+        if not request.input.strip() and not request.instruction.strip():
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "instruction and input are both empty")
+        self._check_items(call, context, 1, [request.instruction + request.input])
+        instruction = self._scan(call, context, request.instruction) if request.instruction else GateResult("")
+        text = self._scan(call, context, request.input) if request.input else GateResult("")
+        n = min(request.max_new_tokens or self.cfg.serving.max_new_tokens, self.cfg.serving.max_new_tokens)
+        pending = ""
+        try:
+            for piece in self.model.stream(build_prompt(instruction.text, text.text), n):
+                pending += piece
+                safe, pending = self._safe_prefix(pending)
+                if safe:
+                    yield self._out_chunk(call, context, safe, done=False)
+                if not context.is_active():
+                    call.status = "CANCELLED"
+                    break
+            if pending:
+                yield self._out_chunk(call, context, pending, done=False)
+            yield pb.GenerateChunk(text="", done=True, gate=pb.GateReport(entities=dict(call.found),
+                                                                           decision=call.decision))
+        finally:
+            self._end(call)
+
+    def _safe_prefix(self, text: str) -> tuple[str, str]:
+        """Release text only up to a space at least 48 characters before the end, so that a name or number that
+        is still being generated is never split across chunks (each released chunk is scanned whole)."""
+        cut = text.rfind(" ", 0, max(0, len(text) - 48))
+        return (text[: cut + 1], text[cut + 1:]) if cut >= 0 else ("", text)
+
+    def _out_chunk(self, call: Call, context, text: str, done: bool) -> pb.GenerateChunk:
+        result = self.gate.scan(text, call.role)
+        call.add(result)
+        if result.blocked:  # the model produced something the policy blocks: say so, send none of it
+            return pb.GenerateChunk(text=f"[withheld: {', '.join(result.blocked)}]", done=done)
+        return pb.GenerateChunk(text=result.text, done=done)
+
+    def GetModelInfo(self, request, context):
+        call = self._begin("GetModelInfo", context)
+        m = self.model
+        info = pb.ModelInfo(base_model=m.base_id, base_sha256=m.base_sha256, adapter_sha256=m.adapter_sha256,
+                            training_round=m.round, privacy_epsilon=m.epsilon, privacy_delta=m.delta,
+                            gate_entities=self.gate.entity_types(), api_version=API_VERSION)
+        self._end(call)
+        return info
+
+
+class InferenceServer:
+    """The running service: `start()` binds (port 0 picks one: see `.port`), `stop()` shuts down cleanly."""
+
+    def __init__(self, cfg: Config, model: ModelServer | None = None, gate: ComplianceGate | None = None) -> None:
+        s = cfg.serving
+        self.cfg = cfg
+        tokens = load_tokens(s.tokens_file)
+        creds = self._credentials(cfg)
+        self.model = model or ModelServer(cfg)
+        self.gate = gate or ComplianceGate(cfg.gate)
+        self.audit = AuditLog(s.audit_log)
+        self.servicer = InferenceServicer(cfg, self.model, self.gate, self.audit, tokens)
+        opts = [("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", 4 * s.max_message_bytes)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.workers), options=opts,
+                                  maximum_concurrent_rpcs=None)
+        pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["Inference"].full_name, reflection.SERVICE_NAME, health.SERVICE_NAME),
+            self.server)
+        address = f"{s.host}:{s.port}"
+        self.port = (self.server.add_insecure_port(address) if creds is None
+                     else self.server.add_secure_port(address, creds))
+        if self.port == 0:
+            raise ServeError(f"could not bind {address}; choose another serving.port")
+        self._health_pb2 = health_pb2
+
+    @staticmethod
+    def _credentials(cfg: Config):
+        s = cfg.serving
+        if s.insecure:
+            log.warning("serving.insecure is on: requests and replies travel in plaintext; use TLS outside tests")
+            return None
+        if not (s.tls_cert and s.tls_key):
+            raise ServeError("TLS needs serving.tls_cert and serving.tls_key (`fedfingpt certs dev DIR` makes "
+                             "development ones); plaintext only with serving.insecure=true")
+        try:
+            key, cert = Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes()
+            ca = Path(s.client_ca).read_bytes() if s.client_ca else None
+        except OSError as err:
+            raise ServeError(f"cannot read a TLS file: {err}") from None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+    def start(self) -> "InferenceServer":
+        self.server.start()
+        self.health.set(SERVICE, self._health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", self._health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%d (%s)", SERVICE, self.cfg.serving.host, self.port,
+                 "plaintext" if self.cfg.serving.insecure else "TLS" + (" + client certificates"
+                                                                          if self.cfg.serving.client_ca else ""))
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(grace + 5)
+        self.model.close()

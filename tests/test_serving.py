@@ -1,0 +1,319 @@
+"""The inference service for real: a gRPC server on 127.0.0.1 (port 0), real Presidio with the spaCy model, a tiny
+model. Redaction before the model, the output scan, the block policy, tokens and roles, TLS and mutual TLS,
+deadlines and overload, the audit trail, no raw PII anywhere over the Presidio research set, and malformed
+requests of every kind."""
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedfingpt.client.sdk import InferenceClient, InferenceError, case_message
+from fedfingpt.common.certs import make_dev_certs
+from fedfingpt.common.config import config_from_dict
+from fedfingpt.server.inference.audit import verify
+from fedfingpt.server.inference.model_server import ModelServer
+from fedfingpt.server.inference.service import InferenceServer, ServeError
+from fedfingpt.server.inference.v1 import inference_pb2 as pb
+
+TOKENS = {"analyst": "tok-analyst-0123456789", "auditor": "tok-auditor-0123456789", "dev": "tok-develop-0123456789"}
+
+
+@pytest.fixture(scope="module")
+def gate():
+    from fedfingpt.common.config import GateConfig
+    from fedfingpt.server.inference.gate import ComplianceGate
+
+    return ComplianceGate(GateConfig())
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_dev_certs(tmp_path_factory.mktemp("certs"))
+
+
+def serving_config(tiny_config, tmp_path, certs, **serving):
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({TOKENS["analyst"]: {"caller": "app-1", "role": "analyst"},
+                                      TOKENS["auditor"]: {"caller": "aud-1", "role": "auditor"},
+                                      TOKENS["dev"]: {"caller": "dev-1", "role": "developer"}}))
+    cfg = tiny_config.model_dump(mode="json")
+    cfg["serving"] = {"port": 0, "tokens_file": str(tokens), "tls_cert": str(certs["server.pem"]),
+                      "tls_key": str(certs["server.key"]), "audit_log": str(tmp_path / "audit.jsonl"),
+                      "max_wait_ms": 2, **serving}
+    return config_from_dict(cfg)
+
+
+class Running:
+    def __init__(self, cfg, gate, model=None):
+        self.cfg = cfg
+        self.server = InferenceServer(cfg, model=model, gate=gate).start()
+        self.target = f"127.0.0.1:{self.server.port}"
+
+    def client(self, who="analyst", certs=None, **kw):
+        if self.cfg.serving.insecure:
+            return InferenceClient(self.target, TOKENS[who], insecure=True, **kw)
+        return InferenceClient(self.target, TOKENS[who], ca_cert=str(certs["ca.pem"]), **kw)
+
+    def stop(self):
+        self.server.stop(0.5)
+
+
+@pytest.fixture
+def running(tiny_config, tmp_path, certs, gate):
+    r = Running(serving_config(tiny_config, tmp_path, certs), gate)
+    yield r
+    r.stop()
+
+
+def test_redaction_happens_before_the_model_and_the_audit_holds_no_pii(running, certs, tmp_path):
+    running.server.model.seen_prompts = []
+    texts = ["Maria Garcia moved 50,000 from IBAN DE89370400440532013000 to account 12345678901.",
+             "Profits at the bank rose sharply in the third quarter."]
+    with running.client(certs=certs) as c:
+        out = c.classify(texts)
+    assert len(out.results) == 2 and all(abs(sum(r.probabilities.values()) - 1) < 1e-5 for r in out.results)
+    assert out.results[0].gate.entities["PERSON"] == 1 and out.results[0].gate.entities["IBAN_CODE"] == 1
+    seen = "\n".join(running.server.model.seen_prompts)
+    for raw in ("Maria Garcia", "DE89370400440532013000", "12345678901"):
+        assert raw not in seen
+    assert "<PERSON>" in seen and "Profits at the bank rose sharply" in seen
+    trail = Path(running.cfg.serving.audit_log)
+    assert verify(trail).ok
+    record = json.loads(trail.read_text().splitlines()[-1])
+    assert record["method"] == "ClassifySentiment" and record["caller"] == "app-1" and record["entities"]["PERSON"] == 1
+    assert "Maria" not in trail.read_text() and "DE8937" not in trail.read_text()
+
+
+def test_block_policy_refuses_and_says_why(running, certs):
+    with running.client(certs=certs) as c, pytest.raises(InferenceError) as err:
+        c.classify(["My SSN is 536-22-8726, please update it."])
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED and "US_SSN" in err.value.message
+    assert "536-22" not in err.value.message
+    last = json.loads(Path(running.cfg.serving.audit_log).read_text().splitlines()[-1])
+    assert last["decision"] == "block" and last["status"] == "PERMISSION_DENIED"
+
+
+def test_tokens_and_roles(running, certs):
+    bare = InferenceClient(running.target, "not-a-token-at-all-xx", ca_cert=str(certs["ca.pem"]))
+    with pytest.raises(InferenceError) as err:
+        bare.classify(["hello there"])
+    assert err.value.code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in err.value.message
+    with running.client("auditor", certs=certs) as c:
+        with pytest.raises(InferenceError) as err:
+            c.classify(["hello there"])
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED and "role 'auditor'" in err.value.message
+        info = c.model_info()
+    assert info.api_version == "fedfingpt.v1" and info.base_sha256 and "PERSON" in info.gate_entities
+
+
+def test_tls_is_required_and_mutual_tls_checks_the_client(tiny_config, tmp_path, certs, gate):
+    other = make_dev_certs(tmp_path / "other")
+    r = Running(serving_config(tiny_config, tmp_path, certs, client_ca=str(certs["ca.pem"])), gate)
+    try:
+        with InferenceClient(r.target, TOKENS["analyst"], ca_cert=str(other["ca.pem"]),
+                             client_cert=str(certs["client.pem"]), client_key=str(certs["client.key"]),
+                             timeout=5) as c, pytest.raises(InferenceError) as err:
+            c.classify(["hello"])  # the server's certificate is not from the CA this client trusts
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        with r.client(certs=certs, timeout=5) as c, pytest.raises(InferenceError) as err:
+            c.classify(["hello"])  # no client certificate
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        with r.client(certs=certs, client_cert=str(certs["client.pem"]), client_key=str(certs["client.key"])) as c:
+            assert c.classify(["Sales fell."]).results[0].label in ("negative", "neutral", "positive")
+    finally:
+        r.stop()
+    with pytest.raises(ServeError, match="serving.tls_cert"):
+        InferenceServer(serving_config(tiny_config, tmp_path, certs, tls_cert=None), gate=gate)
+    with pytest.raises(ServeError, match="tokens_file is not set"):
+        InferenceServer(serving_config(tiny_config, tmp_path, certs, tokens_file=None), gate=gate)
+
+
+class SlowModel(ModelServer):
+    def _score(self, prompts, labels):
+        time.sleep(1.0)
+        return super()._score(prompts, labels)
+
+
+def test_deadlines_and_overload(tiny_config, tmp_path, certs, gate):
+    cfg = serving_config(tiny_config, tmp_path, certs, max_concurrent=1)
+    r = Running(cfg, gate, model=SlowModel(cfg))
+    try:
+        with r.client(certs=certs) as c:
+            with pytest.raises(InferenceError) as err:
+                c.classify(["Profits rose."], timeout=0.3)
+            assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(1.2)  # let the slow batch finish
+            results = {}
+
+            def long_call():
+                with r.client(certs=certs) as c2:
+                    results["first"] = c2.classify(["Profits rose."], timeout=10).results[0].label
+
+            t = threading.Thread(target=long_call)
+            t.start()
+            time.sleep(0.3)
+            with pytest.raises(InferenceError) as err:
+                c.classify(["Sales fell."], timeout=10)
+            assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1" in err.value.message
+            t.join(15)
+            assert results["first"] in ("negative", "neutral", "positive")
+    finally:
+        r.stop()
+    statuses = [json.loads(line)["status"] for line in Path(cfg.serving.audit_log).read_text().splitlines()]
+    assert "DEADLINE_EXCEEDED" in statuses and "RESOURCE_EXHAUSTED" in statuses and verify(cfg.serving.audit_log).ok
+
+
+class ChattyModel(ModelServer):
+    """Stands in for a model that emits PII (a tiny random model never would): the real gate must catch it."""
+
+    def stream(self, prompt, max_new_tokens):
+        for piece in ["The customer ", "John ", "Smith can be ", "reached at john.smith", "@example.com ",
+                      "about the refund of the ", "disputed charge today."]:
+            yield piece
+
+
+def test_output_scan_catches_pii_the_model_emits(tiny_config, tmp_path, certs, gate):
+    cfg = serving_config(tiny_config, tmp_path, certs)
+    r = Running(cfg, gate, model=ChattyModel(cfg))
+    try:
+        with r.client("dev", certs=certs) as c:
+            chunks = list(c.generate("Summarise the case.", "A refund was requested.", max_new_tokens=16))
+    finally:
+        r.stop()
+    text = "".join(ch.text for ch in chunks)
+    assert chunks[-1].done and "John Smith" not in text and "john.smith@example.com" not in text
+    assert "<PERSON>" in text and "<EMAIL_ADDRESS>" in text and "refund" in text
+    assert chunks[-1].gate.entities["PERSON"] >= 1
+
+
+def test_screening_passes_narratives_through_the_gate(running, certs):
+    from fedfingpt.common.tasks.aml_data import build_cases
+    from fedfingpt.simulations.aml_generator import generate
+
+    cases = build_cases(generate())[:3]
+    running.server.model.seen_prompts = []
+    with running.client(certs=certs) as c:
+        out = c.screen([case_message(x) for x in cases])
+    assert len(out.results) == 3 and all(0 <= r.risk_score <= 100 for r in out.results)
+    seen = "\n".join(running.server.model.seen_prompts)
+    for case in cases:  # every account number (an IBAN with valid check digits) is caught before the model
+        assert not [a for a in case.accounts if a in seen]
+    assert all(r.gate.entities["IBAN_CODE"] >= 1 and r.gate.entities["PERSON"] >= 1 for r in out.results)
+    assert "<PERSON>" in seen  # company names stay (gate.ignore: ORGANIZATION), people's names do not
+
+
+def test_a_changed_adapter_is_refused_at_start(tiny_config, tmp_path, certs):
+    from fedfingpt.common.adapter import AdapterError, save_adapter
+    from fedfingpt.common.models import attach_lora, load_base_model
+
+    loaded = load_base_model(tiny_config.model)
+    folder = save_adapter(attach_lora(loaded.model, tiny_config.lora), tmp_path / "adapter", base_id=loaded.base_id,
+                          base_sha256=loaded.base_sha256)
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # flip the last bytes (lora_B starts at zero)
+    weights.write_bytes(bytes(data))
+    cfg = serving_config(tiny_config, tmp_path, certs, adapter=str(folder))
+    with pytest.raises(AdapterError, match="does not match the manifest"):
+        ModelServer(cfg)
+
+
+def test_no_raw_pii_reaches_the_audit_trail_or_logs_over_the_presidio_research_set(
+        tiny_config, tmp_path, certs, gate, data_dir, caplog):
+    records = json.loads((data_dir / "pii" / "presidio_research" / "synth_dataset_v2.json").read_text())
+    cfg = serving_config(tiny_config, tmp_path, certs, insecure=True, max_items=64)
+    r = Running(cfg, gate)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with r.client() as c:
+            for i in range(0, len(records), 64):
+                batch = [x["full_text"] for x in records[i: i + 64]]
+                try:
+                    c.classify(batch, timeout=120)
+                except InferenceError as err:
+                    assert err.code == grpc.StatusCode.PERMISSION_DENIED  # a blocked type (an SSN) in the batch
+    finally:
+        r.stop()
+    trail = Path(cfg.serving.audit_log).read_text()
+    logs = caplog.text
+    values = {s["entity_value"] for x in records for s in x["spans"] if len(s["entity_value"]) >= 6}
+    leaked = [v for v in values if v in trail or v in logs]
+    where = [line[:300] for line in logs.splitlines() if any(v in line for v in leaked[:3])]
+    assert not leaked, (leaked[:5], where[:3])
+    assert verify(cfg.serving.audit_log).ok and len(trail.splitlines()) == (len(records) + 63) // 64
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.one_of(
+    st.binary(max_size=2048),
+    st.lists(st.text(max_size=300), max_size=80).map(lambda t: pb.ClassifySentimentRequest(texts=t).SerializeToString()),
+    st.builds(lambda n, k: pb.ClassifySentimentRequest(texts=["x" * n], kind=k).SerializeToString(),
+              st.integers(0, 20000), st.sampled_from(["", "news", "tweet", "poem", "\x00"])),
+))
+def test_malformed_requests_get_a_status_not_a_crash(hypothesis_server, payload):
+    channel, target = hypothesis_server
+    call = channel.unary_unary("/fedfingpt.v1.Inference/ClassifySentiment")
+    try:
+        call(payload, metadata=(("authorization", f"Bearer {TOKENS['analyst']}"),), timeout=30)
+    except grpc.RpcError as err:
+        assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                              grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED), err
+        if err.code() == grpc.StatusCode.INTERNAL:
+            assert "deserializ" in (err.details() or "").lower(), err.details()  # only undecodable bytes
+
+
+@pytest.fixture(scope="module")
+def hypothesis_server(tmp_path_factory, gate, certs):
+    from fedfingpt.common.config import config_from_dict as cfd
+
+    tmp = tmp_path_factory.mktemp("hyp")
+    base = {"name": "tiny", "output_dir": str(tmp / "runs"),
+            "model": {"base": "tiny-random", "cache_dir": __import__("os").environ["FEDFINGPT_TEST_CACHE"]},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"max_length": 96}, "eval": {"batch_size": 8, "bf16_autocast": False}}
+    tokens = tmp / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({TOKENS["analyst"]: {"caller": "fuzz", "role": "analyst"}}))
+    cfg = cfd({**base, "serving": {"port": 0, "insecure": True, "tokens_file": str(tokens),
+                                   "audit_log": str(tmp / "audit.jsonl"), "max_message_bytes": 1 << 16}})
+    server = InferenceServer(cfg, gate=gate).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield channel, f"127.0.0.1:{server.port}"
+    # still healthy after everything thrown at it
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="fedfingpt.v1.Inference"))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    channel.close()
+    server.stop(0.5)
+    assert verify(cfg.serving.audit_log).ok
+
+
+def test_health_and_reflection(running, certs):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    creds = grpc.ssl_channel_credentials(root_certificates=certs["ca.pem"].read_bytes())
+    with grpc.secure_channel(running.target, creds) as ch:
+        ok = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="fedfingpt.v1.Inference"))
+        assert ok.status == health_pb2.HealthCheckResponse.SERVING
+        replies = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = [s.name for s in next(replies).list_services_response.service]
+    assert "fedfingpt.v1.Inference" in names and "grpc.health.v1.Health" in names
+
+
+def test_generated_stubs_match_the_proto(tmp_path):
+    from fedfingpt.server.inference import stubs
+
+    for path in stubs.generate(tmp_path):
+        committed = stubs.OUT / path.name
+        assert committed.read_text() == path.read_text(), f"{committed} is stale: run python -m " \
+                                                          "fedfingpt.server.inference.stubs"
