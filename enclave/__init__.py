@@ -1,1 +1,1 @@
-"""Trusted-execution hook: attestation and sealed weights (not built yet)."""
+"""Trusted-execution hook: one interface (base.py), a software backend (software.py) and Gramine-SGX (gramine.py)."""
