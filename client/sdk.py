@@ -18,11 +18,35 @@ class InferenceError(RuntimeError):
         self.code, self.message = code, message
 
 
+class AttestationError(RuntimeError):
+    """The server could not prove what serves: the client sent it no data."""
+
+
+def server_certificate_der(target: str, ca_cert: str, client_cert: str | None, client_key: str | None) -> bytes:
+    """The certificate the server presents on a TLS handshake verified against `ca_cert` (the one attestation
+    evidence must be bound to)."""
+    import socket
+    import ssl
+
+    host, port = target.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=ca_cert)
+    ctx.set_alpn_protocols(["h2"])
+    if client_cert:
+        ctx.load_cert_chain(client_cert, client_key)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname=host) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
 class InferenceClient:
-    """client = InferenceClient("host:port", token, ca_cert="ca.pem"); client.classify(["Profits rose ..."])"""
+    """client = InferenceClient("host:port", token, ca_cert="ca.pem"); client.classify(["Profits rose ..."])
+
+    require_attestation: a fedfingpt.enclave.base.Policy; before any data is sent, the server must present
+    evidence for a fresh nonce, bound to the TLS certificate it presents, that the policy accepts."""
 
     def __init__(self, target: str, token: str, *, ca_cert: str | None = None, client_cert: str | None = None,
-                 client_key: str | None = None, insecure: bool = False, timeout: float = 30.0) -> None:
+                 client_key: str | None = None, insecure: bool = False, timeout: float = 30.0,
+                 require_attestation=None) -> None:
         if insecure:
             self.channel = grpc.insecure_channel(target)
         else:
@@ -36,6 +60,41 @@ class InferenceClient:
         self.stub = pb_grpc.InferenceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
+        self.evidence = None
+        if require_attestation is not None:
+            if insecure:
+                raise AttestationError("attestation binds to the server's TLS certificate: it needs TLS")
+            try:
+                self.evidence = self._attest(target, ca_cert, client_cert, client_key, require_attestation)
+            except BaseException:
+                self.channel.close()
+                raise
+
+    def _attest(self, target, ca_cert, client_cert, client_key, policy):
+        import secrets
+
+        from ..enclave.base import Evidence
+        from ..enclave.gramine import verify_sgx
+        from ..enclave.software import verify_software
+
+        try:
+            cert = server_certificate_der(target, ca_cert, client_cert, client_key)
+        except OSError as err:
+            raise AttestationError(f"could not fetch the server's certificate: {err}") from None
+        nonce = secrets.token_bytes(32)
+        try:
+            reply = self.stub.GetAttestation(pb.AttestationRequest(nonce=nonce), metadata=self.metadata,
+                                             timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise AttestationError(f"the server gave no attestation ({err.code().name}: {err.details()})") from None
+        evidence = Evidence.from_json(reply.evidence_json)
+        verify = {"software": verify_software, "gramine-sgx": verify_sgx}.get(evidence.backend)
+        if verify is None:
+            raise AttestationError(f"unknown attestation backend {evidence.backend!r}")
+        result = verify(evidence, policy, nonce, cert)
+        if not result.ok:
+            raise AttestationError(f"attestation refused: {result.reason}")
+        return evidence
 
     def _call(self, fn, request, timeout: float | None):
         try:

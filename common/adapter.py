@@ -256,3 +256,67 @@ def load_adapter(base_model, adapter_dir: str | Path, *, base_sha256: str, is_tr
     if residual := read_base_residual(d):
         set_base_residual(model, residual, source=str(d / BASE_RESIDUAL))
     return model, manifest
+
+
+# ------------------------------------------------------------------------------------------ archives
+
+def peft_names_to_ours(arrays: dict, ours: list[str]) -> dict:
+    """PEFT's saved names carry no adapter infix, like ours; match by suffix to be safe across PEFT versions."""
+    out = {}
+    for name in ours:
+        hits = [k for k in arrays if k == name or k.endswith(name.split("base_model.model.", 1)[-1])]
+        if len(hits) != 1:
+            raise AdapterError(f"checkpoint has no unique tensor for {name}")
+        out[name] = arrays[hits[0]]
+    return out
+
+
+def adapter_archive(adapter_dir: str | Path) -> bytes:
+    """The adapter folder as one uncompressed tar in memory (what gets sealed for an enclave); checked first."""
+    import io
+    import tarfile
+
+    d = Path(adapter_dir)
+    read_manifest(d)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(d.iterdir()):
+            if p.is_file():
+                tar.add(p, arcname=p.name)
+    return buf.getvalue()
+
+
+def load_adapter_archive(base_model, data: bytes, *, base_sha256: str, source: str = "sealed adapter"):
+    """An adapter from an in-memory archive (never written out in clear): manifest and checksums verified as
+    load_adapter does, LoRA attached from the manifest, weights and any base residual set from memory."""
+    import hashlib
+    import io
+    import tarfile
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.numpy import load as load_safetensors
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    except tarfile.TarError as err:
+        raise AdapterError(f"{source}: not an adapter archive ({err})") from None
+    try:
+        manifest = json.loads(files[ADAPTER_MANIFEST])
+        weights = files[ADAPTER_WEIGHTS]
+    except (KeyError, json.JSONDecodeError) as err:
+        raise AdapterError(f"{source}: archive lacks a readable manifest or weights ({err})") from None
+    if hashlib.sha256(weights).hexdigest() != manifest.get("weights_sha256"):
+        raise AdapterError(f"{source}: weights do not match the manifest's sha256")
+    if manifest["base_model_sha256"] != base_sha256:
+        raise AdapterError(f"{source}: trained on base {manifest['base_model']!r}, not the loaded base model")
+    lora = manifest["lora"]
+    model = get_peft_model(base_model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                                  target_modules=lora["target_modules"], bias="none",
+                                                  task_type="CAUSAL_LM"))
+    set_lora_arrays(model, peft_names_to_ours(load_safetensors(weights), list(lora_state(model))), source=source)
+    if BASE_RESIDUAL in files:
+        if hashlib.sha256(files[BASE_RESIDUAL]).hexdigest() != manifest.get("base_residual_sha256"):
+            raise AdapterError(f"{source}: base residual does not match the manifest's sha256")
+        set_base_residual(model, dict(load_safetensors(files[BASE_RESIDUAL])), source=source)
+    return model, manifest

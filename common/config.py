@@ -329,7 +329,8 @@ class ServingConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(50051, ge=0, le=65535, description="Port; 0 picks a free one (printed at start).")
     adapter: str | None = Field(None, description="Adapter folder (a round checkpoint or `fedfingpt train` output) "
-                                "whose manifest checksum is verified at start; None serves the base model alone.")
+                                "whose manifest checksum is verified at start, or a .sealed file from `fedfingpt "
+                                "enclave seal` (needs serving.enclave); None serves the base model alone.")
     insecure: bool = Field(False, description="Plaintext transport (no TLS): only by explicit choice, with a warning.")
     tls_cert: str | None = Field(None, description="Server certificate (PEM).")
     tls_key: str | None = Field(None, description="Server private key (PEM).")
@@ -337,9 +338,10 @@ class ServingConfig(_Strict):
     tokens_file: str | None = Field(None, description="YAML of bearer tokens: {TOKEN: {caller: NAME, role: ROLE}}. "
                                     "Required: every call is authenticated. Keep it out of the repository.")
     roles: dict[str, list[str]] = Field(
-        default_factory=lambda: {"analyst": ["ClassifySentiment", "ScreenTransactions", "GetModelInfo"],
-                                 "developer": ["ClassifySentiment", "ScreenTransactions", "Generate", "GetModelInfo"],
-                                 "auditor": ["GetModelInfo"]},
+        default_factory=lambda: {
+            "analyst": ["ClassifySentiment", "ScreenTransactions", "GetModelInfo", "GetAttestation"],
+            "developer": ["ClassifySentiment", "ScreenTransactions", "Generate", "GetModelInfo", "GetAttestation"],
+            "auditor": ["GetModelInfo", "GetAttestation"]},
         description="Methods each role may call.")
     max_batch_size: int = Field(16, gt=0, description="Prompts scored in one forward pass (micro-batching).")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
@@ -350,6 +352,11 @@ class ServingConfig(_Strict):
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Cap on Generate's tokens.")
     workers: int = Field(8, gt=0, description="gRPC worker threads.")
     audit_log: str = Field("runs/serving/audit.jsonl", description="Hash-chained audit trail (JSONL).")
+    enclave: Literal["none", "software", "gramine-sgx"] = Field(
+        "none", description="Trusted execution: software (tests and demos; no hardware guarantee) or gramine-sgx.")
+    enclave_identity: str = Field("runs/serving/enclave.identity",
+                                  description="software enclave: its 32-byte identity secret (created if missing).")
+    attestation_dir: str = Field("/dev/attestation", description="gramine-sgx: Gramine's attestation files.")
 
 
 class Config(_Strict):

@@ -65,6 +65,12 @@ def weights_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def folder_sha256(where: Path) -> str:
+    """The base model's identity: the weights hash from our conversion manifest, else computed."""
+    manifest = where / MODEL_MANIFEST
+    return json.loads(manifest.read_text())["weights_sha256"] if manifest.is_file() else weights_sha256(where)
+
+
 def _publish_dir(tmp: Path, final: Path) -> None:
     """Replace `final` by the fully written `tmp` so readers never see a half-written folder. A crash between the
     two renames leaves the previous copy at NAME.old-PID (nothing is lost; the next run rebuilds NAME)."""
@@ -282,8 +288,7 @@ def load_base_model(cfg: ModelConfig) -> LoadedModel:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     if isinstance(where, Path):
-        manifest = where / MODEL_MANIFEST
-        sha = json.loads(manifest.read_text())["weights_sha256"] if manifest.is_file() else weights_sha256(where)
+        sha = folder_sha256(where)
     else:
         sha = f"hub:{where}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
     return LoadedModel(model=model, tokenizer=tok, base_id=cfg.base, base_sha256=sha, path=str(where))

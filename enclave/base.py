@@ -53,6 +53,25 @@ class Measurement:
         return hashlib.sha256("|".join((self.code, self.base_model, self.adapter, self.config)).encode()).hexdigest()
 
 
+def code_digest() -> str:
+    """SHA-256 over every .py file of the installed fedfingpt packages (what the serving process runs)."""
+    import importlib
+
+    files = []
+    for mod in ("fedfingpt", "fedfingpt.common", "fedfingpt.client", "fedfingpt.server", "fedfingpt.enclave",
+                "fedfingpt.simulations"):
+        root = Path(importlib.import_module(mod).__file__).parent
+        files += [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+    h = hashlib.sha256()
+    for p in sorted(set(files), key=lambda p: (p.parent.name, str(p))):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def measure(code_dir: str | Path, base_model_dir: str | Path, adapter_dir: str | Path | None,
             serving_config: dict) -> Measurement:
     """SHA-256 over the serving code (every .py under code_dir), the base model's files, the adapter's files and the

@@ -38,7 +38,9 @@ def _signed_bytes(ev: Evidence) -> bytes:
 class SoftwareEnclave(Enclave):
     name = "software"
 
-    def __init__(self, identity_file: str | Path, measurement: str) -> None:
+    def __init__(self, identity_file: str | Path, measurement: str, seal_binding: str | None = None) -> None:
+        """seal_binding: what sealed data is bound to (default: the measurement); the inference service binds
+        to its code and base model, so the adapter it unseals may itself be part of the measurement."""
         path = Path(identity_file)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ class SoftwareEnclave(Enclave):
             raise EnclaveError(f"{path}: an enclave identity is 32 bytes, found {len(secret)}")
         self.measurement = measurement
         self._signer = Ed25519PrivateKey.from_private_bytes(_derive(secret, b"sign"))
-        self._seal_key = _derive(secret, b"seal|" + measurement.encode())
+        self._seal_key = _derive(secret, b"seal|" + (seal_binding or measurement).encode())
 
     @property
     def public_key(self) -> str:

@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     qry.add_argument("--key", help="client key for mutual TLS")
     qry.add_argument("--insecure", action="store_true", help="plaintext (a server started with --insecure)")
 
+    enc = sub.add_parser("enclave", help="the inference service's enclave: measurement and sealed adapters")
+    esub = enc.add_subparsers(dest="enclave_command", required=True)
+    seal = esub.add_parser("seal", help="seal an adapter folder so that only this serving build can open it")
+    _add_config_args(seal)
+    seal.add_argument("--adapter", required=True, help="adapter folder to seal")
+    seal.add_argument("--to", required=True, help="output file, ending in .sealed")
+    meas = esub.add_parser("measure", help="the measurement a client should expect from `fedfingpt serve CONFIG`")
+    _add_config_args(meas)
+
     aud = sub.add_parser("audit", help="the inference service's audit trail")
     asub = aud.add_subparsers(dest="audit_command", required=True)
     ver = asub.add_parser("verify", help="check the hash chain: any edited, removed or reordered line is named")
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         elif args.command == "query":
             return _query(args)
+        elif args.command == "enclave":
+            return _enclave(args)
         elif args.command == "audit":
             from .server.inference.audit import verify
 
@@ -172,6 +183,36 @@ def _serve(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop()
+    return 0
+
+
+def _enclave(args) -> int:
+    from .common.adapter import read_manifest
+    from .common.models import folder_sha256, resolve_base
+    from .enclave.serving import make_enclave, seal_adapter_file, serving_measurement
+
+    cfg = _config(args)
+    base_sha = folder_sha256(resolve_base(cfg.model))
+    if args.enclave_command == "seal":
+        if cfg.serving.enclave == "none":
+            print("fedfingpt: error: set serving.enclave (software or gramine-sgx) to seal for it", file=sys.stderr)
+            return 2
+        out = seal_adapter_file(make_enclave(cfg, base_sha), args.adapter, args.to)
+        print(out, file=sys.stderr)
+        # what clients should expect from the service configured to serve this sealed file
+        cfg.serving.adapter = str(out)
+        adapter_sha = read_manifest(args.adapter)["weights_sha256"]
+    else:
+        adapter_sha = ""
+        if cfg.serving.adapter and cfg.serving.adapter.endswith(".sealed"):
+            print("fedfingpt: error: a sealed adapter's hash is known only inside the enclave; `fedfingpt enclave "
+                  "seal` prints the measurement when it seals", file=sys.stderr)
+            return 2
+        if cfg.serving.adapter:
+            adapter_sha = read_manifest(cfg.serving.adapter)["weights_sha256"]
+    m = serving_measurement(cfg, base_sha, adapter_sha)
+    print(json.dumps({"combined": m.combined, "code": m.code, "base_model": m.base_model, "adapter": m.adapter,
+                      "config": m.config}, indent=2))
     return 0
 
 

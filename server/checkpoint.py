@@ -9,7 +9,8 @@ from pathlib import Path
 
 from safetensors.numpy import load_file
 
-from ..common.adapter import ADAPTER_WEIGHTS, AdapterError, read_manifest, save_adapter
+from ..common.adapter import (ADAPTER_WEIGHTS, AdapterError, peft_names_to_ours,  # noqa: F401 (re-exported)
+                              read_manifest, save_adapter)
 
 log = logging.getLogger("fedfingpt.server")
 _ROUND_DIR = re.compile(r"^round-(\d{4,})$")
@@ -84,14 +85,3 @@ def set_aside_checkpoints(run_dir: Path) -> Path | None:
     root.rename(aside)
     log.warning("federation.resume is off: earlier checkpoints moved to %s", aside)
     return aside
-
-
-def peft_names_to_ours(arrays: dict, ours: list[str]) -> dict:
-    """PEFT's saved names carry no adapter infix, like ours; match by suffix to be safe across PEFT versions."""
-    out = {}
-    for name in ours:
-        hits = [k for k in arrays if k == name or k.endswith(name.split("base_model.model.", 1)[-1])]
-        if len(hits) != 1:
-            raise AdapterError(f"checkpoint has no unique tensor for {name}")
-        out[name] = arrays[hits[0]]
-    return out

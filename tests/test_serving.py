@@ -317,3 +317,89 @@ def test_generated_stubs_match_the_proto(tmp_path):
         committed = stubs.OUT / path.name
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run python -m " \
                                                           "fedfingpt.server.inference.stubs"
+
+
+def _sealed_setup(tiny_config, tmp_path, certs):
+    from fedfingpt.common.adapter import get_lora_arrays, save_adapter, set_lora_arrays
+    from fedfingpt.common.models import attach_lora, load_base_model
+    from fedfingpt.enclave.serving import make_enclave, seal_adapter_file
+
+    loaded = load_base_model(tiny_config.model)
+    model = attach_lora(loaded.model, tiny_config.lora)
+    arrays = {k: v + 0.01 for k, v in get_lora_arrays(model).items()}  # a trained-looking adapter (B not zero)
+    set_lora_arrays(model, arrays)
+    folder = save_adapter(model, tmp_path / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256)
+    cfg = serving_config(tiny_config, tmp_path, certs, enclave="software",
+                         enclave_identity=str(tmp_path / "enclave.identity"), adapter=str(tmp_path / "a.sealed"))
+    sealed = seal_adapter_file(make_enclave(cfg, loaded.base_sha256), folder, tmp_path / "a.sealed")
+    return cfg, folder, sealed, loaded.base_sha256
+
+
+def test_attested_server_with_a_sealed_adapter(tiny_config, tmp_path, certs, gate):
+    from fedfingpt.client.sdk import AttestationError
+    from fedfingpt.common.adapter import read_manifest
+    from fedfingpt.enclave.base import Policy
+    from fedfingpt.enclave.serving import serving_measurement
+    from fedfingpt.enclave.software import SoftwareEnclave
+
+    cfg, folder, sealed, base_sha = _sealed_setup(tiny_config, tmp_path, certs)
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    assert weights[-64:] not in sealed.read_bytes(), "sealed at rest: the weights are not in the file"
+    adapter_sha = read_manifest(folder)["weights_sha256"]
+    expected = serving_measurement(cfg, base_sha, adapter_sha).combined
+    key = SoftwareEnclave(tmp_path / "enclave.identity", "").public_key
+    good = Policy((expected,), allow_software=True, trusted_keys=(key,))
+    r = Running(cfg, gate)
+    try:
+        with r.client(certs=certs, require_attestation=good) as c:
+            assert c.evidence.measurement == expected and not c.evidence.hardware
+            assert c.model_info().adapter_sha256 == adapter_sha
+            assert c.classify(["Profits rose."]).results[0].label
+        wrong = Policy(("0" * 64,), allow_software=True, trusted_keys=(key,))
+        with pytest.raises(AttestationError, match="not one the policy expects"):
+            r.client(certs=certs, require_attestation=wrong)
+        with pytest.raises(AttestationError, match="refuses software evidence"):
+            r.client(certs=certs, require_attestation=Policy((expected,)))
+    finally:
+        r.stop()
+    methods = [json.loads(line)["method"] for line in Path(cfg.serving.audit_log).read_text().splitlines()]
+    assert methods == ["GetAttestation", "GetModelInfo", "ClassifySentiment", "GetAttestation", "GetAttestation"], \
+        "a client that refused the evidence sent no data"
+
+
+def test_unattested_or_foreign_sealed_servers_are_refused(tiny_config, tmp_path, certs, gate):
+    from fedfingpt.client.sdk import AttestationError
+    from fedfingpt.enclave.base import EnclaveError, Policy
+
+    cfg, folder, sealed, _ = _sealed_setup(tiny_config, tmp_path, certs)
+    other = cfg.model_copy(update={"serving": cfg.serving.model_copy(
+        update={"enclave_identity": str(tmp_path / "other.identity")})})
+    with pytest.raises(EnclaveError, match="cannot unseal"):
+        ModelServer(other)  # another enclave identity cannot open the adapter
+    with pytest.raises(EnclaveError, match="set serving.enclave"):
+        ModelServer(cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"enclave": "none"})}))
+    r = Running(serving_config(tiny_config, tmp_path, certs), gate)  # no enclave at all
+    try:
+        with pytest.raises(AttestationError, match="without an enclave"):
+            r.client(certs=certs, require_attestation=Policy(("0" * 64,), allow_software=True))
+    finally:
+        r.stop()
+
+
+def test_cli_seals_and_prints_the_measurement_to_expect(tiny_config, tmp_path, certs, capsys):
+    from fedfingpt.cli import main
+    from fedfingpt.common.adapter import save_adapter
+    from fedfingpt.common.models import attach_lora, load_base_model
+
+    loaded = load_base_model(tiny_config.model)
+    folder = save_adapter(attach_lora(loaded.model, tiny_config.lora), tmp_path / "ad", base_id=loaded.base_id,
+                          base_sha256=loaded.base_sha256)
+    cfg = serving_config(tiny_config, tmp_path, certs, enclave="software",
+                         enclave_identity=str(tmp_path / "id"))
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["enclave", "seal", str(path), "--adapter", str(folder), "--to", str(tmp_path / "x.sealed")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert len(shown["combined"]) == 64 and (tmp_path / "x.sealed").is_file()
+    assert main(["enclave", "measure", str(path), "--set", f"serving.adapter={folder}"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapter"] == shown["adapter"]

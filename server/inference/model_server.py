@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...common.adapter import load_adapter, read_manifest
+from ...common.adapter import load_adapter, load_adapter_archive, read_manifest
 from ...common.config import Config
 from ...common.models import attach_lora, load_base_model
 from ...common.predict import generate_stream, label_logprobs
+from ...enclave.serving import is_sealed, make_enclave, serving_measurement, unseal_adapter_file
 
 log = logging.getLogger("fedfingpt.serve")
 
@@ -116,18 +117,28 @@ class ModelServer:
         self.base_id, self.base_sha256 = loaded.base_id, loaded.base_sha256
         self.adapter_sha256, self.round, self.epsilon, self.delta = "", 0, 0.0, 0.0
         s = cfg.serving
-        if s.adapter:
-            manifest = read_manifest(s.adapter)  # refuses a changed or truncated adapter (checksum)
+        self.enclave = make_enclave(cfg, loaded.base_sha256)
+        if s.adapter and is_sealed(s.adapter):  # unsealed in memory only, inside the enclave's process
+            data = unseal_adapter_file(self.enclave, s.adapter)
+            self.model, manifest = load_adapter_archive(loaded.model, data, base_sha256=loaded.base_sha256,
+                                                        source=s.adapter)
+        elif s.adapter:
+            read_manifest(s.adapter)  # refuses a changed or truncated adapter (checksum)
             self.model, manifest = load_adapter(loaded.model, Path(s.adapter), base_sha256=loaded.base_sha256)
+        if s.adapter:
             self.adapter_sha256 = manifest["weights_sha256"]
             self.round = int(manifest.get("round", 0))
             dp = (manifest.get("config") or {}).get("privacy") or {}
-            self.epsilon, self.delta = float(manifest.get("privacy_epsilon", 0.0)), float(dp.get("delta", 0.0))
+            if dp.get("mode", "none") != "none":
+                self.epsilon, self.delta = float(manifest.get("privacy_epsilon", 0.0)), float(dp.get("delta", 0.0))
         else:
             log.warning("serving.adapter is not set: serving the base model without an adapter")
             torch.manual_seed(cfg.training.seed)
             self.model = attach_lora(loaded.model, cfg.lora)  # zero B: exactly the base model
         self.model.eval()
+        self.measurement = serving_measurement(cfg, self.base_sha256, self.adapter_sha256)
+        if self.enclave is not None and self.enclave.name == "software":
+            self.enclave.measurement = self.measurement.combined
         self.seen_prompts: list[str] | None = None  # set to [] to record what reaches the model (tests)
         self._lock = threading.Lock()  # one forward at a time between the batcher and generation
         self.batcher = MicroBatcher(self._score, s.max_batch_size, s.max_wait_ms)

@@ -77,10 +77,18 @@ class Call:
             self.decision = "block"
 
 
+def _cert_der(path: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).public_bytes(Encoding.DER)
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, cfg: Config, model: ModelServer, gate: ComplianceGate, audit: AuditLog,
                  tokens: dict[str, dict]) -> None:
         self.cfg, self.model, self.gate, self.audit, self.tokens = cfg, model, gate, audit, tokens
+        self.cert_der = _cert_der(cfg.serving.tls_cert) if not cfg.serving.insecure and cfg.serving.tls_cert else None
         self._slots = threading.BoundedSemaphore(cfg.serving.max_concurrent)
 
     # -- the steps every call takes ---------------------------------------------------------------
@@ -256,6 +264,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if result.blocked:  # the model produced something the policy blocks: say so, send none of it
             return pb.GenerateChunk(text=f"[withheld: {', '.join(result.blocked)}]", done=done)
         return pb.GenerateChunk(text=result.text, done=done)
+
+    def GetAttestation(self, request, context):
+        call = self._begin("GetAttestation", context)
+        enclave = self.model.enclave
+        if enclave is None:
+            self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "this server runs without an enclave "
+                       "(serving.enclave none): it cannot attest to what serves")
+        if self.cert_der is None:
+            self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "attestation binds to the server's TLS "
+                       "certificate: serve with TLS to attest")
+        if len(request.nonce) < 16:
+            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "the nonce must be at least 16 random bytes")
+        try:
+            evidence = enclave.attest(bytes(request.nonce), self.cert_der)
+        except Exception as err:
+            self._fail(call, context, grpc.StatusCode.UNAVAILABLE, f"the enclave could not attest: {err}")
+        self._end(call)
+        return pb.Attestation(evidence_json=evidence.to_json(), backend=evidence.backend)
 
     def GetModelInfo(self, request, context):
         call = self._begin("GetModelInfo", context)

@@ -6,6 +6,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AttestationRequest(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class Attestation(_message.Message):
+    __slots__ = ("evidence_json", "backend")
+    EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    evidence_json: str
+    backend: str
+    def __init__(self, evidence_json: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+
 class GateReport(_message.Message):
     __slots__ = ("entities", "decision")
     class EntitiesEntry(_message.Message):

@@ -54,6 +54,11 @@ class InferenceStub:
                 request_serializer=fedfingpt_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=fedfingpt_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetAttestation = channel.unary_unary(
+                '/fedfingpt.v1.Inference/GetAttestation',
+                request_serializer=fedfingpt_dot_v1_dot_inference__pb2.AttestationRequest.SerializeToString,
+                response_deserializer=fedfingpt_dot_v1_dot_inference__pb2.Attestation.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -87,6 +92,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAttestation(self, request, context):
+        """Evidence of what serves (code, model, adapter, config), bound to the caller's nonce and the server's TLS
+        certificate; ask for it before sending data (the SDK's require_attestation does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=fedfingpt_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
                     response_serializer=fedfingpt_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetAttestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttestation,
+                    request_deserializer=fedfingpt_dot_v1_dot_inference__pb2.AttestationRequest.FromString,
+                    response_serializer=fedfingpt_dot_v1_dot_inference__pb2.Attestation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class Inference:
             '/fedfingpt.v1.Inference/GetModelInfo',
             fedfingpt_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
             fedfingpt_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfingpt.v1.Inference/GetAttestation',
+            fedfingpt_dot_v1_dot_inference__pb2.AttestationRequest.SerializeToString,
+            fedfingpt_dot_v1_dot_inference__pb2.Attestation.FromString,
             options,
             channel_credentials,
             insecure,
