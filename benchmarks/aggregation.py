@@ -41,7 +41,7 @@ HETLORA_RANKS = {0: 4, 1: 4}  # two banks with small machines train rank 4; the 
 def score(model, tok, tests, cfg) -> dict:
     rows = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
                               max_length=cfg.data.max_length, progress=False)
-    return {r["dataset"]: r["weighted_f1"] for r in rows}
+    return {**{r["dataset"]: r["weighted_f1"] for r in rows}, **{f"{r['dataset']}_macro": r["macro_f1"] for r in rows}}
 
 
 def fresh_model(cfg):
@@ -59,7 +59,7 @@ def centralized(cfg, banks: int, total_steps: int, tests) -> dict:
     with TreeRSS() as rss:
         train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False)
         s = score(model, loaded.tokenizer, tests, cfg)
-    return {"fpb": s["fpb"], "tfns": s["tfns"], "mb_up": 0.0, "mb_down": 0.0, "wall_s": round(time.perf_counter() - t0, 1),
+    return {**s, "mb_up": 0.0, "mb_down": 0.0, "wall_s": round(time.perf_counter() - t0, 1),
             "peak_rss_mb": round(rss.peak / 2**20)}
 
 
@@ -81,6 +81,7 @@ def federated(cfg, run_dir: Path, tests) -> dict:
     last = out["history"][-1]
     if last["eval"]:
         cell.update({e["dataset"]: e["weighted_f1"] for e in last["eval"]})
+        cell.update({f"{e['dataset']}_macro": e["macro_f1"] for e in last["eval"]})
     else:  # FedSA-LoRA: each bank's own model, scored on the same rows
         model, loaded = fresh_model(cfg)
         rnd, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
@@ -91,6 +92,7 @@ def federated(cfg, run_dir: Path, tests) -> dict:
             set_lora_arrays(model, {k: z[k] for k in z.files if k != "__round"}, source=f"bank {b} B", partial=True)
             per_bank.append(score(model, loaded.tokenizer, tests, cfg))
         cell.update({k: float(np.mean([p[k] for p in per_bank])) for k in ("fpb", "tfns")})
+        cell.update({f"{k}_macro": float(np.mean([p[f"{k}_macro"] for p in per_bank])) for k in ("fpb", "tfns")})
         cell["per_bank"] = per_bank
     return cell
 
@@ -137,7 +139,7 @@ def main() -> None:
         tmp = cache_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(cache_path)
-        write(args, base, cells, total_steps, time.perf_counter() - t_all)
+        write(args, base, cells, total_steps, time.perf_counter() - t_all, work, tests)
 
     if "centralized" not in cells:
         log.info("centralized: %d steps on the union of the banks' rows", total_steps)
@@ -158,6 +160,7 @@ def main() -> None:
             cell = federated(cfg, work / cfg.name, tests)
             log.info("%s: fpb %.3f tfns %.3f (%.0f s)", key, cell["fpb"], cell["tfns"], cell["wall_s"])
             save_cell(key, cell)
+    write(args, base, cells, total_steps, time.perf_counter() - t_all, work, tests)
     log.info("wrote %s.{json,md,png}", args.out)
 
 
@@ -167,27 +170,52 @@ LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedad
           "norm_bound": "Norm bound"}
 
 
-def write(args, base, cells: dict, total_steps: int, wall: float) -> None:
+def macro(cell: dict, key: str, work: Path, run: str):
+    """Macro F1 (cells cached before it was recorded: read back from the run's own report)."""
+    if f"{key}_macro" in cell:
+        return cell[f"{key}_macro"]
+    report = work / run / "federated.json"
+    if report.is_file():
+        for e in json.loads(report.read_text())["history"][-1]["eval"]:
+            if e["dataset"] == key:
+                return e["macro_f1"]
+    return None
+
+
+def write(args, base, cells: dict, total_steps: int, wall: float, work: Path, tests: dict) -> None:
+    from fedfingpt.common.metrics import classification_report
+    from fedfingpt.common.tasks.sentiment_data import LABELS as CLASSES
+
     rows = []
+    # the floor: a model that answers "neutral" to everything (what label-skewed federations collapse to)
+    floor = {k: classification_report([r.label for r in v], ["neutral"] * len(v), CLASSES) for k, v in tests.items()}
+    rows.append({"strategy": "always 'neutral' (floor)", "partition": "-", "fpb_wf1": floor["fpb"]["weighted_f1"],
+                 "tfns_wf1": floor["tfns"]["weighted_f1"], "mean_wf1": (floor["fpb"]["weighted_f1"]
+                                                                         + floor["tfns"]["weighted_f1"]) / 2,
+                 "fpb_macro": floor["fpb"]["macro_f1"], "tfns_macro": floor["tfns"]["macro_f1"]})
     c = cells.get("centralized")
     if c:
         rows.append({"strategy": "centralized (ceiling)", "partition": "-", "fpb_wf1": c["fpb"], "tfns_wf1": c["tfns"],
-                     "mean_wf1": (c["fpb"] + c["tfns"]) / 2, "mb_up": 0.0, "mb_down": 0.0, "wall_s": c["wall_s"],
+                     "mean_wf1": (c["fpb"] + c["tfns"]) / 2, "fpb_macro": c.get("fpb_macro"),
+                     "tfns_macro": c.get("tfns_macro"), "mb_up": 0.0, "mb_down": 0.0, "wall_s": c["wall_s"],
                      "peak_rss_mb": c["peak_rss_mb"]})
     for key, cell in cells.items():
         if key == "centralized":
             continue
         part, strategy = key.split("/")
+        run = f"agg-{part}-{strategy}"
         rows.append({"strategy": LABELS.get(strategy, strategy), "partition": part, "fpb_wf1": cell["fpb"],
-                     "tfns_wf1": cell["tfns"], "mean_wf1": (cell["fpb"] + cell["tfns"]) / 2, "mb_up": cell["mb_up"],
+                     "tfns_wf1": cell["tfns"], "mean_wf1": (cell["fpb"] + cell["tfns"]) / 2,
+                     "fpb_macro": macro(cell, "fpb", work, run), "tfns_macro": macro(cell, "tfns", work, run),
+                     "mb_up": cell["mb_up"],
                      "mb_down": cell["mb_down"], "wall_s": cell["wall_s"], "peak_rss_mb": cell["peak_rss_mb"]})
     order = {p: i for i, p in enumerate(["-", *PARTITIONS])}
     rows.sort(key=lambda r: (order.get(r["partition"], 99), -r["mean_wf1"]))
     out = Path(args.out)
     write_results(
         out, benchmark="aggregation", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
-        columns=["partition", "strategy", "fpb_wf1", "tfns_wf1", "mean_wf1", "mb_up", "mb_down", "wall_s",
-                 "peak_rss_mb"],
+        columns=["partition", "strategy", "fpb_wf1", "tfns_wf1", "mean_wf1", "fpb_macro", "tfns_macro", "mb_up",
+                 "mb_down", "wall_s", "peak_rss_mb"],
         title=f"LoRA aggregation strategies, {base.model.base}, {args.banks} banks, {args.rounds} rounds x "
               f"{args.local_steps} local steps x batch {base.training.batch_size} ({total_steps} steps per cell), "
               f"weighted F1 on {args.eval_rows} rows of FPB test and TFNS valid",
@@ -213,9 +241,12 @@ def plot(rows: list[dict], path: Path) -> None:
         vals = {r["strategy"]: r["mean_wf1"] for r in rows if r["partition"] == p}
         xs = [i + (j - (len(parts) - 1) / 2) * width for i in range(len(strategies))]
         ax.bar(xs, [vals.get(s, np.nan) for s in strategies], width, label=p)
-    ceiling = next((r["mean_wf1"] for r in rows if r["partition"] == "-"), None)
+    ceiling = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("centralized")), None)
     if ceiling is not None:
         ax.axhline(ceiling, color="k", ls="--", lw=1, label="centralized")
+    floor = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("always")), None)
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
     ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="weighted F1 (mean of FPB, TFNS)", ylim=(0, 1), title="LoRA aggregation under non-IID banks")
     ax.legend(fontsize=8, ncol=len(parts) + 1)

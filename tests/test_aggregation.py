@@ -116,6 +116,7 @@ def test_adaptive_server_optimisers(name):
     v = {k: (1 - b2) * d**2 for k, d in delta.items()}  # Adam and Yogi agree from v = 0
     step = eta * np.sqrt(1 - b2**2) / (1 - b1**2) if name == "fedadam" else eta  # FedAdam's bias correction
     close(got, {k: ref[k] + step * m[k] / (np.sqrt(v[k]) + tau) for k in ref}, atol=1e-5)
+    assert all(v.dtype == np.float32 for v in got.values()), "the global adapter stays float32 (traffic)"
 
 
 def test_ffa_lora_shares_only_b_and_is_exact():

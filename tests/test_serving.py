@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -85,6 +86,14 @@ def test_redaction_happens_before_the_model_and_the_audit_holds_no_pii(running, 
     for raw in ("Maria Garcia", "DE89370400440532013000", "12345678901"):
         assert raw not in seen
     assert "<PERSON>" in seen and "Profits at the bank rose sharply" in seen
+    # the service scores exactly as evaluation does (same formatter, same labels)
+    from fedfingpt.common.predict import label_logprobs, softmax
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+
+    m = running.server.model
+    want = softmax(label_logprobs(m.model, m.tokenizer, m.seen_prompts[-1:], LABELS, max_length=96))[0]
+    got = [out.results[1].probabilities[lab] for lab in LABELS]
+    assert np.allclose(got, want, atol=1e-4), (got, want)
     trail = Path(running.cfg.serving.audit_log)
     assert verify(trail).ok
     record = json.loads(trail.read_text().splitlines()[-1])

@@ -177,7 +177,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._check_items(call, context, len(texts), texts)
         gated = [self._scan(call, context, t) for t in texts]
         prompts = [build_prompt(INSTRUCTIONS[kind], g.text) for g in gated]
-        logp = self._model(call, context, prompts, tuple(f" {lab}" for lab in LABELS))
+        logp = self._model(call, context, prompts, tuple(LABELS))  # the answer's leading space is the formatter's
         probs = softmax(logp)
         out = [pb.SentimentResult(label=LABELS[int(np.argmax(p))], probabilities=dict(zip(LABELS, map(float, p))),
                                   gate=self._report(g)) for p, g in zip(probs, gated)]

@@ -15,3 +15,7 @@ class LoraFedAdam(FedAdam, LoraFedAvg):
                  max_examples: float = float("inf"), round_offset: int = 0, **kwargs) -> None:
         FedAdam.__init__(self, eta=eta, beta_1=beta_1, beta_2=beta_2, tau=tau, **kwargs)
         self.setup_lora(min_valid_updates=min_valid_updates, max_examples=max_examples, round_offset=round_offset)
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = FedAdam.aggregate_train(self, server_round, replies)
+        return self.in_reference_dtype(arrays), metrics
