@@ -24,12 +24,13 @@ from fedfingpt.client.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import STRATEGY_NAMES, load_config
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
-from fedfingpt.common.models import attach_lora, load_base_model
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results
 from fedfingpt.common.tasks.sentiment import encode_sentiment
 from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
+
+from _shared import fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -43,11 +44,6 @@ def score(model, tok, tests, cfg) -> dict:
                               max_length=cfg.data.max_length, progress=False)
     return {**{r["dataset"]: r["weighted_f1"] for r in rows}, **{f"{r['dataset']}_macro": r["macro_f1"] for r in rows}}
 
-
-def fresh_model(cfg):
-    loaded = load_base_model(cfg.model)
-    torch.manual_seed(cfg.training.seed)
-    return attach_lora(loaded.model, cfg.lora), loaded
 
 
 def centralized(cfg, banks: int, total_steps: int, tests) -> dict:

@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from fedfingpt.client.sdk import InferenceClient
 from fedfingpt.common.adapter import adapter_archive, load_adapter, load_adapter_archive, read_manifest
-from fedfingpt.common.certs import make_dev_certs
 from fedfingpt.common.config import load_config
 from fedfingpt.common.models import load_base_model
 from fedfingpt.common.report import machine_info, peak_rss_mb, write_results
@@ -33,6 +31,8 @@ from fedfingpt.enclave.base import Policy
 from fedfingpt.enclave.serving import make_enclave, seal_adapter_file, serving_measurement
 from fedfingpt.enclave.software import SoftwareEnclave, verify_software
 from fedfingpt.server.inference.service import InferenceServer
+
+from _shared import dev_serving_files  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -56,9 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work)
-    certs = make_dev_certs(work / "certs")
-    tokens = work / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({TOKEN: {"caller": "bench", "role": "analyst"}}))
+    certs, tokens = dev_serving_files(work, TOKEN)
     rows = []
 
     # 1. evidence in process

@@ -19,21 +19,17 @@ from fedfingpt.client.train import train
 from fedfingpt.common.adapter import set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
-from fedfingpt.common.models import attach_lora, load_base_model
 from fedfingpt.common.report import TreeRSS, write_results
 from fedfingpt.common.tasks.sentiment import encode_sentiment
 from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
+from _shared import fresh_model  # benchmarks/_shared.py
+
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 
-
-def fresh_model(cfg):
-    loaded = load_base_model(cfg.model)
-    torch.manual_seed(cfg.training.seed)
-    return attach_lora(loaded.model, cfg.lora), loaded
 
 
 def score(model, tok, tests, cfg) -> dict:

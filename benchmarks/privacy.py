@@ -35,7 +35,6 @@ from fedfingpt.client.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.metrics import binary_report
-from fedfingpt.common.models import attach_lora, load_base_model
 from fedfingpt.common.predict import label_logprobs
 from fedfingpt.common.report import TreeRSS, machine_info, write_results
 from fedfingpt.common.tasks.sentiment import encode_sentiment, sentiment_prompt
@@ -43,16 +42,13 @@ from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample, sent
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
+from _shared import fresh_model  # benchmarks/_shared.py
+
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 CANARY = "Per the client's instruction the remaining balance was moved to account {} this morning."
 CANARY_LABEL = "negative"  # against the sentence's neutral content: only memorisation links the number to it
 
-
-def fresh_model(cfg):
-    loaded = load_base_model(cfg.model)
-    torch.manual_seed(cfg.training.seed)
-    return attach_lora(loaded.model, cfg.lora), loaded
 
 
 def final_model(cfg, run_dir: Path):

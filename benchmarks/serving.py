@@ -23,15 +23,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from fedfingpt.client.sdk import InferenceClient
-from fedfingpt.common.certs import make_dev_certs
 from fedfingpt.common.config import load_config
 from fedfingpt.common.report import machine_info, peak_rss_mb, write_results, write_text_atomic
 from fedfingpt.common.tasks.sentiment_data import data_dir_from_env, sentiment_splits
 from fedfingpt.server.inference.gate import ComplianceGate
 from fedfingpt.server.inference.service import InferenceServer
+
+from _shared import dev_serving_files  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -116,9 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work)
-    certs = make_dev_certs(work / "certs")
-    tokens = work / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({TOKEN: {"caller": "bench", "role": "analyst"}}))
+    certs, tokens = dev_serving_files(work, TOKEN)
     base = load_config(args.config, {"serving.adapter": args.adapter, "serving.port": 0,
                                      "serving.tokens_file": str(tokens), "serving.tls_cert": str(certs["server.pem"]),
                                      "serving.tls_key": str(certs["server.key"]),
