@@ -113,6 +113,23 @@ def _bool(text: str) -> bool:
     return str(text).strip().lower() in ("true", "1", "yes")
 
 
+def _read_accounts(rows: _Rows, path: Path, id_col: str, required: tuple[str, ...], make) -> dict[str, Account]:
+    """Accounts by id from one file; a repeated id is a bad row (refused or counted, as rows decides)."""
+    accounts: dict[str, Account] = {}
+    for n, r in rows.read(path, (id_col, *required)):
+        aid = r[id_col]
+        if aid in accounts:
+            rows.bad(path, n, f"duplicated account id: {aid}", "Remove the repeated row")
+            continue
+        accounts[aid] = make(aid, r)
+    return accounts
+
+
+def _dealt_bank(aid: str, num_banks: int) -> str:
+    """Sources without banks: accounts are dealt to num_banks banks by id."""
+    return f"bank_{int(aid) % num_banks}" if aid.isdigit() else "bank_0"
+
+
 # ------------------------------------------------------------------------------------------ loaders
 
 def load_amlsim_export(folder: str | Path, on_bad: OnBad = "error") -> AmlDataset:
@@ -121,13 +138,9 @@ def load_amlsim_export(folder: str | Path, on_bad: OnBad = "error") -> AmlDatase
     folder = Path(folder)
     skipped: Counter = Counter()
     rows = _Rows(on_bad, skipped)
-    accounts: dict[str, Account] = {}
-    for n, r in rows.read(folder / "accounts.csv", ("acct_id", "bank_id")):
-        if r["acct_id"] in accounts:
-            rows.bad(folder / "accounts.csv", n, f"duplicated account id: {r['acct_id']}", "Remove the repeated row")
-            continue
-        name = " ".join(x for x in (r.get("first_name", ""), r.get("last_name", "")) if x) or r.get("dsply_nm", "")
-        accounts[r["acct_id"]] = Account(r["acct_id"], r["bank_id"], name, r.get("country", ""))
+    accounts = _read_accounts(rows, folder / "accounts.csv", "acct_id", ("bank_id",), lambda aid, r: Account(
+        aid, r["bank_id"], " ".join(x for x in (r.get("first_name", ""), r.get("last_name", "")) if x)
+        or r.get("dsply_nm", ""), r.get("country", "")))
     typ: dict[str, str] = {}
     alerts = folder / "alert_transactions.csv"
     if alerts.is_file():
@@ -162,14 +175,8 @@ def load_amlsim_nodes(folder: str | Path, num_banks: int = 4, typology: str | No
         kinds = [k for k, words in (("cycle", ("cycle",)), ("fan_in", ("fan-in", "fanin", "fan_in")))
                  if any(w in meta for w in words)]
         typology = kinds[0] if len(kinds) == 1 else None
-    accounts: dict[str, Account] = {}
-    for n, r in rows.read(folder / "nodes.csv", ("nodeid", "isFraud")):
-        nid = r["nodeid"]
-        if nid in accounts:
-            rows.bad(folder / "nodes.csv", n, f"duplicated account id: {nid}", "Remove the repeated row")
-            continue
-        accounts[nid] = Account(nid, f"bank_{int(nid) % num_banks}" if nid.isdigit() else "bank_0",
-                                laundering=_bool(r["isFraud"]))
+    accounts = _read_accounts(rows, folder / "nodes.csv", "nodeid", ("isFraud",), lambda aid, r: Account(
+        aid, _dealt_bank(aid, num_banks), laundering=_bool(r["isFraud"])))
     txs, seen = [], set()
     path = folder / "transactions.csv"
     for n, r in rows.read(path, ("sourceNodeId", "targetNodeId", "value", "time")):
@@ -190,14 +197,8 @@ def load_amlsim_alerts(folder: str | Path, num_banks: int = 4, on_bad: OnBad = "
     folder = Path(folder)
     skipped: Counter = Counter()
     rows = _Rows(on_bad, skipped)
-    accounts: dict[str, Account] = {}
-    for n, r in rows.read(folder / "accounts.csv", ("ACCOUNT_ID", "IS_FRAUD")):
-        aid = r["ACCOUNT_ID"]
-        if aid in accounts:
-            rows.bad(folder / "accounts.csv", n, f"duplicated account id: {aid}", "Remove the repeated row")
-            continue
-        accounts[aid] = Account(aid, f"bank_{int(aid) % num_banks}" if aid.isdigit() else "bank_0",
-                                r.get("CUSTOMER_ID", ""), r.get("COUNTRY", ""), _bool(r["IS_FRAUD"]))
+    accounts = _read_accounts(rows, folder / "accounts.csv", "ACCOUNT_ID", ("IS_FRAUD",), lambda aid, r: Account(
+        aid, _dealt_bank(aid, num_banks), r.get("CUSTOMER_ID", ""), r.get("COUNTRY", ""), _bool(r["IS_FRAUD"])))
     txs, seen = [], set()
     path = folder / "alerts.csv"
     for n, r in rows.read(path, ("ALERT_ID", "ALERT_TYPE", "IS_FRAUD", "TX_ID", "SENDER_ACCOUNT_ID",
