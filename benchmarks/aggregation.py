@@ -115,6 +115,7 @@ def main() -> None:
         "federation.client_eval": False, "federation.resume": False, "federation.min_banks": args.banks - 1,
         "federation.server_eval_limit": args.eval_rows, "federation.server_eval_every": 0, "training.lr": args.lr,
         "federation.client_cpus": args.client_cpus,
+        "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
     })
     total_steps = args.banks * args.rounds * args.local_steps
     splits = sentiment_splits(base.data.data_dir)

@@ -8,7 +8,7 @@ the Gramine-SGX backend cannot run on this machine, see enclave/gramine.py).
    against loading the plain folder (same base model).
 
 Writes benchmarks/results/enclave.{json,md}.
-Usage: python benchmarks/enclave.py --adapter runs/federated-sentiment/checkpoints/round-0003 [--connections 20]
+Usage: python benchmarks/enclave.py --adapter runs/federated-banks/checkpoints/round-0003 [--connections 20]
 """
 
 from __future__ import annotations

@@ -170,6 +170,7 @@ def main() -> None:
         "federation.min_banks": args.banks - 1,
         "federation.server_eval_limit": args.eval_rows, "federation.server_eval_every": 0, "training.lr": args.lr,
         "federation.client_cpus": 2.0, "federation.partition.alpha": 0.5,
+        "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
     })
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@
    overlaps a gold span of the matching type), with the default gate settings (ignored types are reported so).
 
 Writes benchmarks/results/serving.{json,md}.
-Usage: python benchmarks/serving.py --adapter runs/federated-sentiment/checkpoints/round-0003 [--requests 64]
+Usage: python benchmarks/serving.py --adapter runs/federated-banks/checkpoints/round-0003 [--requests 64]
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from ..common.adapter import (arrays_to_record, get_lora_arrays, lora_state, record_to_arrays, select_parts,
                               set_base_residual, set_lora_arrays, truncate_rank)
 from ..common.config import SHARED_LORA_PARTS, Config
-from ..common.evaluate import evaluate_sentiment, sample_rows
+from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
 from ..common.report import show_progress
 from .bank import BankState, bank_state, config_from_context
 from .privacy import DPSpec, PrivacyLedger, central_dp_mod
@@ -197,14 +197,20 @@ def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residu
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     state = bank_state(cfg, context)
     load_global(state, record_to_arrays(msg.content["arrays"]), _residual(msg), cfg, context, None)  # FedSA: own B
-    local = sample_rows(state.test, cfg.federation.client_eval_limit, cfg.data.seed)
-    rows = evaluate_sentiment(state.model, state.tokenizer, {"local": local},
-                              cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
-                              max_length=cfg.data.max_length, progress=False)
-    r = rows[0]
-    metrics = MetricRecord({"num-examples": r["n"], "accuracy": r["accuracy"], "weighted-f1": r["weighted_f1"],
-                            "bank-id": state.bank})  # the server keeps per-bank scores (LoraFedAvg.aggregate_evaluate)
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    ecfg = cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False})
+    metrics: dict = {"bank-id": state.bank, "num-examples": 0}
+    if state.test:
+        local = sample_rows(state.test, cfg.federation.client_eval_limit, cfg.data.seed)
+        r = evaluate_sentiment(state.model, state.tokenizer, {"local": local}, ecfg, max_length=cfg.data.max_length,
+                               progress=False)[0]
+        metrics.update({"num-examples": r["n"], "accuracy": r["accuracy"], "weighted-f1": r["weighted_f1"]})
+    if state.aml_test:
+        cases = sample_rows(state.aml_test, cfg.federation.client_eval_limit, cfg.data.seed)
+        a = evaluate_aml(state.model, state.tokenizer, cases, ecfg, max_length=cfg.data.max_length,
+                         max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold)
+        metrics.update({"aml-cases": a["n"], "aml-f1": a["f1"]})
+    # the server keeps per-bank scores (LoraFedAvg.aggregate_evaluate)
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def make_client_app(cfg: Config | None = None, outer_mods: list | None = None) -> ClientApp:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.config import Config, config_from_dict, load_config
@@ -29,6 +29,7 @@ class BankState:
     train: list[Encoded]
     test: list[SentimentExample]
     rank: int  # this bank's LoRA rank (HetLoRA banks may train below the global lora.r)
+    aml_test: list = field(default_factory=list)  # this bank's held-out AML cases (data.tasks has aml)
 
 
 _MODELS: dict[str, tuple] = {}
@@ -105,8 +106,36 @@ def bank_state(cfg: Config, context) -> BankState:
     key = (cfg.model_dump_json(), bank, num_banks, rank)
     if key not in _BANKS:
         model, loaded = _model(cfg, rank)
-        train_rows, test_rows = bank_rows(cfg, bank, num_banks, nc.get("extra-train"))
-        log.info("bank %d of %d: %d training rows, %d local test rows", bank, num_banks, len(train_rows), len(test_rows))
-        _BANKS[key] = BankState(bank, model, loaded.tokenizer,
-                                encode_sentiment(loaded.tokenizer, train_rows, cfg.data.max_length), test_rows, rank)
+        train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, nc.get("extra-train"))
+        _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test)
     return _BANKS[key]
+
+
+def bank_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
+                      extra: str | None = None) -> tuple[list[Encoded], list[SentimentExample], list]:
+    """The one adapter's training examples for the bank's tasks (data.tasks): its sentiment partition, its AML
+    cases (with both tasks, repeated or sampled to make up data.aml.mix of the set); and its local test rows."""
+    train: list[Encoded] = []
+    test_rows: list[SentimentExample] = []
+    aml_test: list = []
+    if "sentiment" in cfg.data.tasks:
+        train_rows, test_rows = bank_rows(cfg, bank, num_banks, extra)
+        train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
+    if "aml" in cfg.data.tasks:
+        from ..common.tasks.aml import encode_aml
+        from ..simulations.aml_scenario import aml_split, mix_to_share
+
+        split = aml_split(cfg.data, num_banks)
+        cases = split.train[bank]
+        aml = encode_aml(tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines)
+        if train:
+            aml = mix_to_share(aml, len(train), cfg.data.aml.mix, cfg.data.seed + bank,
+                               repeat=cfg.privacy.mode != "local")
+        aml_test = split.bank_test(bank)
+        log.info("bank %d (%s): %d AML cases (%d laundering; typologies %s) as %d training examples", bank,
+                 split.banks[bank], len(cases), sum(c.suspicious for c in cases),
+                 ", ".join(sorted(split.typologies(bank))) or "none", len(aml))
+        train = train + aml
+    log.info("bank %d of %d: %d training examples (%s), %d local sentiment test rows, %d local AML test cases", bank,
+             num_banks, len(train), "+".join(cfg.data.tasks), len(test_rows), len(aml_test))
+    return train, test_rows, aml_test

@@ -56,7 +56,62 @@ class LoraConfigModel(_Strict):
     )
 
 
+class AmlGeneratorSettings(_Strict):
+    """The synthetic multi-bank AML world (simulations/aml_generator.py); one bank per federation member."""
+
+    accounts_per_bank: int = Field(150, ge=10, description="Customer accounts per bank.")
+    days: int = Field(60, ge=7, description="Days of activity.")
+    tx_per_account: float = Field(8.0, gt=0, description="Mean ordinary payments per account.")
+    laundering_rate: float = Field(0.1, gt=0, lt=0.5, description="Share of transactions that are laundering.")
+    reporting_threshold: float = Field(10_000.0, gt=0, description="Structuring stays just below this amount.")
+    cross_border: float = Field(0.3, ge=0, le=1, description="Share of laundering counterparties abroad/offshore.")
+    typology_mix: dict[int, dict[str, float]] = Field(
+        default_factory=dict, description="bank id -> {typology: weight}; unset banks get the default rotation "
+        "(three typologies each, a different three per bank).")
+    seed: int = Field(7, description="Seed of the generated world.")
+
+
+class AmlConfig(_Strict):
+    """The AML task's data: where cases come from, how they are split, how much of a bank's training they take."""
+
+    source: Literal["generated", "amlsim-export", "amlsim-alerts", "amlsim-nodes", "amlworld"] = Field(
+        "generated", description="generated (seeded synthetic banks), or a real format under aml.path.")
+    path: str | None = Field(None, description="Folder of the real data; relative paths are under data.data_dir "
+                             "(e.g. aml/amlsim_4bank_export).")
+    on_bad: Literal["error", "skip"] = Field("error", description="Bad transaction rows: stop, or skip and count.")
+    generator: AmlGeneratorSettings = Field(default_factory=AmlGeneratorSettings)
+    window_days: int = Field(30, ge=1, description="Days of an account's activity a case holds.")
+    negatives_per_positive: float = Field(2.0, gt=0, description="Clean cases drawn per laundering case.")
+    max_transactions: int = Field(60, ge=1, description="Transactions kept per case.")
+    max_lines: int = Field(8, ge=1, le=64, description="Transfers spelled out in a narrative (the rest summarised).")
+    test_share: float = Field(0.3, gt=0, lt=1, description="Share of each bank's cases (per typology) held out.")
+    mix: float = Field(0.2, gt=0, lt=1, description="With both tasks: AML's share of the training examples (cases "
+                       "repeated or sampled to reach it; under local DP never repeated, so the share may fall short).")
+    eval_limit: int | None = Field(40, gt=0, description="Held-out cases the server scores (seeded; None = all).")
+    threshold: float = Field(0.5, gt=0, lt=1, description="P(suspicious) at which a case is flagged.")
+
+    @model_validator(mode="after")
+    def _path_fits_source(self) -> "AmlConfig":
+        if self.source != "generated" and not self.path:
+            raise ValueError(f"source {self.source} needs aml.path (the folder of the files, e.g. "
+                             "aml/amlsim_4bank_export under the data folder)")
+        if self.source == "generated" and self.path:
+            raise ValueError("aml.path is for real data; with source generated, set aml.generator instead")
+        from .tasks.aml import TYPOLOGIES
+
+        for bank, mix in self.generator.typology_mix.items():
+            unknown = sorted(set(mix) - set(TYPOLOGIES))
+            if unknown or not any(w > 0 for w in mix.values()) or any(w < 0 for w in mix.values()):
+                raise ValueError(f"generator.typology_mix[{bank}]: weights must be >= 0, one positive, over "
+                                 f"{', '.join(TYPOLOGIES)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        return self
+
+
 class DataConfig(_Strict):
+    tasks: list[Literal["sentiment", "aml"]] = Field(
+        default_factory=lambda: ["sentiment", "aml"], min_length=1,
+        description="What one adapter is trained on: sentiment, aml, or both (mixed by aml.mix).")
+    aml: AmlConfig = Field(default_factory=AmlConfig)
     data_dir: str | None = Field(
         None, description="Folder of the data sets (as in shared/data); default $FEDFINGPT_DATA_DIR."
     )
@@ -70,7 +125,8 @@ class DataConfig(_Strict):
     eval_limit: int | None = Field(
         200, gt=0, description="Evaluate on a seeded sample of N rows of each set; None (or --limit 0) = all rows."
     )
-    max_length: int = Field(256, ge=16, description="Tokens per example (prompt + answer); prompts are cut to fit.")
+    max_length: int = Field(400, ge=16, description="Tokens per example (prompt + answer); prompts are cut to fit "
+                            "(sentiment rows take under 200, AML narratives up to about 400).")
     seed: int = Field(42, description="Seed for splits, mixing and sampling.")
     bank_extra_train: dict[int, str] = Field(
         default_factory=dict, description="A bank's own extra training rows: bank id -> instruction JSONL file "
@@ -362,7 +418,7 @@ class ServingConfig(_Strict):
 class Config(_Strict):
     """Everything a fedfingpt job needs; the defaults are the embedded default job (`fedfingpt demo`)."""
 
-    name: str = Field("federated-sentiment", description="Run name, used for the output folder.")
+    name: str = Field("federated-banks", description="Run name, used for the output folder.")
     output_dir: str = Field("runs", description="Parent folder of run outputs.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
@@ -390,6 +446,8 @@ class Config(_Strict):
             if self.privacy.mode == "central":
                 raise ValueError("privacy.secure_aggregation with privacy.mode central: Flower's central DP wrappers "
                                  "do not run inside its SecAgg+ workflow; use local DP with secure aggregation")
+        if len(set(self.data.tasks)) != len(self.data.tasks):
+            raise ValueError(f"data.tasks {self.data.tasks}: a task is listed twice")
         if self.privacy.mode == "local" and self.training.grad_accum != 1:
             raise ValueError("privacy.mode local samples one Poisson batch per step: set training.grad_accum to 1 "
                              "and size the batch with training.batch_size")

@@ -100,3 +100,47 @@ def evaluate_sentiment(
             row["fingpt_parser_weighted_f1"] = fingpt["weighted_f1"]
             rows.append(row)
     return rows
+
+
+def score_aml(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_length: int, max_lines: int,
+              threshold: float = 0.5, progress: bool = False, typology: bool = True) -> tuple[np.ndarray, list]:
+    """P(suspicious) per case (the opening '{"suspicious": true' against '... false', by likelihood) and the typology
+    read for the flagged ones (the most likely typology opening; 'none' below the threshold; None for every case
+    when `typology` is off, which saves nine scored continuations per flagged case)."""
+    from .tasks.aml import LABEL_OPENINGS, NONE, TYPOLOGIES, TYPOLOGY_OPENINGS, aml_prompt
+
+    prompts = [aml_prompt(c, max_lines) for c in cases]
+    with tqdm(total=len(prompts), desc="score aml", disable=not progress, leave=False, mininterval=2) as bar:
+        p = softmax(label_logprobs(model, tokenizer, prompts, LABEL_OPENINGS, max_length=max_length,
+                                   batch_size=cfg.batch_size, bf16=cfg.bf16_autocast, progress=bar))[:, 0]
+    if not typology:
+        return p, [None] * len(cases)
+    typ = [NONE] * len(cases)
+    flagged = [i for i in range(len(cases)) if p[i] >= threshold]
+    if flagged:
+        logp = label_logprobs(model, tokenizer, [prompts[i] for i in flagged], TYPOLOGY_OPENINGS,
+                              max_length=max_length, batch_size=max(1, cfg.batch_size // 4), bf16=cfg.bf16_autocast)
+        for i, t in zip(flagged, logp.argmax(1)):
+            typ[i] = TYPOLOGIES[int(t)]
+    return p, typ
+
+
+def evaluate_aml(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_length: int, max_lines: int,
+                 threshold: float = 0.5, progress: bool = False, name: str = "aml", typology: bool = True) -> dict:
+    """One results row for AML screening: precision, recall, F1, PR-AUC, alert rate, recall per typology and
+    typology accuracy on the flagged laundering cases (common.metrics.aml_report)."""
+    from .metrics import aml_report
+    from .tasks.aml import NONE
+
+    t0 = time.perf_counter()
+    p, typ = score_aml(model, tokenizer, cases, cfg, max_length=max_length, max_lines=max_lines,
+                       threshold=threshold, progress=progress, typology=typology)
+    r = aml_report([c.typology for c in cases], p, typ if typology else [NONE] * len(cases), threshold=threshold)
+    if not typology:
+        r["typology_accuracy"] = r["unparseable"] = None
+    return {"dataset": name, "method": "likelihood", "n": r["n"], "n_positive": r["n_positive"],
+            "accuracy": float(np.mean((p >= threshold) == np.array([c.suspicious for c in cases]))),
+            "precision": r["precision"], "recall": r["recall"], "f1": r["f1"], "pr_auc": r["pr_auc"],
+            "roc_auc": r["roc_auc"], "alert_rate": r["alert_rate"], "typology_accuracy": r["typology_accuracy"],
+            "recall_by_typology": r["recall_by_typology"], "eval_s": round(time.perf_counter() - t0, 2),
+            "scores": [round(float(x), 5) for x in p]}

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from .common.models import ModelLoadError
     from .client.privacy import LedgerError
     from .common.tasks.sentiment_data import DataFormatError
+    from .simulations.aml_scenario import AmlScenarioError
     from .simulations.partition import PartitionError
     from .simulations.run import SimulationError
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, overrides)
             _report(jobs.run_eval(cfg, args.adapter, args.out, progress))
     except (ConfigError, ModelLoadError, AdapterError, DataFormatError, FileNotFoundError,
-            PartitionError, SimulationError, LedgerError) as err:
+            PartitionError, SimulationError, LedgerError, AmlScenarioError) as err:
         print(f"fedfingpt: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -265,8 +266,9 @@ def _report_simulation(summary: dict) -> None:
     print()
     print(format_markdown_table(rows, cols) if rows else "(no round finished)")
     print()
-    for key in ("report", "metrics", "plot", "partition", "partition_plot"):
-        print(f"{key:>15}: {summary[key]}")
+    for key in ("report", "metrics", "plot", "partition", "partition_plot", "aml_partition"):
+        if summary.get(key):
+            print(f"{key:>15}: {summary[key]}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from .client.train import train
 from .common.adapter import load_adapter, save_adapter
 from .common.config import Config
-from .common.evaluate import evaluate_sentiment, sample_rows
+from .common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
 from .common.models import attach_lora, load_base_model
 from .common.report import peak_rss_mb, save_figure, write_results, write_text_atomic
 from .common.tasks.sentiment import encode_sentiment
@@ -22,7 +22,8 @@ from .common.tasks.sentiment_data import sentiment_splits, training_mix
 
 log = logging.getLogger("fedfingpt")
 
-SUMMARY_COLUMNS = ["dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece", "unparsed_share"]
+SUMMARY_COLUMNS = ["dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece", "unparsed_share", "f1",
+                   "pr_auc", "recall"]  # the last three: AML screening
 
 
 def run_dir(cfg: Config, out: str | Path | None, kind: str) -> Path:
@@ -53,10 +54,11 @@ def plot_training(result, rows: list[dict], path: Path) -> None:
         ax1b.set_ylabel("weighted F1 (periodic eval)")
         ax1b.legend(loc="lower left", fontsize=8)
     names = [f"{r['dataset']}" for r in rows]
-    ax2.bar(names, [r["weighted_f1"] for r in rows], color="#3b7dd8")
-    ax2.set(ylim=(0, 1), ylabel="weighted F1", title="final evaluation")
-    for i, r in enumerate(rows):
-        ax2.text(i, r["weighted_f1"] + 0.02, f"{r['weighted_f1']:.3f}", ha="center", fontsize=8)
+    scores = [r.get("weighted_f1", r.get("f1")) for r in rows]  # AML: F1 of the suspicious class
+    ax2.bar(names, scores, color="#3b7dd8")
+    ax2.set(ylim=(0, 1), ylabel="weighted F1 (AML: F1)", title="final evaluation")
+    for i, v in enumerate(scores):
+        ax2.text(i, v + 0.02, f"{v:.3f}", ha="center", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
@@ -65,25 +67,42 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     """Centralized LoRA on FinGPT's training mix, then evaluation on the benchmark test sets."""
     out_dir = run_dir(cfg, out, "train")
     t_start = time.perf_counter()
-    splits = sentiment_splits(cfg.data.data_dir)
-    mix = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)
+    sentiment = "sentiment" in cfg.data.tasks
+    splits = sentiment_splits(cfg.data.data_dir) if sentiment else None
     t = cfg.training
-    needed = (t.max_steps or 0) * t.batch_size * t.grad_accum
-    rows_used = mix[:needed] if t.max_steps and needed < len(mix) else mix  # the mix is shuffled: a prefix is a sample
     loaded = load_base_model(cfg.model)
     torch.manual_seed(cfg.training.seed)  # the LoRA A init is drawn from the global generator
     model = attach_lora(loaded.model, cfg.lora)
     tok = loaded.tokenizer
-    encoded = encode_sentiment(tok, rows_used, cfg.data.max_length)
-    log.info("training on %d examples of %d in the mix; %s", len(encoded), len(mix), out_dir)
+    encoded: list = []
+    if sentiment:
+        mix = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)
+        needed = (t.max_steps or 0) * t.batch_size * t.grad_accum
+        rows_used = mix[:needed] if t.max_steps and needed < len(mix) else mix  # shuffled: a prefix is a sample
+        encoded = encode_sentiment(tok, rows_used, cfg.data.max_length)
+        log.info("sentiment: %d examples of %d in the mix", len(encoded), len(mix))
+    aml_test = []
+    if "aml" in cfg.data.tasks:  # centralized AML: every bank's training cases pooled (the federation's ceiling)
+        from .common.tasks.aml import encode_aml
+        from .simulations.aml_scenario import aml_split, mix_to_share
 
-    quick_sets = {k: v for k, v in load_test_sets(cfg, splits, t.eval_limit).items() if k in ("fpb", "tfns")}
+        split = aml_split(cfg.data, cfg.federation.num_banks)
+        cases = [c for bank in split.train for c in bank]
+        aml = encode_aml(tok, cases, cfg.data.max_length, cfg.data.aml.max_lines)
+        if encoded:
+            aml = mix_to_share(aml, len(encoded), cfg.data.aml.mix, cfg.data.seed, repeat=cfg.privacy.mode != "local")
+        log.info("AML: %d cases of %d banks (%s) as %d examples", len(cases), len(split.banks), split.source, len(aml))
+        encoded = encoded + aml
+        aml_test = sample_rows(split.test, cfg.data.aml.eval_limit, cfg.data.seed)
+    log.info("training on %d examples (%s); %s", len(encoded), "+".join(cfg.data.tasks), out_dir)
+
+    quick_sets = ({k: v for k, v in load_test_sets(cfg, splits, t.eval_limit).items() if k in ("fpb", "tfns")}
+                  if sentiment else {})
 
     def periodic_eval(step: int) -> dict:
-        rows = evaluate_sentiment(model, tok, quick_sets, cfg.eval.model_copy(update={"method": "likelihood",
-                                                                                     "calibrate": False}),
-                                  max_length=cfg.data.max_length, progress=False)
-        scores = {r["dataset"]: r["weighted_f1"] for r in rows}
+        rows = evaluate_all(model, tok, cfg, quick_sets, aml_test,
+                            cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}), False)
+        scores = {r["dataset"]: r.get("weighted_f1", r.get("f1")) for r in rows}
         log.info("step %d: periodic eval weighted F1 %s", step, {k: round(v, 3) for k, v in scores.items()})
         return scores
 
@@ -100,8 +119,8 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
         model, out_dir / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256,
         extra={"config": cfg.model_dump(mode="json"), "train": train_info},
     )
-    rows = evaluate_sentiment(model, tok, load_test_sets(cfg, splits, cfg.data.eval_limit), cfg.eval,
-                              max_length=cfg.data.max_length, progress=progress)
+    rows = evaluate_all(model, tok, cfg, load_test_sets(cfg, splits, cfg.data.eval_limit) if sentiment else {},
+                        aml_test, cfg.eval, progress)
     for r in rows:
         r["setting"] = "lora"
     extra = {
@@ -128,8 +147,14 @@ def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | N
     if adapter:
         model, manifest = load_adapter(loaded.model, adapter, base_sha256=loaded.base_sha256)
         setting = "lora"
-    rows = evaluate_sentiment(model, loaded.tokenizer, load_test_sets(cfg, limit=cfg.data.eval_limit), cfg.eval,
-                              max_length=cfg.data.max_length, progress=progress)
+    aml_test = []
+    if "aml" in cfg.data.tasks:
+        from .simulations.aml_scenario import aml_split
+
+        aml_test = sample_rows(aml_split(cfg.data, cfg.federation.num_banks).test, cfg.data.aml.eval_limit,
+                               cfg.data.seed)
+    sets = load_test_sets(cfg, limit=cfg.data.eval_limit) if "sentiment" in cfg.data.tasks else {}
+    rows = evaluate_all(model, loaded.tokenizer, cfg, sets, aml_test, cfg.eval, progress)
     for r in rows:
         r["setting"] = setting
     json_path, md_path = write_results(
@@ -139,6 +164,16 @@ def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | N
                "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()},
     )
     return {"out_dir": str(out_dir), "metrics": str(json_path), "table": str(md_path), "rows": rows}
+
+
+def evaluate_all(model, tok, cfg: Config, sentiment_sets: dict, aml_cases: list, ecfg, progress: bool) -> list[dict]:
+    """Rows for the sentiment test sets and, when given, the held-out AML cases (scored by likelihood)."""
+    rows = evaluate_sentiment(model, tok, sentiment_sets, ecfg, max_length=cfg.data.max_length, progress=progress)
+    if aml_cases:
+        row = evaluate_aml(model, tok, aml_cases, ecfg, max_length=cfg.data.max_length,
+                           max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold, progress=progress)
+        rows.append({k: v for k, v in row.items() if k != "scores"})
+    return rows
 
 
 def _yaml(cfg: Config) -> str:

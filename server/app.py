@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..common.adapter import (arrays_to_record, get_lora_arrays, read_base_residual, record_to_arrays, select_parts,
                               set_lora_arrays)
 from ..common.config import Config
-from ..common.evaluate import evaluate_sentiment, sample_rows
+from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
 from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
 from ..common.report import machine_info, peak_rss_mb, save_figure, show_progress, write_text_atomic
@@ -71,8 +71,14 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         log.info("all %d rounds are already done in %s", f.rounds, run_dir)
         return write_report(cfg, run_dir, history, [], t_start)
 
-    splits = sentiment_splits(cfg.data.data_dir)
-    tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
+    tests, aml_cases = {}, []
+    if "sentiment" in cfg.data.tasks:
+        splits = sentiment_splits(cfg.data.data_dir)
+        tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
+    if "aml" in cfg.data.tasks:
+        from ..simulations.aml_scenario import aml_split
+
+        aml_cases = sample_rows(aml_split(cfg.data, f.num_banks).test, cfg.data.aml.eval_limit, cfg.data.seed)
     strategy = build_strategy(
         cfg, fraction_train=f.fraction_train, fraction_evaluate=1.0 if f.client_eval else 0.0,
         min_train_nodes=max(1, f.min_banks), min_evaluate_nodes=1, min_available_nodes=f.num_banks,
@@ -90,10 +96,10 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         set_lora_arrays(model, record_to_arrays(arrays), source=f"aggregate of round {rnd}", partial=True)
         strategy.prepare_model(model)
         due = rnd == f.rounds or (f.server_eval_every > 0 and rnd % f.server_eval_every == 0)
-        rows = [] if strategy.personalised or not due else evaluate_sentiment(
-            model, loaded.tokenizer, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
-            max_length=cfg.data.max_length, progress=False)  # personalised: each bank scores its own model
-        scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in ("accuracy", "weighted_f1")}
+        rows = [] if strategy.personalised or not due else server_eval(model, loaded.tokenizer, cfg, tests,
+                                                                         aml_cases)  # personalised: banks score
+        scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in SCORE_KEYS[r["dataset"] == "aml"]
+                  if r.get(k) is not None}
         entry = next((e for e in strategy.rounds if e["round"] == rnd), None)
         history.append({"round": rnd, "eval": [{k: v for k, v in r.items() if k != "confusion"} for r in rows],
                         "train": entry, "t": round(time.perf_counter() - t_start, 1)})
@@ -125,6 +131,20 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
     return write_report(cfg, run_dir, history, strategy.rounds, t_start)
 
 
+SCORE_KEYS = {False: ("accuracy", "weighted_f1"), True: ("f1", "pr_auc", "recall")}  # sentiment, AML
+
+
+def server_eval(model, tokenizer, cfg: Config, tests: dict, aml_cases: list) -> list[dict]:
+    """The global adapter on the benchmark sentiment test sets and the held-out AML cases."""
+    ecfg = cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False})
+    rows = evaluate_sentiment(model, tokenizer, tests, ecfg, max_length=cfg.data.max_length, progress=False)
+    if aml_cases:
+        row = evaluate_aml(model, tokenizer, aml_cases, ecfg, max_length=cfg.data.max_length,
+                           max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold)
+        rows.append({k: v for k, v in row.items() if k != "scores"})
+    return rows
+
+
 def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[dict], t_start: float) -> dict:
     """federated.json (everything), report.md (per-round table), accuracy.png (accuracy per round)."""
     rows = []
@@ -133,8 +153,11 @@ def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[d
         banks = tr.get("banks", [])
         row = {"round": h["round"], "setting": "federated"}
         for r in h["eval"]:
-            row[f"{r['dataset']}_acc"] = r["accuracy"]
-            row[f"{r['dataset']}_wf1"] = r["weighted_f1"]
+            if r["dataset"] == "aml":
+                row.update({"aml_f1": r["f1"], "aml_pr_auc": r["pr_auc"], "aml_recall": r["recall"]})
+            else:
+                row[f"{r['dataset']}_acc"] = r["accuracy"]
+                row[f"{r['dataset']}_wf1"] = r["weighted_f1"]
         row.update({
             "banks_aggregated": len(banks) if tr else None,
             "dropped": len(tr.get("dropped", [])) if tr else None,
@@ -143,6 +166,7 @@ def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[d
             "mb_down_per_bank": banks[0]["bytes_down"] / 1e6 if banks else None,
             "mb_up_per_bank": banks[0]["bytes_up"] / 1e6 if banks else None,
             "banks_local_wf1": (tr.get("client_eval") or {}).get("weighted_f1"),
+            **({"banks_local_aml_f1": (tr.get("client_eval") or {}).get("aml_f1")} if "aml" in cfg.data.tasks else {}),
             "dp_epsilon": h.get("dp_central_epsilon", max((b.get("dp_epsilon") or 0 for b in banks), default=None)
                                 if any("dp_epsilon" in b for b in banks) else None),
             "round_s": tr.get("round_s"),
@@ -172,10 +196,13 @@ def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    keys = sorted({k for r in rows for k in r if k.endswith(("_acc", "_wf1"))})  # rounds not scored have none
-    for key in keys:
+    keys = sorted({k for r in rows for k in r if k.endswith(("_acc", "_wf1")) or k in ("aml_f1", "aml_pr_auc")})
+    for key in keys:  # rounds not scored have none
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
-        label = key.replace("_acc", " accuracy").replace("_wf1", " weighted F1")
+        if not pts:
+            continue
+        label = (key.replace("_acc", " accuracy").replace("_wf1", " weighted F1").replace("aml_f1", "AML F1")
+                 .replace("aml_pr_auc", "AML PR-AUC"))
         ax.plot(*zip(*pts), "-" if key.endswith("_acc") else "--", marker="o" if key.endswith("_acc") else ".",
                 label=label)
     ax.set(xlabel="round (0 = initial adapter)", ylabel="score", ylim=(0, 1), title=title)

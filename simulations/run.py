@@ -76,12 +76,19 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
 
     if cfg.federation.resume and (conflicts := resume_conflicts(run_dir, cfg.model_dump(mode="json"))):
         raise ResumeError(run_dir, conflicts)  # before any process starts
-    splits = sentiment_splits(cfg.data.data_dir)
-    pool = training_pool(splits["train"], f.partition)
-    parts = partition_pool(pool, f.num_banks, f.partition)
-    md, png = write_partition_report(pool, parts, f.partition, run_dir)
-    log.info("%d banks, %d rounds x %d local steps; %d training at once; ~%.1f GiB; partition report %s",
-             f.num_banks, f.rounds, f.local_steps, concurrency(cfg), need / 2**30, png)
+    md = png = aml_md = None
+    if "sentiment" in cfg.data.tasks:
+        splits = sentiment_splits(cfg.data.data_dir)
+        pool = training_pool(splits["train"], f.partition)
+        parts = partition_pool(pool, f.num_banks, f.partition)
+        md, png = write_partition_report(pool, parts, f.partition, run_dir)
+    if "aml" in cfg.data.tasks:
+        from .aml_scenario import aml_split, write_aml_report
+
+        aml_md = write_aml_report(aml_split(cfg.data, f.num_banks), run_dir)  # fails here, before any process
+    log.info("%d banks (%s), %d rounds x %d local steps; %d training at once; ~%.1f GiB; partition report %s",
+             f.num_banks, "+".join(cfg.data.tasks), f.rounds, f.local_steps, concurrency(cfg), need / 2**30,
+             ", ".join(str(p) for p in (png, aml_md) if p))
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray workers inherit this process's environment (Ray itself sets OMP_NUM_THREADS from num_cpus).
@@ -109,5 +116,6 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
 
     payload = json.loads(report_path.read_text())
     return {"run_dir": str(run_dir), "report": str(run_dir / "report.md"), "metrics": str(report_path),
-            "plot": str(run_dir / "accuracy.png"), "partition": str(md), "partition_plot": str(png),
+            "plot": str(run_dir / "accuracy.png"), "partition": md and str(md), "partition_plot": png and str(png),
+            "aml_partition": aml_md and str(aml_md),
             "rows": payload["rows"], "history": payload["history"]}

@@ -40,7 +40,7 @@ def tiny_config(tmp_path):
             "output_dir": str(tmp_path / "runs"),
             "model": {"base": "tiny-random", "cache_dir": os.environ["FEDFINGPT_TEST_CACHE"]},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "data": {"max_length": 96, "eval_limit": 12},
+            "data": {"tasks": ["sentiment"], "max_length": 96, "eval_limit": 12},
             "training": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "bf16_autocast": False, "log_every": 1,
                          "warmup_ratio": 0.0, "eval_limit": 8},
             "eval": {"batch_size": 8, "bf16_autocast": False},

@@ -63,3 +63,13 @@ def test_shipped_configs_validate():
     assert files, "configs/ holds example files"
     for f in files:
         load_config(f)
+
+
+def test_embedded_default_is_the_written_out_federated_scenario():
+    from pathlib import Path
+
+    from fedfingpt.common.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "federated.yaml"
+    assert load_config(path).model_dump() == load_config(None).model_dump()
+    assert load_config(None).data.tasks == ["sentiment", "aml"]  # the default scenario trains both tasks

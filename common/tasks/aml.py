@@ -85,13 +85,17 @@ def _alias(i: int) -> str:
     return chr(ord("A") + i) if i < 26 else f"P{i}"
 
 
-def _party(acct: Account | None, acct_id: str, home_country: str, full: bool) -> str:
-    """'Jane Roe (bank_a)'; the focus (full) also shows its account number; foreign parties show their country."""
+def _party(acct: Account | None, acct_id: str, home: Account | None, full: bool) -> str:
+    """'Jane Roe'; the focus (full) also shows its account number and bank; a party at another bank shows that
+    bank, and one in another country its country (cross-bank and cross-border hops are what a reviewer looks for)."""
     if acct is None:
         return acct_id
     name = acct.name or "unnamed"
-    where = acct.bank + (f", {acct.country}" if acct.country and acct.country != home_country else "")
-    return f"{acct.id} {name} ({where})" if full else f"{name} ({where})"
+    where = [acct.bank] if full or home is None or acct.bank != home.bank else []
+    if acct.country and home is not None and acct.country != home.country:
+        where.append(acct.country)
+    suffix = f" ({', '.join(where)})" if where else ""
+    return f"{acct.id} {name}{suffix}" if full else f"{name}{suffix}"
 
 
 def narrative(case: AmlCase, max_lines: int = MAX_LINES) -> str:
@@ -100,13 +104,12 @@ def narrative(case: AmlCase, max_lines: int = MAX_LINES) -> str:
     and transfers past `max_lines` are summarised in one line."""
     txs = sorted(case.transactions, key=lambda t: (t.time, t.id))
     focus = case.accounts.get(case.focus)
-    home = focus.country if focus else ""
     shown, rest = txs[:max_lines], txs[max_lines:]
     alias = {case.focus: "A"}
     for t in shown:
         for a in (t.src, t.dst):
             alias.setdefault(a, _alias(len(alias)))
-    legend = "; ".join(f"{al}={_party(case.accounts.get(a), a, home, a == case.focus)}" for a, al in alias.items())
+    legend = "; ".join(f"{al}={_party(case.accounts.get(a), a, focus, a == case.focus)}" for a, al in alias.items())
     lines = [f"Parties: {legend}."]
     if not txs:
         return lines[0] + " No transfers in the window."
@@ -185,6 +188,7 @@ def parse_answer(text: str) -> AmlAnswer:
 # Label-likelihood scoring: the answer's opening decides the label, so P(suspicious) is the probability of one
 # opening against the other; the risk score is 100 x that probability (as the sentiment task gives a confidence).
 LABEL_OPENINGS = ('{"suspicious": true', '{"suspicious": false')
+TYPOLOGY_OPENINGS = tuple(f'{{"suspicious": true, "typology": "{t}"' for t in TYPOLOGIES)  # given suspicious
 
 
 def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: int = MAX_LINES) -> list[Encoded]:
@@ -194,4 +198,4 @@ def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: 
 
 __all__ = ["Account", "Transaction", "AmlDataset", "AmlCase", "AmlAnswer", "TYPOLOGIES", "NONE", "INSTRUCTION",
            "narrative", "aml_prompt", "gold_answer", "format_answer", "parse_answer", "AnswerError",
-           "LABEL_OPENINGS", "encode_aml"]
+           "LABEL_OPENINGS", "TYPOLOGY_OPENINGS", "encode_aml"]

@@ -282,10 +282,13 @@ def assign_banks(ds: AmlDataset, num_banks: int) -> AmlDataset:
 
 
 def build_cases(ds: AmlDataset, *, window_days: int = 30, negatives_per_positive: float = 2.0,
-                min_negatives: int = 0, seed: int = 42, max_transactions: int = 60) -> list[AmlCase]:
+                min_negatives: int = 0, seed: int = 42, max_transactions: int = 60,
+                members: set[str] | None = None) -> list[AmlCase]:
     """Cases a bank's analyst would review. Positive: one per laundering pattern (or, without pattern ids, per
     laundering account), focused on its most connected account and holding the pattern's transactions plus the
-    focus's own within the window. Negative: accounts with no laundering in the window, their own transactions."""
+    focus's own within the window. Negative: accounts with no laundering in the window, their own transactions.
+    With `members` (the federation's banks), the focus is the most connected account held at a member bank when
+    the pattern touches one, and clean cases are drawn from member banks' accounts."""
     rng = random.Random(seed)
     by_acct: dict[str, list[Transaction]] = defaultdict(list)
     for t in ds.transactions:
@@ -298,7 +301,8 @@ def build_cases(ds: AmlDataset, *, window_days: int = 30, negatives_per_positive
     cases: list[AmlCase] = []
     for gid, txs in sorted(groups.items()):
         degree = Counter([t.src for t in txs] + [t.dst for t in txs])
-        focus = max(sorted(degree), key=degree.__getitem__)
+        held = [a for a in sorted(degree) if members is None or ds.accounts[a].bank in members] or sorted(degree)
+        focus = max(held, key=degree.__getitem__)
         start = min(t.time for t in txs)
         end = max(t.time for t in txs) + timedelta(days=window_days)
         own = [t for t in by_acct[focus] if start <= t.time <= end and not t.laundering]
@@ -306,7 +310,8 @@ def build_cases(ds: AmlDataset, *, window_days: int = 30, negatives_per_positive
         typ = Counter(t.typology for t in txs if t.typology).most_common(1)
         cases.append(_case(ds, gid, focus, chosen, True, typ[0][0] if typ else "random"))
     dirty = {a for txs in groups.values() for t in txs for a in (t.src, t.dst)}
-    clean = sorted(a for a, txs in by_acct.items() if a not in dirty and len(txs) >= 2)
+    clean = sorted(a for a, txs in by_acct.items() if a not in dirty and len(txs) >= 2
+                   and (members is None or ds.accounts[a].bank in members))
     rng.shuffle(clean)
     for aid in clean[: max(min_negatives, int(round(negatives_per_positive * max(1, len(groups)))))]:
         txs = sorted(by_acct[aid], key=lambda t: (t.time, t.id))

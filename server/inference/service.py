@@ -24,8 +24,8 @@ import yaml
 from ...common.config import Config
 from ...common.predict import softmax
 from ...common.prompt import build_prompt
-from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, REASONS, TYPOLOGIES, Account, AmlCase,
-                                 Transaction, narrative)
+from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, REASONS, TYPOLOGIES, TYPOLOGY_OPENINGS,
+                                 Account, AmlCase, Transaction, narrative)
 from ...common.tasks.sentiment import INSTRUCTIONS
 from ...common.tasks.sentiment_data import LABELS
 from .audit import AuditLog
@@ -37,7 +37,6 @@ from .v1 import inference_pb2_grpc as pb_grpc
 log = logging.getLogger("fedfingpt.serve")
 SERVICE = "fedfingpt.v1.Inference"
 API_VERSION = "fedfingpt.v1"
-TYPOLOGY_OPENINGS = tuple(f'{{"suspicious": true, "typology": "{t}"' for t in TYPOLOGIES)
 
 
 class ServeError(RuntimeError):

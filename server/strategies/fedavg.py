@@ -174,20 +174,28 @@ class LoraFedAvg(FedAvg):
         entry["dropped"].append({"node_id": node, "bank": bank, "reason": reason})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        """Per-bank scores on their own held-out rows, kept in the round entry; their example-weighted mean."""
+        """Per-bank scores on their own held-out rows (sentiment) and cases (AML), kept in the round entry; their
+        example-weighted means."""
         banks = []
         for msg in replies:
             if msg.has_error():
                 continue
             m = dict(msg.content.metric_records[next(iter(msg.content.metric_records))])
-            banks.append({"bank": m.get("bank-id"), "num_examples": m.get("num-examples"),
-                          "accuracy": m.get("accuracy"), "weighted_f1": m.get("weighted-f1")})
-        banks = [b for b in banks if b["num_examples"] and b["accuracy"] is not None]
+            banks.append({"bank": m.get("bank-id"), "num_examples": m.get("num-examples") or 0,
+                          "accuracy": m.get("accuracy"), "weighted_f1": m.get("weighted-f1"),
+                          "aml_cases": m.get("aml-cases") or 0, "aml_f1": m.get("aml-f1")})
+        banks = [b for b in banks if (b["num_examples"] and b["accuracy"] is not None) or b["aml_cases"]]
         if not banks:
             return None
-        n = sum(b["num_examples"] for b in banks)
-        mean = {k: sum(b[k] * b["num_examples"] for b in banks) / n for k in ("accuracy", "weighted_f1")}
+        mean: dict = {}
+        sent = [b for b in banks if b["num_examples"] and b["accuracy"] is not None]
+        n = sum(b["num_examples"] for b in sent)
+        if sent:
+            mean = {k: sum(b[k] * b["num_examples"] for b in sent) / n for k in ("accuracy", "weighted_f1")}
+        aml = [b for b in banks if b["aml_cases"] and b["aml_f1"] is not None]
+        if aml:
+            mean["aml_f1"] = sum(b["aml_f1"] * b["aml_cases"] for b in aml) / sum(b["aml_cases"] for b in aml)
         entry = next((e for e in self.rounds if e["round"] == server_round + self.round_offset), None)
         if entry is not None:
             entry["client_eval"] = {"banks": banks, **mean}
-        return MetricRecord({"accuracy": mean["accuracy"], "weighted-f1": mean["weighted_f1"], "num-examples": n})
+        return MetricRecord({k.replace("_", "-"): v for k, v in mean.items()} | {"num-examples": n})

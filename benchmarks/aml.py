@@ -1,0 +1,204 @@
+"""AML screening across banks on SmolLM2-135M-Instruct: rules baseline, local-only per bank, federated, centralized.
+
+The scenario is configs/federated_aml.yaml: 4 generated banks whose launderers use different typologies, so a
+bank's local model has never seen most typologies. Every setting is scored on the same held-out cases (all banks):
+precision, recall, F1, PR-AUC, alert rate at P(suspicious) >= 0.5, and recall per typology. "Unseen recall" is
+the recall on the held-out cases whose typology is absent from the chosen bank's (default: bank 3) training cases.
+
+Budgets match: a local-only bank trains rounds x local_steps steps (what it trains in the federation), the
+federation trains banks x rounds x local_steps in all, and centralized training takes that many steps on the pooled
+cases. Cells are cached in the work folder (an interrupted run continues); results are rewritten after every cell.
+Writes benchmarks/results/aml.{json,md,png}.
+Usage: python benchmarks/aml.py [--config configs/federated_aml.yaml] [--unseen-bank 3] [--settings ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedfingpt.client.train import train
+from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
+from fedfingpt.common.config import load_config
+from fedfingpt.common.evaluate import evaluate_aml
+from fedfingpt.common.metrics import aml_report
+from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results
+from fedfingpt.common.tasks.aml import TYPOLOGIES, encode_aml
+from fedfingpt.common.tasks.aml_rules import rules_score
+from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
+from fedfingpt.simulations.aml_scenario import aml_split, write_aml_report
+from fedfingpt.simulations.run import simulate
+
+from _shared import fresh_model  # benchmarks/_shared.py
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("bench")
+
+
+def scored(report: dict, wall: float, steps: int, peak_mb: float | None) -> dict:
+    keep = ("n", "n_positive", "precision", "recall", "f1", "pr_auc", "alert_rate", "typology_accuracy",
+            "recall_by_typology", "scores")
+    return {**{k: report.get(k) for k in keep}, "wall_s": round(wall, 1), "steps": steps,
+            "peak_rss_mb": None if peak_mb is None else round(peak_mb)}
+
+
+def rules_cell(cfg, test) -> dict:
+    t0 = time.perf_counter()
+    scores = [rules_score(c, cfg.data.aml.generator.reporting_threshold)[0] for c in test]
+    r = aml_report([c.typology for c in test], scores, [None] * len(test), threshold=cfg.data.aml.threshold)
+    return scored({**r, "typology_accuracy": None, "scores": scores}, time.perf_counter() - t0, 0, None)
+
+
+def trained_cell(cfg, cases, steps: int, test, seed_offset: int) -> dict:
+    """The one training loop on `cases` for `steps` steps (cosine from training.lr), then the held-out score."""
+    t0 = time.perf_counter()
+    with TreeRSS() as rss:
+        model, loaded = fresh_model(cfg)
+        enc = encode_aml(loaded.tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines)
+        tcfg = cfg.training.model_copy(update={"max_steps": steps, "epochs": None, "eval_every": None,
+                                               "warmup_ratio": 0.0, "seed": cfg.training.seed + seed_offset,
+                                               "log_every": max(1, steps // 4)})
+        train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False,
+              on_log=lambda s, l: log.info("step %d/%d loss %.4f", s, steps, l))
+        r = score(model, loaded, cfg, test)
+    return scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20)
+
+
+def score(model, loaded, cfg, test) -> dict:
+    return evaluate_aml(model, loaded.tokenizer, test, cfg.eval.model_copy(update={"method": "likelihood"}),
+                        max_length=cfg.data.max_length, max_lines=cfg.data.aml.max_lines,
+                        threshold=cfg.data.aml.threshold, typology=False)
+
+
+def federated_cell(cfg, test, work: Path) -> dict:
+    t0 = time.perf_counter()
+    run_dir = work / cfg.name
+    with TreeRSS() as rss:
+        simulate(cfg, run_dir, progress=False)
+        model, loaded = fresh_model(cfg)
+        rnd, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
+        set_lora_arrays(model, peft_names_to_ours(saved, list(get_lora_arrays(model))), source=f"round {rnd}")
+        r = score(model, loaded, cfg, test)
+    f = cfg.federation
+    return scored(r, time.perf_counter() - t0, f.num_banks * f.rounds * f.local_steps, rss.peak / 2**20)
+
+
+def unseen_recall(cell: dict, test, threshold: float, unseen: set[str]) -> float | None:
+    idx = [i for i, c in enumerate(test) if c.typology in unseen]
+    if not idx:
+        return None
+    return float(np.mean([cell["scores"][i] >= threshold for i in idx]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", default=str(HERE.parent / "configs" / "federated_aml.yaml"))
+    ap.add_argument("--unseen-bank", type=int, default=3, help="the bank whose unseen typologies are reported")
+    ap.add_argument("--settings", default="rules,local,federated,centralized")
+    ap.add_argument("--work", default="runs/benchmarks/aml")
+    ap.add_argument("--out", default=str(HERE / "results" / "aml"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(2)
+    t_all = time.perf_counter()
+    cfg = load_config(args.config, {"federation.resume": False, "federation.server_eval_every": 0})
+    f = cfg.federation
+    split = aml_split(cfg.data, f.num_banks)
+    test = split.test
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_aml_report(split, work)
+    cache_path = work / "cells.json"
+    settings = {"config": cfg.model_dump(mode="json"), "test_ids": [c.id for c in test]}
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if cache.get("settings") not in (None, settings):
+        raise SystemExit(f"{cache_path} holds cells of another configuration; use another --work")
+    cache["settings"] = settings
+    cells = cache.setdefault("cells", {})
+
+    def save(key: str, cell: dict) -> None:
+        cells[key] = cell
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(cache_path)
+        write(args, cfg, split, cells, time.perf_counter() - t_all)
+        log.info("%s: %s", key, {k: v for k, v in cell.items() if k not in ("scores", "recall_by_typology")})
+
+    wanted = args.settings.split(",")
+    per_bank = f.rounds * f.local_steps
+    if "rules" in wanted and "rules" not in cells:
+        save("rules", rules_cell(cfg, test))
+    if "local" in wanted:
+        for b in range(f.num_banks):
+            if f"local/{b}" not in cells:
+                save(f"local/{b}", trained_cell(cfg, split.train[b], per_bank, test, seed_offset=b))
+    if "federated" in wanted and "federated" not in cells:
+        save("federated", federated_cell(cfg, test, work))
+    if "centralized" in wanted and "centralized" not in cells:
+        pooled = [c for bank in split.train for c in bank]
+        save("centralized", trained_cell(cfg, pooled, f.num_banks * per_bank, test, seed_offset=100))
+    write(args, cfg, split, cells, time.perf_counter() - t_all)
+    log.info("wrote %s.{json,md,png}", args.out)
+
+
+def write(args, cfg, split, cells: dict, wall: float) -> None:
+    test, thr, b = split.test, cfg.data.aml.threshold, args.unseen_bank
+    unseen = {t for t in TYPOLOGIES if any(c.typology == t for c in test)} - split.typologies(b)
+    rows = []
+    for key, c in cells.items():
+        setting, _, bank = key.partition("/")
+        rows.append({"setting": setting if not bank else f"local-only bank {bank}", "f1": c["f1"],
+                     "precision": c["precision"], "recall": c["recall"], "pr_auc": c["pr_auc"],
+                     "alert_rate": c["alert_rate"], f"unseen_recall_bank{b}": unseen_recall(c, test, thr, unseen),
+                     "steps": c["steps"], "wall_s": c["wall_s"], "peak_rss_mb": c["peak_rss_mb"],
+                     "recall_by_typology": {t: v["recall"] for t, v in c["recall_by_typology"].items()}})
+    typ_rows = [{"setting": r["setting"], **r["recall_by_typology"]} for r in rows]
+    held = {t: sum(c.typology == t for c in test) for t in TYPOLOGIES}
+    write_results(
+        Path(args.out), benchmark="aml", config=cfg.model_dump(mode="json"), seed=cfg.training.seed, rows=rows,
+        columns=["setting", "f1", "precision", "recall", "pr_auc", "alert_rate", f"unseen_recall_bank{b}", "steps",
+                 "wall_s", "peak_rss_mb"],
+        title=f"AML screening on {cfg.model.base}: {len(test)} held-out cases ({sum(c.suspicious for c in test)} "
+              f"laundering), {cfg.federation.num_banks} generated banks; bank {b} never trained on "
+              f"{', '.join(sorted(unseen))}",
+        extra={"cells": cells, "unseen_bank": b, "unseen_typologies": sorted(unseen), "held_out_by_typology": held,
+               "bank_table": split.table(), "recall_by_typology_rows": typ_rows, "wall_s": round(wall, 1),
+               "machine": machine_info(), "args": vars(args)},
+    )
+    from fedfingpt.common.metrics import format_markdown_table
+
+    md = Path(args.out).with_suffix(".md")
+    md.write_text(md.read_text() + "\nRecall per typology (held-out cases: " +
+                  ", ".join(f"{t} {n}" for t, n in held.items() if n) + ")\n\n" +
+                  format_markdown_table(typ_rows, ["setting", *[t for t in TYPOLOGIES if held[t]]]) + "\n")
+    plot(rows, sorted(unseen), [t for t in TYPOLOGIES if held[t]], Path(args.out).with_suffix(".png"), b)
+
+
+def plot(rows: list[dict], unseen: list[str], typs: list[str], path: Path, bank: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    show = [r for r in rows if r["setting"] in ("rules", f"local-only bank {bank}", "federated", "centralized")]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / max(1, len(show))
+    for i, r in enumerate(show):
+        ax.bar(np.arange(len(typs)) + i * width, [r["recall_by_typology"].get(t, 0) for t in typs], width,
+               label=r["setting"])
+    ax.set_xticks(np.arange(len(typs)) + 0.4 - width / 2, [t + ("*" if t in unseen else "") for t in typs],
+                  rotation=20, fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="recall", title=f"AML recall per typology (* = never in bank {bank}'s training)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
