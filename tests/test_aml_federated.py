@@ -41,6 +41,12 @@ def test_natural_partition_must_match_the_federation(data_dir):
     data = _data(data_dir, source="amlsim-export", path="aml/amlsim_4bank_export")
     with pytest.raises(AmlScenarioError, match="set federation.num_banks to 4"):
         aml_split(data, 3)
+    split = aml_split(_data(data_dir, source="amlsim-export", path="aml/amlsim_4bank_export",
+                            negatives_per_positive=10), 4)
+    assert split.banks == ["can_bank", "ind_bank", "uae_bank", "usa_bank"]
+    for b, name in enumerate(split.banks):  # each member trains on the cases focused at its own customers
+        assert split.train[b] and all(c.bank == name == c.accounts[c.focus].bank for c in split.train[b])
+    assert sum(c.suspicious for t in split.train for c in t) + sum(c.suspicious for c in split.test) == 3  # 3 alerts
     with pytest.raises(AmlScenarioError, match="not a folder"):
         aml_split(_data(data_dir, source="amlworld", path="aml/nowhere"), 4)
 
