@@ -51,6 +51,16 @@ CANARY_LABEL = "negative"  # against the sentence's neutral content: only memori
 
 
 
+def fresh_start(run_dir: Path) -> None:
+    """A cell not in the cache starts over: the banks' ledgers of an interrupted attempt would otherwise count the
+    privacy it spent against this one (and a bank at its budget would skip every round)."""
+    import shutil
+
+    if run_dir.exists():
+        log.info("%s: an unfinished attempt of this cell is removed (its ledgers included)", run_dir)
+        shutil.rmtree(run_dir)
+
+
 def final_model(cfg, run_dir: Path):
     model, loaded = fresh_model(cfg)
     rnd, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
@@ -76,6 +86,7 @@ def utility_cell(base, strategy: str, epsilon: float | None, work: Path) -> dict
     if epsilon is not None:
         cfg.privacy = cfg.privacy.model_copy(update={"mode": "local", "epsilon": epsilon})
     cfg = type(cfg).model_validate(cfg.model_dump())
+    fresh_start(work / cfg.name)
     t0 = time.perf_counter()
     with TreeRSS() as rss:
         out = simulate(cfg, work / cfg.name, progress=False)
@@ -95,6 +106,7 @@ def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secre
     if epsilon is not None:
         cfg.privacy = cfg.privacy.model_copy(update={"mode": "local", "epsilon": epsilon})
     cfg = type(cfg).model_validate(cfg.model_dump())
+    fresh_start(work / cfg.name)
     t0 = time.perf_counter()
     simulate(cfg, work / cfg.name, progress=False)
     wall = time.perf_counter() - t0
