@@ -29,6 +29,24 @@ LOCAL_B = "fedsa-local-b"  # FedSA-LoRA: the bank's own B, in the node's state a
 
 log = logging.getLogger("fedfingpt.client")
 
+# When this process began the current message (time.time()): a long-lived worker (client/worker.py) sets it per task;
+# otherwise a process's first message counts from the process's start and later ones (a warm actor) from nothing.
+task_started: float | None = None
+_messages_served = 0
+
+
+def startup_seconds() -> float:
+    """Seconds between the start of this message's handling (process start-up, or the worker taking the task) and
+    the handler: the per-message cost of process isolation that the round report shows as `startup_s`."""
+    global _messages_served
+    t0 = task_started
+    if t0 is None and _messages_served == 0:
+        import psutil
+
+        t0 = psutil.Process().create_time()
+    _messages_served += 1
+    return 0.0 if t0 is None else max(0.0, time.time() - t0)
+
 
 def local_training_config(cfg: Config, global_round: int, bank: int):
     """Each round trains `local_steps` at a constant rate; the rate follows a cosine over rounds (to 10 %)."""
@@ -150,8 +168,10 @@ def _residual(msg: Message) -> dict:
 
 
 def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
+    startup, t0 = startup_seconds(), time.perf_counter()
     arrays, metrics = bank_round(cfg, context, record_to_arrays(msg.content["arrays"]), dict(msg.content["config"]),
                                  _residual(msg))
+    metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0})
     return Message(content=RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(metrics)}),
                    reply_to=msg)
 
@@ -195,6 +215,7 @@ def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residu
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
+    startup_seconds()  # counts this message as served
     state = bank_state(cfg, context)
     load_global(state, record_to_arrays(msg.content["arrays"]), _residual(msg), cfg, context, None)  # FedSA: own B
     ecfg = cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False})

@@ -98,8 +98,17 @@ def bank_rows(cfg: Config, bank: int, num_banks: int,
     return train, test
 
 
+def forget_banks() -> None:
+    """Drop every cached model, partition and bank state (a long-lived worker does so when a new run starts)."""
+    _MODELS.clear()
+    _BANKS.clear()
+    _POOLS.clear()
+
+
 def bank_state(cfg: Config, context) -> BankState:
     nc = dict(context.node_config or {})
+    if nc.get("data-dir"):  # a SuperNode's own data folder (node config) instead of the scenario's data.data_dir
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(nc["data-dir"])})})
     bank = int(nc.get("bank-id", nc.get("partition-id", 0)))
     num_banks = int(nc.get("num-partitions", cfg.federation.num_banks))
     rank = bank_rank(cfg, bank, nc)

@@ -79,3 +79,30 @@ def make_dev_certs(out_dir: str | Path, hosts: tuple[str, ...] = ("localhost", "
     for name, (data, private) in files.items():
         _write(out / name, data, private)
     return {name: out / name for name in FILES}
+
+
+def make_node_key_pair(out_dir: str | Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
+    """A SuperNode's authentication key pair, as Flower reads it: `NAME.key` (EC P-384 private key in OpenSSH format,
+    mode 0600) and `NAME.pub` (its OpenSSH public key, which the coordinator registers). An existing key is kept
+    unless `overwrite`: a new key must be registered again."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
+    if key_path.exists() and not overwrite:
+        raise FileExistsError(f"{key_path} exists; keep it (its public key may be registered already) or pass "
+                              "--force to replace it (then register the new public key)")
+    key = ec.generate_private_key(ec.SECP384R1())
+    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()), private=True)
+    _write(pub_path, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                   serialization.PublicFormat.OpenSSH) + f" {name}\n".encode(),
+           private=False)
+    return key_path, pub_path
+
+
+def read_node_public_key(path: str | Path) -> str:
+    """The OpenSSH public key of a SuperNode's private key file (what the SuperLink must have registered)."""
+    key = serialization.load_ssh_private_key(Path(path).read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} is not an EC private key (Flower's SuperNode authentication needs one)")
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()

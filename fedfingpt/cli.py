@@ -1,4 +1,4 @@
-"""The `fedfingpt` command: simulate (the main job), train, eval, models prepare."""
+"""The `fedfingpt` command: simulate (the main job), train, eval, models prepare, deploy (real rounds)."""
 
 from __future__ import annotations
 
@@ -87,15 +87,131 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("out", help="folder to write ca.pem, server.pem/.key, client.pem/.key into")
     dev.add_argument("--host", action="append", help="server name or IP (default: localhost and 127.0.0.1)")
 
+    _add_deploy_parser(sub)
+
     demo = sub.add_parser("demo", help="the main job on its embedded default (same as `simulate` with no config)")
     demo.add_argument("--out", help="output folder")
     return ap
+
+
+def _add_deploy_parser(sub) -> None:
+    dep = sub.add_parser("deploy", help="real federated rounds on Flower's Deployment Engine (SuperLink, SuperNodes)")
+    dsub = dep.add_subparsers(dest="deploy_command", required=True)
+
+    def link_args(p, what="the SuperLink"):
+        p.add_argument("--superlink", default="127.0.0.1:9092", help=f"{what} as HOST:PORT (default 127.0.0.1:9092)")
+        p.add_argument("--ca", help="CA certificate (PEM) that signed the SuperLink's certificate")
+        p.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (one-machine tests)")
+
+    keys = dsub.add_parser("keys", help="a bank's SuperNode key pair: BANK.key (private, 0600) and BANK.pub")
+    keys.add_argument("--bank-id", type=int, required=True)
+    keys.add_argument("--out", default="keys", help="folder (default: keys)")
+    keys.add_argument("--force", action="store_true", help="replace an existing key (register the new one)")
+
+    link = dsub.add_parser("superlink", help="the coordinator's SuperLink: TLS and SuperNode authentication")
+    link.add_argument("--certs", help="folder with ca.pem, server.pem, server.key (`fedfingpt certs dev`)")
+    link.add_argument("--ssl-ca-certfile")
+    link.add_argument("--ssl-certfile")
+    link.add_argument("--ssl-keyfile")
+    link.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    link.add_argument("--port", type=int, default=9092, help="the SuperLink's one HTTPS port (default 9092)")
+    link.add_argument("--state", default="runs/deploy/superlink", help="the SuperLink's database and FLWR_HOME")
+    link.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (tests only)")
+
+    reg = dsub.add_parser("register", help="register banks' public keys with the SuperLink (flwr supernode register)")
+    reg.add_argument("public_keys", nargs="+", help="BANK.pub files from `fedfingpt deploy keys`")
+    link_args(reg)
+    reg.add_argument("--home", default="runs/deploy/coordinator", help="the coordinator's FLWR_HOME")
+
+    node = dsub.add_parser("supernode", help="a bank's SuperNode with its own node config")
+    node.add_argument("--bank-id", type=int, required=True)
+    node.add_argument("--num-banks", type=int, required=True, help="banks in the federation (num-partitions)")
+    link_args(node)
+    node.add_argument("--key", help="the bank's private key (BANK.key from `fedfingpt deploy keys`)")
+    node.add_argument("--data-dir", help="this bank's data folder (else the scenario's data.data_dir)")
+    node.add_argument("--privacy-epsilon", type=float, help="this bank's DP budget (local DP)")
+    node.add_argument("--lora-rank", type=int, help="the LoRA rank this bank trains (HetLoRA)")
+    node.add_argument("--extra-train", help="this bank's own instruction JSONL, added to its training rows")
+    node.add_argument("--state-dir", help="what never leaves the bank: privacy ledger, FedSA B, Flower's state "
+                      "(default runs/deploy/bank-N)")
+    node.add_argument("--runtime-port", type=int, default=9094, help="the SuperNode's local Runtime API port")
+    node.add_argument("--isolation", choices=["process", "subprocess"], default="process",
+                      help="process: one long-lived ClientApp process (default); subprocess: Flower's fresh "
+                           "flwr-clientapp per message")
+    node.add_argument("--max-wait-s", type=float, help="give up connecting to the SuperLink after this long")
+    node.add_argument("--timings", help="JSONL file: one line per message handled by the long-lived process")
+    node.add_argument("--rejoin-wait-s", type=float, default=120,
+                      help="keep asking a SuperLink that refuses this node for this long (after a crash it is "
+                           "refused until marked offline, about a minute; default 120, 0 = give up at once)")
+
+    run = dsub.add_parser("run", help="run a scenario on the SuperLink (flwr run), resuming from its checkpoints")
+    _add_config_args(run)
+    link_args(run)
+    run.add_argument("--home", default="runs/deploy/coordinator", help="the coordinator's FLWR_HOME")
+    run.add_argument("--wait-banks", type=int, help="wait until this many banks are online (default num_banks)")
+    run.add_argument("--wait-s", type=float, default=300, help="longest wait for the banks (default 300 s)")
+
+    stop = dsub.add_parser("stop", help="stop a run (flwr stop); `deploy run` again resumes it")
+    stop.add_argument("run_id", type=int)
+    link_args(stop)
+    stop.add_argument("--home", default="runs/deploy/coordinator", help="the coordinator's FLWR_HOME")
+
+    worker = dsub.add_parser("worker", help="the long-lived ClientApp process of a SuperNode in process isolation")
+    worker.add_argument("--runtime-api-address", default="127.0.0.1:9094")
+    worker.add_argument("--parent-pid", type=int)
+    worker.add_argument("--timings")
+    worker.add_argument("--poll-s", type=float, default=0.2)
+
+
+def _deploy(args) -> int:
+    from . import deploy
+
+    if args.deploy_command == "keys":
+        from .common.certs import make_node_key_pair
+
+        key, pub = make_node_key_pair(args.out, f"bank-{args.bank_id}", overwrite=args.force)
+        print(f"{key}\n{pub}")
+        print(f"keep {key.name} at the bank; send {pub.name} to the coordinator to register", file=sys.stderr)
+    elif args.deploy_command == "superlink":
+        certs = None if args.insecure else deploy.ServerCerts.from_args(args.certs, args.ssl_ca_certfile,
+                                                                        args.ssl_certfile, args.ssl_keyfile)
+        deploy.start_superlink(host=args.host, port=args.port, state_dir=args.state, certs=certs)
+    elif args.deploy_command == "register":
+        deploy.write_connection(args.home, args.superlink, args.ca, args.insecure)
+        for name, node_id in deploy.register_banks(args.home, args.public_keys).items():
+            print(f"{name}: SuperNode {node_id}")
+    elif args.deploy_command == "supernode":
+        return deploy.run_supernode(
+            superlink=args.superlink, bank_id=args.bank_id, num_banks=args.num_banks, ca=args.ca, key=args.key,
+            insecure=args.insecure, runtime_port=args.runtime_port, isolation=args.isolation,
+            state_dir=args.state_dir, data_dir=args.data_dir, privacy_epsilon=args.privacy_epsilon,
+            lora_rank=args.lora_rank, extra_train=args.extra_train, max_wait_s=args.max_wait_s, timings=args.timings,
+            rejoin_wait_s=args.rejoin_wait_s)
+    elif args.deploy_command == "run":
+        cfg = _config(args)
+        code, _ = deploy.run_federation(cfg, superlink=args.superlink, ca=args.ca, insecure=args.insecure,
+                                        home=args.home, run_dir=args.out, wait_banks=args.wait_banks,
+                                        wait_s=args.wait_s)
+        return code
+    elif args.deploy_command == "stop":
+        deploy.stop_run(args.run_id, superlink=args.superlink, ca=args.ca, insecure=args.insecure, home=args.home)
+    elif args.deploy_command == "worker":
+        return deploy.serve_worker(args.runtime_api_address, args.parent_pid, args.timings, args.poll_s)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "deploy":  # before the imports below: a SuperNode's supervisor needs no torch
+        from .deploy import DeployError
+
+        try:
+            return _deploy(args)
+        except (DeployError, ConfigError, FileExistsError) as err:
+            print(f"fedfingpt: error: {err}", file=sys.stderr)
+            return 2
     progress = not args.quiet
     from . import jobs
     from .common.adapter import AdapterError

@@ -81,7 +81,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         aml_cases = sample_rows(aml_split(cfg.data, f.num_banks).test, cfg.data.aml.eval_limit, cfg.data.seed)
     strategy = build_strategy(
         cfg, fraction_train=f.fraction_train, fraction_evaluate=1.0 if f.client_eval else 0.0,
-        min_train_nodes=max(1, f.min_banks), min_evaluate_nodes=1, min_available_nodes=f.num_banks,
+        # a round starts once min_banks SuperNodes are online, so a bank that died does not stall the federation
+        min_train_nodes=max(1, f.min_banks), min_evaluate_nodes=1, min_available_nodes=max(1, f.min_banks),
         min_valid_updates=f.min_banks, max_examples=f.max_examples_per_bank, round_offset=done,
     )
     if state:
@@ -177,8 +178,9 @@ def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[d
                "machine": machine_info(), "rows": rows, "history": history,
                "wall_s": round(time.perf_counter() - t_start, 1), "peak_rss_mb": peak_rss_mb()}
     write_text_atomic(run_dir / "federated.json", json.dumps(payload, indent=2, default=str))
-    drops = [f"- round {h['round']}: bank {d['bank']} (node {d['node_id']}): {d['reason']}"
-             for h in history for d in ((h.get("train") or {}).get("dropped") or [])]
+    drops = [f"- round {h['round']}: " + (f"bank {d['bank']} (node {d['node_id']})" if d["bank"] is not None else
+                                          f"node {d['node_id']} (no reply from it yet in this run)")
+             + f": {d['reason']}" for h in history for d in ((h.get("train") or {}).get("dropped") or [])]
     md = (f"# {cfg.name}: federated run ({cfg.federation.num_banks} banks, {cfg.federation.strategy}, "
           f"{cfg.federation.partition.kind} partition)\n\n{format_markdown_table(rows)}\n\n"
           + ("Dropped updates:\n" + "\n".join(drops) + "\n" if drops else "No update was dropped.\n"))

@@ -57,6 +57,7 @@ class LoraFedAvg(FedAvg):
         self.round_offset = round_offset
         self.rounds: list[dict] = []  # one entry per round: per-bank participation, traffic, drops
         self._sent: dict[int, int] = {}
+        self._outbox: list[Message] = []
         self._reference: dict[str, np.ndarray] = {}
         self._bank_of: dict[int, int] = {}  # node id -> bank id, learned from replies, to name banks in drop logs
         self._t_round = 0.0
@@ -73,6 +74,7 @@ class LoraFedAvg(FedAvg):
                 m.content[key] = record
         size = arrays_nbytes(self._reference) + sum(arrays_nbytes(record_to_arrays(r)) for r in extras.values())
         self._sent = {m.metadata.dst_node_id: size for m in messages}
+        self._outbox = messages  # the Grid gives each its message id when it sends it (see aggregate_train)
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
@@ -116,8 +118,13 @@ class LoraFedAvg(FedAvg):
         entry = {"round": server_round + self.round_offset, "banks": [], "dropped": []}
         updates, weights = [], []
         replied = set()
+        # an error the SuperLink writes for a bank (e.g. its node stopped sending heartbeats) comes from the SuperLink:
+        # name the bank it stands for by the message it answers
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self._outbox if m.metadata.message_id}
         for msg in replies:
             node = msg.metadata.src_node_id
+            if msg.has_error():
+                node = dst_of.get(msg.metadata.reply_to_message_id, node)
             replied.add(node)
             if msg.has_error():
                 # the reason is a whole traceback; its last line names the exception
@@ -144,6 +151,8 @@ class LoraFedAvg(FedAvg):
                 "node_id": node, "bank": bank, "num_examples": int(n),
                 "train_loss": metrics.get("train-loss"), "train_s": metrics.get("train-s"),
                 "bytes_down": self._sent.get(node, 0), "bytes_up": arrays_nbytes(arrays),
+                # per-message process start-up and time in the bank's handler (the deployment benchmark's breakdown)
+                **{k.replace("-", "_"): metrics[k] for k in ("startup-s", "handler-s") if k in metrics},
                 **({"dp_epsilon": metrics["dp-epsilon"], "dp_noise_multiplier": metrics.get("dp-noise-multiplier")}
                    if "dp-epsilon" in metrics else {}),
             })
@@ -152,6 +161,7 @@ class LoraFedAvg(FedAvg):
 
         entry["aggregated"] = len(updates) >= self.min_valid_updates
         agg_arrays, agg_metrics = None, None
+        t_agg = time.perf_counter()
         if entry["aggregated"]:
             combined = self.combine(updates, weights, entry)
             agg_arrays = arrays_to_record(OrderedDict((k, combined[k]) for k in self._reference))
@@ -164,6 +174,7 @@ class LoraFedAvg(FedAvg):
         else:
             log.warning("round %d: %d usable updates < min_banks %d; global adapter kept",
                         entry["round"], len(updates), self.min_valid_updates)
+        entry["aggregate_s"] = round(time.perf_counter() - t_agg, 3)
         entry["round_s"] = round(time.perf_counter() - self._t_round, 2)
         self.rounds.append(entry)
         return agg_arrays, agg_metrics
