@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM = false
 setup:
 	@bash scripts/setup.sh
 
-demo: setup  ## federated LoRA across 3 simulated banks (configs/federated.yaml defaults, ~15 min)
+demo: setup  ## federated LoRA across 3 simulated banks, sentiment + AML (configs/federated.yaml defaults)
 	$(BIN)/fedfingpt simulate
 
 test: setup

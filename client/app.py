@@ -228,7 +228,8 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     if state.aml_test:
         cases = sample_rows(state.aml_test, cfg.federation.client_eval_limit, cfg.data.seed)
         a = evaluate_aml(state.model, state.tokenizer, cases, ecfg, max_length=cfg.data.max_length,
-                         max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold)
+                         max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold,
+                         typology=False)  # banks report F1; the typology read costs nine scored continuations
         metrics.update({"aml-cases": a["n"], "aml-f1": a["f1"]})
     # the server keeps per-bank scores (LoraFedAvg.aggregate_evaluate)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
