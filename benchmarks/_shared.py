@@ -24,3 +24,32 @@ def dev_serving_files(work: Path, token: str) -> tuple[dict, Path]:
     tokens = work / "tokens.yaml"
     tokens.write_text(yaml.safe_dump({token: {"caller": "bench", "role": "analyst"}}))
     return certs, tokens
+
+
+class CellCache:
+    """A benchmark's finished cells in WORK/cells.json, so that an interrupted run continues where it stopped.
+
+    With `settings`, a cache written under other settings is refused (its cells would not compare); each `save`
+    writes the whole file to a temporary name and renames it, so a crash never leaves half a cache.
+    """
+
+    def __init__(self, work: Path, settings: dict | None = None, indent: int | None = 1) -> None:
+        import json
+
+        self.path = Path(work) / "cells.json"
+        self.indent = indent
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if settings is not None:
+            if self.data.get("settings") not in (None, settings):
+                raise SystemExit(f"{self.path} holds cells of other settings {self.data['settings']}; "
+                                 "use another --work")
+            self.data["settings"] = settings
+        self.cells: dict = self.data.setdefault("cells", {})
+
+    def save(self, key: str, cell: dict) -> None:
+        import json
+
+        self.cells[key] = cell
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=self.indent))
+        tmp.replace(self.path)

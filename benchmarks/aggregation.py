@@ -30,7 +30,7 @@ from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -122,20 +122,13 @@ def main() -> None:
     tests = {k: sample_rows(splits["test"][k], args.eval_rows, base.data.seed) for k in ("fpb", "tfns")}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cache_path = work / "cells.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    settings = {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps, "lr": args.lr,
-                "config": args.config, "eval_rows": args.eval_rows, "client_cpus": args.client_cpus}
-    if cache.get("settings") not in (None, settings):
-        raise SystemExit(f"{cache_path} holds cells of other settings {cache['settings']}; use another --work")
-    cache["settings"] = settings
-    cells = cache.setdefault("cells", {})
+    cache = CellCache(work, {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps,
+                             "lr": args.lr, "config": args.config, "eval_rows": args.eval_rows,
+                             "client_cpus": args.client_cpus})
+    cells = cache.cells
 
     def save_cell(key: str, cell: dict) -> None:
-        cells[key] = cell
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_path)
+        cache.save(key, cell)
         write(args, base, cells, total_steps, time.perf_counter() - t_all, work, tests)
 
     if "centralized" not in cells:

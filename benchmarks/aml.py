@@ -35,7 +35,7 @@ from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.aml_scenario import aml_split, write_aml_report
 from fedfingpt.simulations.run import simulate
 
-from _shared import fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -114,19 +114,11 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     write_aml_report(split, work)
-    cache_path = work / "cells.json"
-    settings = {"config": cfg.model_dump(mode="json"), "test_ids": [c.id for c in test]}
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    if cache.get("settings") not in (None, settings):
-        raise SystemExit(f"{cache_path} holds cells of another configuration; use another --work")
-    cache["settings"] = settings
-    cells = cache.setdefault("cells", {})
+    cache = CellCache(work, {"config": cfg.model_dump(mode="json"), "test_ids": [c.id for c in test]}, indent=None)
+    cells = cache.cells
 
     def save(key: str, cell: dict) -> None:
-        cells[key] = cell
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache))
-        tmp.replace(cache_path)
+        cache.save(key, cell)
         write(args, cfg, split, cells, time.perf_counter() - t_all)
         log.info("%s: %s", key, {k: v for k, v in cell.items() if k not in ("scores", "recall_by_typology")})
 

@@ -42,7 +42,7 @@ from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample, sent
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -186,15 +186,11 @@ def main() -> None:
     })
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cache_path = work / "cells.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {"cells": {}}
-    cells = cache["cells"]
+    cache = CellCache(work)
+    cells = cache.cells
 
     def save(key: str, cell: dict) -> None:
-        cells[key] = cell
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_path)
+        cache.save(key, cell)
         write(args, base, cells, time.perf_counter() - t_all)
         log.info("%s: %s", key, {k: v for k, v in cell.items() if not isinstance(v, list)})
 
