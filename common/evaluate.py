@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import EvalConfig
+from .config import DataConfig, EvalConfig
 from .metrics import classification_report, parse_fingpt_answer, parse_sentiment_answer
 from .predict import generate, label_logprobs, softmax
 from .tasks.sentiment import LABELS, content_free_prompt, sentiment_prompt
@@ -144,3 +144,15 @@ def evaluate_aml(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_leng
             "roc_auc": r["roc_auc"], "alert_rate": r["alert_rate"], "typology_accuracy": r["typology_accuracy"],
             "recall_by_typology": r["recall_by_typology"], "eval_s": round(time.perf_counter() - t0, 2),
             "scores": [round(float(x), 5) for x in p]}
+
+
+def evaluate_tasks(model, tokenizer, data: DataConfig, sentiment_sets: dict, aml_cases: Sequence, cfg: EvalConfig, *,
+                   progress: bool = False) -> list[dict]:
+    """Rows for the sentiment test sets and, when given, the held-out AML cases (its per-case scores left out):
+    what the server scores every round and what `fedfingpt train` / `eval` report."""
+    rows = evaluate_sentiment(model, tokenizer, sentiment_sets, cfg, max_length=data.max_length, progress=progress)
+    if aml_cases:
+        row = evaluate_aml(model, tokenizer, aml_cases, cfg, max_length=data.max_length, max_lines=data.aml.max_lines,
+                           threshold=data.aml.threshold, progress=progress)
+        rows.append({k: v for k, v in row.items() if k != "scores"})
+    return rows

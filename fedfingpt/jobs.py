@@ -14,7 +14,7 @@ import torch
 from .client.train import train
 from .common.adapter import load_adapter, save_adapter
 from .common.config import Config
-from .common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
+from .common.evaluate import evaluate_tasks, sample_rows
 from .common.models import attach_lora, load_base_model
 from .common.report import peak_rss_mb, save_figure, write_results, write_text_atomic
 from .common.tasks.sentiment import encode_sentiment
@@ -84,7 +84,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     aml_test = []
     if "aml" in cfg.data.tasks:  # centralized AML: every bank's training cases pooled (the federation's ceiling)
         from .common.tasks.aml import encode_aml
-        from .simulations.aml_scenario import aml_split, mix_to_share
+        from .simulations.aml_scenario import aml_split, held_out_sample, mix_to_share
 
         split = aml_split(cfg.data, cfg.federation.num_banks)
         cases = [c for bank in split.train for c in bank]
@@ -93,15 +93,15 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
             aml = mix_to_share(aml, len(encoded), cfg.data.aml.mix, cfg.data.seed, repeat=cfg.privacy.mode != "local")
         log.info("AML: %d cases of %d banks (%s) as %d examples", len(cases), len(split.banks), split.source, len(aml))
         encoded = encoded + aml
-        aml_test = sample_rows(split.test, cfg.data.aml.eval_limit, cfg.data.seed)
+        aml_test = held_out_sample(cfg.data, cfg.federation.num_banks)
     log.info("training on %d examples (%s); %s", len(encoded), "+".join(cfg.data.tasks), out_dir)
 
     quick_sets = ({k: v for k, v in load_test_sets(cfg, splits, t.eval_limit).items() if k in ("fpb", "tfns")}
                   if sentiment else {})
 
     def periodic_eval(step: int) -> dict:
-        rows = evaluate_all(model, tok, cfg, quick_sets, aml_test,
-                            cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}), False)
+        rows = evaluate_tasks(model, tok, cfg.data, quick_sets, aml_test,
+                              cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}))
         scores = {r["dataset"]: r.get("weighted_f1", r.get("f1")) for r in rows}
         log.info("step %d: periodic eval weighted F1 %s", step, {k: round(v, 3) for k, v in scores.items()})
         return scores
@@ -119,8 +119,8 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
         model, out_dir / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256,
         extra={"config": cfg.model_dump(mode="json"), "train": train_info},
     )
-    rows = evaluate_all(model, tok, cfg, load_test_sets(cfg, splits, cfg.data.eval_limit) if sentiment else {},
-                        aml_test, cfg.eval, progress)
+    rows = evaluate_tasks(model, tok, cfg.data, load_test_sets(cfg, splits, cfg.data.eval_limit) if sentiment else {},
+                          aml_test, cfg.eval, progress=progress)
     for r in rows:
         r["setting"] = "lora"
     extra = {
@@ -149,12 +149,11 @@ def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | N
         setting = "lora"
     aml_test = []
     if "aml" in cfg.data.tasks:
-        from .simulations.aml_scenario import aml_split
+        from .simulations.aml_scenario import held_out_sample
 
-        aml_test = sample_rows(aml_split(cfg.data, cfg.federation.num_banks).test, cfg.data.aml.eval_limit,
-                               cfg.data.seed)
+        aml_test = held_out_sample(cfg.data, cfg.federation.num_banks)
     sets = load_test_sets(cfg, limit=cfg.data.eval_limit) if "sentiment" in cfg.data.tasks else {}
-    rows = evaluate_all(model, loaded.tokenizer, cfg, sets, aml_test, cfg.eval, progress)
+    rows = evaluate_tasks(model, loaded.tokenizer, cfg.data, sets, aml_test, cfg.eval, progress=progress)
     for r in rows:
         r["setting"] = setting
     json_path, md_path = write_results(
@@ -164,16 +163,6 @@ def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | N
                "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": peak_rss_mb()},
     )
     return {"out_dir": str(out_dir), "metrics": str(json_path), "table": str(md_path), "rows": rows}
-
-
-def evaluate_all(model, tok, cfg: Config, sentiment_sets: dict, aml_cases: list, ecfg, progress: bool) -> list[dict]:
-    """Rows for the sentiment test sets and, when given, the held-out AML cases (scored by likelihood)."""
-    rows = evaluate_sentiment(model, tok, sentiment_sets, ecfg, max_length=cfg.data.max_length, progress=progress)
-    if aml_cases:
-        row = evaluate_aml(model, tok, aml_cases, ecfg, max_length=cfg.data.max_length,
-                           max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold, progress=progress)
-        rows.append({k: v for k, v in row.items() if k != "scores"})
-    return rows
 
 
 def _yaml(cfg: Config) -> str:

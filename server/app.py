@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..common.adapter import (arrays_to_record, get_lora_arrays, read_base_residual, record_to_arrays, select_parts,
                               set_lora_arrays)
 from ..common.config import Config
-from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
+from ..common.evaluate import evaluate_tasks, sample_rows
 from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
 from ..common.report import machine_info, peak_rss_mb, save_figure, show_progress, write_text_atomic
@@ -76,9 +76,9 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         splits = sentiment_splits(cfg.data.data_dir)
         tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
     if "aml" in cfg.data.tasks:
-        from ..simulations.aml_scenario import aml_split
+        from ..simulations.aml_scenario import held_out_sample
 
-        aml_cases = sample_rows(aml_split(cfg.data, f.num_banks).test, cfg.data.aml.eval_limit, cfg.data.seed)
+        aml_cases = held_out_sample(cfg.data, f.num_banks)
     strategy = build_strategy(
         cfg, fraction_train=f.fraction_train, fraction_evaluate=1.0 if f.client_eval else 0.0,
         # a round starts once min_banks SuperNodes are online, so a bank that died does not stall the federation
@@ -137,13 +137,8 @@ SCORE_KEYS = {False: ("accuracy", "weighted_f1"), True: ("f1", "pr_auc", "recall
 
 def server_eval(model, tokenizer, cfg: Config, tests: dict, aml_cases: list) -> list[dict]:
     """The global adapter on the benchmark sentiment test sets and the held-out AML cases."""
-    ecfg = cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False})
-    rows = evaluate_sentiment(model, tokenizer, tests, ecfg, max_length=cfg.data.max_length, progress=False)
-    if aml_cases:
-        row = evaluate_aml(model, tokenizer, aml_cases, ecfg, max_length=cfg.data.max_length,
-                           max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold)
-        rows.append({k: v for k, v in row.items() if k != "scores"})
-    return rows
+    return evaluate_tasks(model, tokenizer, cfg.data, tests, aml_cases,
+                          cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}))
 
 
 def write_report(cfg: Config, run_dir: Path, history: list[dict], rounds: list[dict], t_start: float) -> dict:

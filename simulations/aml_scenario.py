@@ -150,6 +150,13 @@ def aml_split(data: DataConfig, num_banks: int) -> AmlSplit:
     return split
 
 
+def held_out_sample(data: DataConfig, num_banks: int) -> list[AmlCase]:
+    """The seeded sample of held-out cases (data.aml.eval_limit) that the server and `fedfingpt train/eval` score."""
+    from ..common.evaluate import sample_rows
+
+    return sample_rows(aml_split(data, num_banks).test, data.aml.eval_limit, data.seed)
+
+
 def build(ds: AmlDataset, aml: AmlConfig, seed: int, members: set[str]) -> list[AmlCase]:
     from ..common.tasks.aml_data import build_cases
 
