@@ -141,6 +141,23 @@ def test_label_scoring_matches_a_hand_computation_on_both_paths(tiny_config, lab
             assert abs(logp[i, j] - _hand_logprob(model, tok, p, lab)) < 1e-4
 
 
+
+@pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways")])
+def test_label_scoring_sends_only_the_needed_positions_through_the_output_head(tiny_config, labels):
+    """A (batch, length, vocab) logits tensor is what made AML scoring hold gigabytes; only the positions that
+    predict label tokens may come out of the model."""
+    loaded = load_base_model(tiny_config.model)
+    model, tok = loaded.model, loaded.tokenizer
+    widths = []
+    hook = model.register_forward_hook(lambda mod, args, out: widths.append(tuple(out.logits.shape)))
+    try:
+        label_logprobs(model, tok, [sentiment_prompt(e) for e in EXAMPLES], labels, max_length=96, batch_size=4,
+                       bf16=False)
+    finally:
+        hook.remove()
+    longest = max(len(t) for t in label_token_ids(tok, labels))
+    assert widths and all(w[1] == (1 if longest == 1 else longest + 1) for w in widths), widths
+
 def test_generation_returns_continuations(tiny_config):
     loaded = load_base_model(tiny_config.model)
     out = generate(loaded.model, loaded.tokenizer, [sentiment_prompt(e) for e in EXAMPLES], max_new_tokens=3,
