@@ -132,6 +132,9 @@ def main() -> None:
             total = time.perf_counter() - t0
         peaks[engine] = round(rss.peak / 2**20)
         per_round = round_rows(engine, report)
+        if len(per_round) != cfg.federation.rounds:
+            raise RuntimeError(f"the {engine} run reported {len(per_round)} of {cfg.federation.rounds} rounds; "
+                               f"see the logs under {work}")
         rows += per_round
         summary.append(mean_row(engine, per_round, "mean"))
         if len(per_round) > 1:

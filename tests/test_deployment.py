@@ -181,6 +181,19 @@ def test_unregistered_key_is_refused(federation, tmp_path):
     assert "No SuperNode found with the given public key" in link_log  # Flower's SuperLink
 
 
+
+def test_a_failed_serverapp_is_a_failed_run(federation):
+    """Flower's log stream ends when the run ends, however it ended, and `flwr run --stream` then exits 0; `deploy
+    run` asks the SuperLink for the run's status and fails when the run did not complete."""
+    path = scenario(federation, "broken-server")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"]["base"] = str(federation.root / "no-such-model")  # valid config; the ServerApp cannot load it
+    path.write_text(yaml.safe_dump(cfg))
+    code, out = federation.run(path, timeout_s=240)
+    assert "Successfully started run" in out, out[-3000:]
+    assert code != 0, out[-3000:]
+    assert "did not complete: status finished:failed" in out, out[-3000:]
+
 # -- three banks -----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_rounds_over_tls_with_node_auth(banks):
