@@ -209,6 +209,40 @@ def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def retry_transient_pulls(grid: Grid, tries: int = 6, first_wait_s: float = 1.0) -> Grid:
+    """Retry the Grid's `pull_messages` when the SuperLink answers with a server error (HTTP 5xx).
+
+    Flower's HTTP Grid retries transport errors and 502/503/504 but gives up at once on a 500, which ends the run.
+    Seen on a loaded machine: the SuperLink's SQLite state answered 'database is locked' (after its 5 s busy
+    timeout) while banks pushed their updates, and the ServerApp died in round 1. A failed pull marks nothing
+    delivered (its transaction is rolled back), so asking again returns the replies. (Had the failure come after
+    that, while fetching a reply's arrays, those replies would not come again: the round drops them at its timeout
+    and names the banks.) After `tries` attempts (waits of 1, 2, 4, ... s) the error goes through. Other errors, and
+    grids without HTTP (the simulation's), are untouched."""
+    pull = getattr(grid, "pull_messages", None)
+    if pull is None:
+        return grid
+
+    def pull_messages(message_ids):
+        message_ids = list(message_ids)
+        wait = first_wait_s
+        for attempt in range(1, tries + 1):
+            try:
+                return pull(message_ids)
+            except Exception as exc:  # noqa: BLE001 - only HTTP 5xx is retried, everything else re-raised
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if not isinstance(status, int) or status < 500 or attempt == tries:
+                    raise
+                log.warning("the SuperLink answered HTTP %d to a pull of %d replies (attempt %d of %d); asking "
+                            "again in %.0f s", status, len(message_ids), attempt, tries, wait)
+                time.sleep(wait)
+                wait *= 2
+        raise AssertionError("unreachable")
+
+    grid.pull_messages = pull_messages  # Flower's send_and_receive calls self.pull_messages
+    return grid
+
+
 def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, grid_hook=None) -> ServerApp:
     """A ServerApp bound to `cfg`; without one, the config comes from the Flower run config (flwr run).
     `grid_hook(grid)` may wrap Flower's Grid (tests look at what the server receives)."""
@@ -221,6 +255,7 @@ def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, grid
         show_progress(log)
         c = cfg or config_from_context(context)
         rd = run_dir or Path(context.run_config.get("run-dir") or default_run_dir(c))
+        grid = retry_transient_pulls(grid)
         run_server(grid if grid_hook is None else grid_hook(grid), c, rd, context)
 
     return app

@@ -163,6 +163,45 @@ def test_superlink_error_for_a_dead_bank_names_that_bank():
     assert "Node Unavailable" in entry["dropped"][0]["reason"]
 
 
+
+def test_serverapp_asks_again_when_the_superlink_answers_500(monkeypatch):
+    """Flower's Grid gives up at once on an HTTP 500 (seen: the SuperLink's SQLite 'database is locked' under load),
+    which ended the run; our ServerApp asks again a bounded number of times, and only on server errors."""
+    import httpx
+
+    from fedfingpt.server import app as server_app
+
+    monkeypatch.setattr(server_app.time, "sleep", lambda s: None)
+
+    def status_error(code):
+        req = httpx.Request("POST", "https://127.0.0.1/v1/runtime/pull-messages")
+        return httpx.HTTPStatusError("boom", request=req, response=httpx.Response(code, request=req))
+
+    class FlakyGrid:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), []
+
+        def pull_messages(self, message_ids):
+            self.calls.append(list(message_ids))
+            if self.errors:
+                raise self.errors.pop(0)
+            return ["reply"]
+
+        def send_and_receive(self, ids):  # as Flower's: through self.pull_messages
+            return self.pull_messages(ids)
+
+    grid = server_app.retry_transient_pulls(FlakyGrid([status_error(500), status_error(500)]))
+    assert grid.send_and_receive(iter(["m1", "m2"])) == ["reply"]
+    assert grid.calls == [["m1", "m2"]] * 3  # the same ids each time, though given as an iterator
+    forbidden = server_app.retry_transient_pulls(FlakyGrid([status_error(403)]))
+    with pytest.raises(httpx.HTTPStatusError):
+        forbidden.send_and_receive(["m1"])
+    assert len(forbidden.calls) == 1  # a client error is not retried
+    down = server_app.retry_transient_pulls(FlakyGrid([status_error(500)] * 10), tries=3)
+    with pytest.raises(httpx.HTTPStatusError):
+        down.send_and_receive(["m1"])
+    assert len(down.calls) == 3  # bounded
+
 def test_unregistered_key_is_refused(federation, tmp_path):
     key, _ = make_node_key_pair(tmp_path, "stranger")
     proc = start_process([*FEDFINGPT, "deploy", "supernode", "--bank-id", "0", "--num-banks", "3", "--superlink",
