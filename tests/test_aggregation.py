@@ -275,3 +275,21 @@ def test_fedsa_bank_b_survives_a_restart_only_from_the_previous_round(tmp_path, 
     restarted = SimpleNamespace(state=RecordDict(), node_config={}, run_config={})
     assert float(_local_b(state, cfg, restarted, 4)["m.lora_B.weight"].mean()) == 0.25  # disk, saved at round 3
     assert float(np.abs(_local_b(state, cfg, restarted, 7)["m.lora_B.weight"]).max()) == 0.0  # stale: starts over
+
+
+def test_a_reply_whose_packed_arrays_do_not_add_up_is_dropped_with_its_reason():
+    from flwr.app import Array
+
+    s, ref = make("fedavg"), reference()
+    ups = bank_updates(ref)
+    msgs = sorted(s.configure_train(1, arrays_to_record(ref), ConfigRecord({}), Nodes()),
+                  key=lambda m: m.metadata.dst_node_id)
+    records = [arrays_to_record(u) for u in ups]
+    (key,) = records[2].keys()
+    records[2][key] = Array(np.ones(7, np.float32))  # truncated in transit, or forged
+    replies = [Message(RecordDict({"arrays": r, "metrics": MetricRecord({"num-examples": w, "bank-id": i})}),
+                       reply_to=m) for i, (m, r, w) in enumerate(zip(msgs, records, N))]
+    arrays, _ = s.aggregate_train(1, replies)
+    (dropped,) = s.rounds[-1]["dropped"]
+    assert "malformed reply" in dropped["reason"] and "past the end" in dropped["reason"]
+    close(record_to_arrays(arrays), mean_of(ups[:2], N[:2]))

@@ -1,10 +1,12 @@
 """Model loading, LoRA attachment, the adapter codec (PEFT folder + manifest, arrays) and its error cases."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array
 
 from fedfingpt.common.adapter import (
     AdapterError, get_lora_arrays, load_adapter, read_manifest, save_adapter, set_lora_arrays,
@@ -112,3 +114,44 @@ def test_adapter_of_other_shape_fails_on_load(tiny_config, tmp_path):
         update={"hidden_size": 32})}))
     with pytest.raises(AdapterError, match="does not fit the base model"):
         load_adapter(other.model, out, base_sha256=loaded.base_sha256)
+
+
+def test_wire_record_keeps_every_array_and_packs_them_into_a_few_objects(tiny_config):
+    """An adapter crosses Flower as one array per dtype, whatever its number of matrices (each Array is an object
+    Flower moves by a request of its own on the Deployment Engine), and comes back name for name."""
+    from flwr.app import ArrayRecord
+
+    from fedfingpt.common.adapter import arrays_to_record, record_to_arrays
+
+    _, model = _tiny(tiny_config, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    arrays = get_lora_arrays(model)
+    arrays["extra.scale"] = np.array(0.5, np.float64)  # another dtype, a 0-d shape
+    record = arrays_to_record(arrays)
+    assert len(arrays) == 2 * 4 * tiny_config.model.tiny.num_hidden_layers + 1
+    assert len(record) == 2  # float32, float64
+    back = record_to_arrays(record)
+    assert list(back) == list(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+    # a record of one array per name (built by anyone else) reads as it is
+    plain = ArrayRecord({"a": Array(np.ones((2, 3), np.float32))})
+    assert list(record_to_arrays(plain)) == ["a"]
+
+
+def _packed(record):
+    (key,) = record.keys()
+    return key
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda r: r.__setitem__(_packed(r), Array(np.ones(5, np.float32))), "'a' (shape [3, 4]) is past the end"),
+    (lambda r: r.__setitem__(_packed(r), Array(np.ones(99, np.float32))), "hold 87 values their layout does not name"),
+    (lambda r: r.__setitem__(_packed(r)[:-4], r.pop(_packed(r))), "unreadable layout"),
+])
+def test_a_packed_record_that_does_not_add_up_is_refused(tamper, message):
+    from fedfingpt.common.adapter import arrays_to_record, record_to_arrays
+
+    record = arrays_to_record({"a": np.ones((3, 4), np.float32)})
+    tamper(record)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        record_to_arrays(record)
