@@ -2,7 +2,8 @@
 
 1. Latency and throughput: the real gRPC server (TLS, tokens, audit) on 127.0.0.1 with SmolLM2-135M-Instruct and
    a trained adapter; clients send ClassifySentiment with one headline per request at concurrency 1, 8 and 32,
-   with the compliance gate on and off: p50/p95/p99 latency (ms), requests per second, mean batch size.
+   with the compliance gate on and off, and with the model as trained (adapter unmerged, no prefix cache):
+   p50/p95/p99 latency (ms), requests per second, mean batch size.
 2. Redaction quality on the Presidio research set (1,500 synthetic texts with gold spans): per entity type, recall
    (a gold span counts when a finding of the matching type overlaps it) and precision (a finding counts when it
    overlaps a gold span of the matching type), with the default gate settings (ignored types are reported so).
@@ -125,9 +126,13 @@ def main() -> None:
     gate = ComplianceGate(base.gate)
     rows: list[dict] = []
     t_all = time.perf_counter()
-    for gate_on in (True, False):
+    # the served model as it is (adapter folded in, instructions' keys and values cached), with the gate on and off;
+    # and the same with the gate on and the model as trained (adapter beside the base, every prompt run in full)
+    settings = [("gate on", True, True), ("gate off", False, True), ("gate on, unmerged, no prefix cache", True, False)]
+    for setting, gate_on, fast in settings:
         cfg = base.model_copy(deep=True)
         cfg.gate.enabled = gate_on
+        cfg.serving.merge_adapter = cfg.serving.prefix_cache = fast
         server = InferenceServer(cfg, gate=ComplianceGate(cfg.gate) if not gate_on else gate).start()
         target = f"127.0.0.1:{server.port}"
         try:
@@ -135,7 +140,7 @@ def main() -> None:
                 server.model.batcher.batches.clear()
                 r = load_level(target, str(certs["ca.pem"]), headlines, level, args.requests)
                 batches = server.model.batcher.batches
-                r.update({"setting": "gate on" if gate_on else "gate off", "concurrency": level,
+                r.update({"setting": setting, "concurrency": level,
                           "mean_batch": round(statistics.mean(batches), 2) if batches else None})
                 rows.append(r)
                 log.info("%s", r)

@@ -399,6 +399,10 @@ class ServingConfig(_Strict):
             "developer": ["ClassifySentiment", "ScreenTransactions", "Generate", "GetModelInfo", "GetAttestation"],
             "auditor": ["GetModelInfo", "GetAttestation"]},
         description="Methods each role may call.")
+    merge_adapter: bool = Field(True, description="Fold the adapter into the base weights at start: one matmul per "
+                                "projection instead of three; the same function up to float rounding.")
+    prefix_cache: bool = Field(True, description="Keep the attention keys and values of each task's fixed "
+                               "instruction, so that a request runs only its own tokens.")
     max_batch_size: int = Field(16, gt=0, description="Prompts scored in one forward pass (micro-batching).")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
     max_concurrent: int = Field(32, gt=0, description="Requests in flight; more are refused (RESOURCE_EXHAUSTED).")
@@ -406,7 +410,8 @@ class ServingConfig(_Strict):
     max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
     max_message_bytes: int = Field(1 << 20, gt=0, description="Largest request message.")
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Cap on Generate's tokens.")
-    workers: int = Field(8, gt=0, description="gRPC worker threads.")
+    workers: int = Field(8, gt=0, description="gRPC worker threads; at least max_concurrent + 1 run, so that every "
+                         "request in flight can join a batch and one beyond the limit is refused, not queued.")
     audit_log: str = Field("runs/serving/audit.jsonl", description="Hash-chained audit trail (JSONL).")
     enclave: Literal["none", "software", "gramine-sgx"] = Field(
         "none", description="Trusted execution: software (tests and demos; no hardware guarantee) or gramine-sgx.")

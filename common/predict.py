@@ -6,6 +6,7 @@ Both take prompts built by `common.prompt`, so training, evaluation and serving 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,20 +32,71 @@ def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
-def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16) -> torch.Tensor:
+class PrefixCache:
+    """Attention keys and values of fixed prompt openings (a task's instruction), computed once for a model whose
+    weights no longer change (serving), so that scoring runs only each prompt's own tokens.
+
+    Any prompt that starts with the same tokens as an opening reuses them: with causal attention, the keys and values
+    of the first L positions depend on those L tokens alone, so the scores equal a full forward's up to float
+    rounding. Never share one across a weight update (training): the cached values would be the old model's."""
+
+    MIN_TOKENS = 4  # shorter common openings are not worth a cache copy
+
+    def __init__(self, model, tokenizer, openings: Sequence[str], bf16: bool | str = False) -> None:
+        self.model = model
+        self._caches: dict[tuple[int, ...], object] = {}
+        with torch.no_grad(), _autocast(bf16):
+            for text in openings:
+                ids = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
+                if len(ids) >= self.MIN_TOKENS and ids not in self._caches:
+                    self._caches[ids] = model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def match(self, seqs: list[list[int]]) -> tuple[int, object | None]:
+        """(L, the cache of an opening's first L tokens expanded to the batch) for the opening that the longest
+        common start L of every sequence shares (each keeps at least one token of its own); (0, None) if none."""
+        best, best_ids = 0, None
+        shortest = min(len(s) for s in seqs) - 1
+        for ids in self._caches:
+            n = min(len(ids), shortest)
+            for s in seqs:
+                n = next((i for i in range(n) if s[i] != ids[i]), n)
+            if n > best:
+                best, best_ids = n, ids
+        if best < self.MIN_TOKENS:
+            return 0, None
+        cache = copy.deepcopy(self._caches[best_ids])  # the forward appends to it
+        if best < len(best_ids):
+            cache.crop(best - len(best_ids))  # a negative count: the tokens to drop from the end
+        if len(seqs) > 1:
+            cache.batch_repeat_interleave(len(seqs))
+        return best, cache
+
+
+def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
+                 prefix: PrefixCache | None = None) -> torch.Tensor:
     """Float logits of the last `keep` positions of every sequence, shape (n, keep, vocab).
 
     Only those positions go through the output head (`logits_to_keep`), which spares a (batch, length, vocab) tensor:
     about 5 GB for 32 AML narratives of 400 tokens over SmolLM2's 49k vocabulary. A model whose forward does not take
-    `logits_to_keep` computes every position and is sliced."""
-    ids, mask, pos = _pad_left(seqs, pad_id)
+    `logits_to_keep` computes every position and is sliced. With a prefix cache whose opening the sequences share,
+    only the tokens after it are run, left-padded after the cached positions."""
+    start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
+    ids, mask, pos = _pad_left([s[start:] for s in seqs], pad_id)
+    kwargs = {}
+    if past is not None:
+        mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
+        pos = pos + start
+        kwargs["past_key_values"] = past
     with _autocast(bf16):
         try:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kwargs).logits
         except TypeError as e:
             if "logits_to_keep" not in str(e):
                 raise
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs).logits
     return logits[:, -keep:].float()
 
 
@@ -63,8 +115,10 @@ def label_logprobs(
     batch_size: int = 16,
     bf16: bool | str = "auto",
     progress=None,
+    prefix: PrefixCache | None = None,
 ) -> np.ndarray:
-    """log P(label | prompt) for every prompt and label, shape (n, len(labels)).
+    """log P(label | prompt) for every prompt and label, shape (n, len(labels)); `prefix` spares recomputing the
+    prompts' shared opening (serving).
 
     When every label is one distinct token (SmolLM2: " negative", " neutral", " positive"), one forward pass over
     the prompt gives all of them from the last position; otherwise each label is scored as a continuation.
@@ -79,7 +133,7 @@ def label_logprobs(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if single:
-            logits = _last_logits(model, [encoded[i] for i in idx], tokenizer.pad_token_id, 1, bf16)
+            logits = _last_logits(model, [encoded[i] for i in idx], tokenizer.pad_token_id, 1, bf16, prefix)
             logp = torch.log_softmax(logits[:, -1], dim=-1)
             out[idx] = logp[:, [t[0] for t in label_ids]].numpy()
         else:
@@ -87,7 +141,7 @@ def label_logprobs(
             # predicted from column width - m + k - 1, i.e. kept position longest - m + k of the last longest + 1
             seqs = [encoded[i] + lab for i in idx for lab in label_ids]
             keep = longest_label + 1
-            logp = torch.log_softmax(_last_logits(model, seqs, tokenizer.pad_token_id, keep, bf16), dim=-1)
+            logp = torch.log_softmax(_last_logits(model, seqs, tokenizer.pad_token_id, keep, bf16, prefix), dim=-1)
             scores = []
             for row in range(len(seqs)):
                 lab = label_ids[row % len(labels)]

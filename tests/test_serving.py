@@ -180,6 +180,31 @@ def test_deadlines_and_overload(tiny_config, tmp_path, certs, gate):
     assert "DEADLINE_EXCEEDED" in statuses and "RESOURCE_EXHAUSTED" in statuses and verify(cfg.serving.audit_log).ok
 
 
+def test_every_request_in_flight_joins_a_batch_and_the_next_is_refused(tiny_config, tmp_path, certs, gate):
+    """Fewer gRPC workers than max_concurrent must neither cap the batches nor queue requests past the limit."""
+    cfg = serving_config(tiny_config, tmp_path, certs, max_concurrent=3, workers=1, max_wait_ms=300)
+    r = Running(cfg, gate, model=SlowModel(cfg))
+    try:
+        labels = []
+
+        def call():
+            with r.client(certs=certs) as c:
+                labels.append(c.classify(["Profits rose."], timeout=20).results[0].label)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.8)  # all three in flight: one batch of 3 in the slow model
+        with r.client(certs=certs) as c, pytest.raises(InferenceError) as err:
+            c.classify(["Sales fell."], timeout=20)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 3" in err.value.message
+        for t in threads:
+            t.join(20)
+        assert len(labels) == 3 and r.server.model.batcher.batches == [3]
+    finally:
+        r.stop()
+
+
 class ChattyModel(ModelServer):
     """Stands in for a model that emits PII (a tiny random model never would): the real gate must catch it."""
 
@@ -412,3 +437,45 @@ def test_cli_seals_and_prints_the_measurement_to_expect(tiny_config, tmp_path, c
     assert len(shown["combined"]) == 64 and (tmp_path / "x.sealed").is_file()
     assert main(["enclave", "measure", str(path), "--set", f"serving.adapter={folder}"]) == 0
     assert json.loads(capsys.readouterr().out)["adapter"] == shown["adapter"]
+
+
+def test_the_served_model_folds_the_adapter_and_runs_only_each_requests_own_tokens(tiny_config, tmp_path, certs):
+    """With the adapter merged into the base weights and each task's instruction cached, the service scores what the
+    unmerged adapter scores on the whole prompt (1e-4), and the model sees only the tokens after the instruction."""
+    from fedfingpt.common.adapter import get_lora_arrays, load_adapter, save_adapter, set_lora_arrays
+    from fedfingpt.common.models import attach_lora, load_base_model
+    from fedfingpt.common.predict import label_logprobs
+    from fedfingpt.common.prompt import build_prompt, encode_prompt
+    from fedfingpt.common.tasks.aml import INSTRUCTION, LABEL_OPENINGS
+    from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+
+    loaded = load_base_model(tiny_config.model)
+    model = attach_lora(loaded.model, tiny_config.lora)
+    set_lora_arrays(model, {k: v + 0.05 for k, v in get_lora_arrays(model).items()})  # B not zero
+    folder = save_adapter(model, tmp_path / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256)
+    served = ModelServer(serving_config(tiny_config, tmp_path, certs, adapter=str(folder)))
+    try:
+        assert not any("lora" in n for n, _ in served.model.named_parameters())  # folded in
+        assert len(served.prefix) == 3  # news, tweet, AML
+        widths = []
+        served.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
+                                               with_kwargs=True)
+        plain, _ = load_adapter(load_base_model(tiny_config.model).model, folder, base_sha256=loaded.base_sha256)
+        plain.eval()
+        news = [build_prompt(INSTRUCTIONS["news"], t) for t in ("Profit rose 12% at the bank", "Shares fell")]
+        aml = [build_prompt(INSTRUCTION, "Account A sent 9,500 to B")]
+        for prompts, labels in ((news, LABELS), (aml, LABEL_OPENINGS)):
+            widths.clear()
+            got = served.score(prompts, tuple(labels), None)
+            want = label_logprobs(plain, served.tokenizer, prompts, labels, max_length=tiny_config.data.max_length)
+            np.testing.assert_allclose(got, want, atol=1e-4)
+            rows = [encode_prompt(served.tokenizer, p, tiny_config.data.max_length) for p in prompts]
+            opening = served.tokenizer(build_prompt(INSTRUCTIONS["news"] if labels is LABELS else INSTRUCTION, ""))[
+                "input_ids"]
+            shared = min(next((i for i, (a, b) in enumerate(zip(r, opening)) if a != b), len(opening)) for r in rows)
+            assert shared > 8
+            assert widths and max(widths) <= max(map(len, rows)) - shared + max(
+                len(served.tokenizer(" " + lab)["input_ids"]) for lab in labels), (widths, shared)
+    finally:
+        served.close()

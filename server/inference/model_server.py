@@ -21,7 +21,8 @@ import torch
 from ...common.adapter import load_adapter, load_adapter_archive, read_manifest
 from ...common.config import Config
 from ...common.models import attach_lora, load_base_model
-from ...common.predict import generate_stream, label_logprobs
+from ...common.predict import PrefixCache, generate_stream, label_logprobs
+from ...common.prompt import build_prompt
 from ...enclave.serving import is_sealed, make_enclave, serving_measurement, unseal_adapter_file
 
 log = logging.getLogger("fedfingpt.serve")
@@ -107,6 +108,14 @@ class MicroBatcher:
                 at += len(j.prompts)
 
 
+def task_openings() -> list[str]:
+    """The fixed start of every prompt the service builds (each task's instruction before its input)."""
+    from ...common.tasks.aml import INSTRUCTION
+    from ...common.tasks.sentiment import INSTRUCTIONS
+
+    return [build_prompt(i, "") for i in (*INSTRUCTIONS.values(), INSTRUCTION)]
+
+
 class ModelServer:
     """Base model + adapter, verified at start; label scoring through the micro-batcher, streamed generation."""
 
@@ -135,7 +144,11 @@ class ModelServer:
             log.warning("serving.adapter is not set: serving the base model without an adapter")
             torch.manual_seed(cfg.training.seed)
             self.model = attach_lora(loaded.model, cfg.lora)  # zero B: exactly the base model
+        if s.merge_adapter:
+            self.model = self.model.merge_and_unload()  # the served function stays; the adapter's matmuls go
         self.model.eval()
+        self.prefix = PrefixCache(self.model, self.tokenizer, task_openings(), bf16=cfg.eval.bf16_autocast) \
+            if s.prefix_cache else None
         self.measurement = serving_measurement(cfg, self.base_sha256, self.adapter_sha256)
         if self.enclave is not None and self.enclave.name == "software":
             self.enclave.measurement = self.measurement.combined
@@ -149,7 +162,7 @@ class ModelServer:
                 self.seen_prompts.extend(prompts)
             return label_logprobs(self.model, self.tokenizer, prompts, list(labels),
                                   max_length=self.cfg.data.max_length, batch_size=self.cfg.serving.max_batch_size,
-                                  bf16=self.cfg.eval.bf16_autocast)
+                                  bf16=self.cfg.eval.bf16_autocast, prefix=self.prefix)
 
     def score(self, prompts: list[str], labels: tuple[str, ...], deadline: float | None) -> np.ndarray:
         fut = self.batcher.submit(prompts, labels, deadline)

@@ -306,8 +306,11 @@ class InferenceServer:
         self.servicer = InferenceServicer(cfg, self.model, self.gate, self.audit, tokens)
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * s.max_message_bytes)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.workers), options=opts,
-                                  maximum_concurrent_rpcs=None)
+        # a thread for every request in flight (they wait on the micro-batcher) and one to refuse the next; beyond
+        # that gRPC itself answers RESOURCE_EXHAUSTED instead of queueing
+        threads = max(s.workers, s.max_concurrent + 1)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=opts,
+                                  maximum_concurrent_rpcs=threads)
         pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
