@@ -212,10 +212,12 @@ def write(args, base, cells: dict, total_steps: int, wall: float, work: Path, te
         extra={"eval_rows": args.eval_rows, "total_steps": total_steps, "hetlora_bank_ranks": HETLORA_RANKS,
                "cells": cells, "wall_s": round(wall, 1), "machine": machine_info()},
     )
-    plot(rows, out.with_suffix(".png"))
+    plot(rows, cells, out.with_suffix(".png"))
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], cells: dict, path: Path) -> None:
+    """Left: every strategy under every partition. Middle: the score against the skew (the curve the alpha 0.1
+    target is read from). Right: the banks' local training loss per round, FedAvg under each partition."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,24 +227,55 @@ def plot(rows: list[dict], path: Path) -> None:
     strategies = list(dict.fromkeys(r["strategy"] for r in rows if r["partition"] != "-"))
     if not parts:
         return
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    width = 0.8 / len(parts)
-    for j, p in enumerate(parts):
-        vals = {r["strategy"]: r["mean_wf1"] for r in rows if r["partition"] == p}
-        xs = [i + (j - (len(parts) - 1) / 2) * width for i in range(len(strategies))]
-        ax.bar(xs, [vals.get(s, np.nan) for s in strategies], width, label=p)
     ceiling = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("centralized")), None)
-    if ceiling is not None:
-        ax.axhline(ceiling, color="k", ls="--", lw=1, label="centralized")
     floor = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("always")), None)
-    if floor is not None:
-        ax.axhline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
+    fig, (ax, ax_skew, ax_loss) = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2.6, 1, 1]})
+    width = 0.8 / len(parts)
+    score = {(r["partition"], r["strategy"]): r["mean_wf1"] for r in rows}
+    for j, p in enumerate(parts):
+        xs = [i + (j - (len(parts) - 1) / 2) * width for i in range(len(strategies))]
+        ax.bar(xs, [score.get((p, s), np.nan) for s in strategies], width, label=p)
+    for a in (ax, ax_skew):
+        if ceiling is not None:
+            a.axhline(ceiling, color="k", ls="--", lw=1, label="centralized")
+        if floor is not None:
+            a.axhline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
     ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="weighted F1 (mean of FPB, TFNS)", ylim=(0, 1), title="LoRA aggregation under non-IID banks")
-    ax.legend(fontsize=8, ncol=len(parts) + 1)
+    ax.legend(fontsize=8, ncol=3, loc="upper right")
+
+    # the curve: score against label skew (alpha, log axis), source skew as a point of its own on the right
+    alphas = [(PARTITIONS[p]["alpha"], p) for p in parts if "alpha" in PARTITIONS[p]]
+    x_source = 2.0 if len(alphas) else 1.0
+    # FedAvg and each partition's best strategy in colour, the others in grey
+    best = {max((s for s in strategies if (p, s) in score), key=lambda s: score[(p, s)]) for p in parts}
+    shown = [s for s in strategies if s == LABELS["fedavg"] or s in best]
+    for s in [s for s in strategies if s not in shown] + shown:
+        style = {"marker": "o", "ms": 4, "lw": 1.5, "label": s} if s in shown else {"color": "0.75", "lw": 0.8}
+        pts = [(a, score[(p, s)]) for a, p in alphas if (p, s) in score]
+        line = ax_skew.plot(*zip(*pts), **style)[0] if pts else None
+        if ("source", s) in score:
+            ax_skew.plot([x_source], [score[("source", s)]], marker="s", ms=5 if s in shown else 3, ls="",
+                         color=line.get_color() if line else "0.75")
+    ax_skew.set_xscale("log")
+    with_source = ["source"] if "source" in parts else []
+    ax_skew.set_xticks([a for a, _ in alphas] + [x_source] * len(with_source),
+                       [f"{a:g}" for a, _ in alphas] + with_source)
+    ax_skew.minorticks_off()
+    ax_skew.set(xlabel="Dirichlet alpha (smaller = more label skew)", ylim=(0, 1),
+                title="score against skew (grey: the other strategies)")
+    ax_skew.legend(fontsize=7, loc="lower right")
+
+    for p in parts:
+        curve = (cells.get(f"{p}/fedavg") or {}).get("curve_loss")
+        if curve:
+            ax_loss.plot(range(1, len(curve) + 1), curve, marker="o", label=f"FedAvg, {p}")
+    ax_loss.xaxis.get_major_locator().set_params(integer=True)
+    ax_loss.set(xlabel="round", ylabel="banks' local training loss (row-weighted)",
+                title="what the banks fit locally")
+    ax_loss.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
-
 
 if __name__ == "__main__":
     main()
