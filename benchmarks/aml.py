@@ -107,7 +107,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
     t_all = time.perf_counter()
-    cfg = load_config(args.config, {"federation.resume": False, "federation.server_eval_every": 0})
+    cfg = load_config(args.config, {"federation.resume": False, "federation.server_eval_every": 0,
+                                    "federation.strategy": "fedavg"})  # the plain federated baseline
     f = cfg.federation
     split = aml_split(cfg.data, f.num_banks)
     test = split.test

@@ -111,7 +111,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    overrides = {"federation.rounds": args.rounds, "federation.resume": False}
+    # FedAvg, as measured; the engines are compared, not strategies (--set federation.strategy=... to change)
+    overrides = {"federation.rounds": args.rounds, "federation.resume": False, "federation.strategy": "fedavg"}
     overrides.update(dict(parse_override(x) for x in (args.set or [])))
     cfg = load_config(args.config, overrides)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]

@@ -56,6 +56,7 @@ def main() -> None:
         "federation.local_steps": args.local_steps, "federation.client_eval": False, "federation.resume": False,
         "federation.min_banks": max(1, args.banks - 1), "federation.server_eval_limit": 100,
         "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
+        "federation.strategy": "fedavg",  # the baseline against local and centralized training
     })
     total_steps = args.banks * args.rounds * args.local_steps
     splits = sentiment_splits(base.data.data_dir)

@@ -101,6 +101,7 @@ def utility_cell(base, strategy: str, epsilon: float | None, work: Path) -> dict
 def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secrets: list[str], args) -> dict:
     cfg = base.model_copy(deep=True)
     cfg.name = f"priv-audit-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
+    cfg.federation.strategy = "fedavg"  # the audit's rows say FedAvg
     cfg.federation.partition = cfg.federation.partition.model_copy(update={"max_rows": args.audit_rows})
     cfg.data.bank_extra_train = {0: str(canary_file)}
     if epsilon is not None:

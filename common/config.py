@@ -251,7 +251,10 @@ class FederationConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0, le=1.0, description="Share of banks sampled per round.")
     min_banks: int = Field(2, ge=1, description="A round needs this many valid updates, else the global model is kept.")
     round_timeout_s: float = Field(1800, gt=0, description="Replies later than this are dropped for the round.")
-    strategy: StrategyName = Field("fedavg", description="Aggregation strategy by name (README: Aggregation).")
+    strategy: StrategyName = Field(
+        "norm_bound", description="Aggregation strategy by name (README: Aggregation). The default, norm_bound, is "
+        "FedAvg with each bank's update scaled to at most the round's median norm: best of the grid under strong label "
+        "skew, level with FedAvg elsewhere (benchmarks/aggregation.py); secure aggregation needs a sum-based one.")
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated bank (sets concurrency).")
@@ -447,7 +450,8 @@ class Config(_Strict):
         if self.privacy.secure_aggregation:
             if f.strategy in SECAGG_UNSOUND:
                 raise ValueError(f"privacy.secure_aggregation with federation.strategy {f.strategy}: "
-                                 f"{SECAGG_UNSOUND[f.strategy]}")
+                                 f"{SECAGG_UNSOUND[f.strategy]}; set federation.strategy to one that needs only "
+                                 f"the sum: {', '.join(s for s in STRATEGY_NAMES if s not in SECAGG_UNSOUND)}")
             if self.privacy.mode == "central":
                 raise ValueError("privacy.secure_aggregation with privacy.mode central: Flower's central DP wrappers "
                                  "do not run inside its SecAgg+ workflow; use local DP with secure aggregation")

@@ -173,7 +173,7 @@ def _central_cfg(tiny_config, data_dir, tmp_path, clipping, side):
     cfg = tiny_config.model_dump(mode="json")
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {"num_banks": 3, "rounds": 2, "local_steps": 2, "min_banks": 3, "client_cpus": 1,
-                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120,
+                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120, "strategy": "fedavg",
                          "partition": {"kind": "iid", "max_rows": 240}}
     cfg["privacy"] = {"mode": "central", "noise_multiplier": 0.8, "clipping_norm": 0.05, "clipping": clipping,
                       "clipping_side": side, "delta": 1e-5}
@@ -294,7 +294,7 @@ def test_secure_aggregation_hides_each_update_and_keeps_the_mean(tiny_config, da
     cfg = tiny_config.model_dump(mode="json")
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {"num_banks": 3, "rounds": 1, "local_steps": 2, "min_banks": 3, "client_cpus": 1,
-                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120,
+                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120, "strategy": "fedavg",
                          "partition": {"kind": "dirichlet", "alpha": 0.5, "max_rows": 240, "min_partition_size": 10}}
     cfg["privacy"] = {"secure_aggregation": True, "secagg_max_weight": 200}  # near the banks' sizes: fine quantisation
     cfg = config_from_dict(cfg)
@@ -344,3 +344,13 @@ def test_secure_aggregation_hides_each_update_and_keeps_the_mean(tiny_config, da
 def test_secure_aggregation_refuses_strategies_that_need_updates_in_clear(strategy):
     with pytest.raises(ConfigError, match="secure_aggregation with federation.strategy"):
         config_from_dict({"privacy": {"secure_aggregation": True}, "federation": {"strategy": strategy}})
+
+
+def test_secure_aggregation_with_the_default_strategy_names_the_ones_that_compose():
+    # the default (norm_bound) bounds each update on the server, which secure aggregation hides: the refusal says
+    # what to choose instead, and offers only strategies that need the sum alone
+    with pytest.raises(ConfigError, match="federation.strategy norm_bound") as err:
+        config_from_dict({"privacy": {"secure_aggregation": True}})
+    offered = str(err.value).split("only the sum:")[1]
+    assert "fedavg" in offered and "ffa_lora" in offered
+    assert not any(s in offered for s in ("median", "trimmed_mean", "norm_bound", "fedex_lora", "hetlora"))

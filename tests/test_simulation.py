@@ -91,17 +91,18 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
     rec = tmp_path / "updates"
     rec.mkdir()
     run_dir = tmp_path / "run"
-    cfg1 = sim_config(tiny_config, data_dir, tmp_path, rounds=1)
+    cfg1 = sim_config(tiny_config, data_dir, tmp_path, rounds=1, strategy="fedavg")
     simulate(cfg1, run_dir, client_app=recording_app(cfg1, str(rec)))
     r1 = global_arrays(run_dir, 1)
     assert latest_checkpoint(run_dir, json.loads((run_dir / "checkpoints/round-0001/fedfingpt_manifest.json")
                                                   .read_text())["base_model_sha256"])[0] == 1
 
-    other = sim_config(tiny_config, data_dir, tmp_path, rounds=2, partition={"kind": "iid", "max_rows": 240})
+    other = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg",
+                       partition={"kind": "iid", "max_rows": 240})
     with pytest.raises(ResumeError, match="federation.partition.kind"):  # refused before any process starts
         simulate(other, run_dir)
 
-    cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2)  # same run folder: resumes at round 2
+    cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg")  # same folder: resumes at round 2
     out = simulate(cfg2, run_dir, client_app=recording_app(cfg2, str(rec)))
     assert [h["round"] for h in out["history"]] == [0, 1, 2]
     np.testing.assert_array_equal(global_arrays(run_dir, 1)["%s" % next(iter(r1))], r1[next(iter(r1))])
