@@ -1,15 +1,22 @@
 """The inference service under load, and the gate's redaction quality.
 
 1. Latency and throughput: the real gRPC server (TLS, tokens, audit) on 127.0.0.1 with SmolLM2-135M-Instruct and
-   a trained adapter; clients send ClassifySentiment with one headline per request at concurrency 1, 8 and 32,
+   a trained adapter; clients (in a process of their own, as callers are) send ClassifySentiment with one headline
+   per request at concurrency 1, 8 and 32,
    with the compliance gate on and off, and with the model as trained (adapter unmerged, no prefix cache):
    p50/p95/p99 latency (ms), requests per second, mean batch size.
-2. Redaction quality on the Presidio research set (1,500 synthetic texts with gold spans): per entity type, recall
+2. The model alone (no gRPC, no gate), one headline at a time and in batches of 16, as served (fp32, adapter
+   merged, instruction cached, only the labels' rows of the output head) and with PyTorch's dynamic int8 weights
+   (not served: the quality column says why): latency, weighted F1 on the same FPB test rows, and the arithmetic
+   rate reached (2 x decoder parameters x tokens run / time) beside that of one large fp32 matrix product on the
+   same cores, which bounds how fast any fp32 forward can be here.
+3. Redaction quality on the Presidio research set (1,500 synthetic texts with gold spans): per entity type, recall
    (a gold span counts when a finding of the matching type overlaps it) and precision (a finding counts when it
    overlaps a gold span of the matching type), with the default gate settings (ignored types are reported so).
 
 Writes benchmarks/results/serving.{json,md}.
 Usage: python benchmarks/serving.py --adapter runs/federated-banks/checkpoints/round-0003 [--requests 64]
+       [--model-rows 200]
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import statistics
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +86,98 @@ def load_level(target: str, ca: str, texts: list[str], concurrency: int, request
             "requests_per_s": round(len(latencies) / wall, 2), "requests": len(latencies)}
 
 
+def matmul_gflops(m: int = 512, k: int = 576, n: int = 1536, reps: int = 50) -> float:
+    """fp32 rate of one large matrix product (SmolLM2's MLP shape, 512 rows): about what these cores can reach."""
+    import torch
+
+    x, w = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(5):
+        x @ w
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        x @ w
+    return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+
+def model_alone(cfg, rows) -> list[dict]:
+    """The served model without the service around it, and the same with dynamic int8 weights."""
+    import copy
+
+    import torch
+
+    from fedfingpt.common.metrics import classification_report
+    from fedfingpt.common.predict import PrefixCache, label_logprobs
+    from fedfingpt.common.prompt import build_prompt, encode_prompt
+    from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+    from fedfingpt.server.inference.model_server import ModelServer, task_openings
+
+    served = ModelServer(cfg)
+    served.close()
+    prompts = [build_prompt(INSTRUCTIONS["news"], r.text) for r in rows]
+    decoder_params = sum(p.numel() for p in served.model.get_decoder().parameters()) - \
+        served.model.get_input_embeddings().weight.numel()
+    opening = len(served.tokenizer(build_prompt(INSTRUCTIONS["news"], ""))["input_ids"])
+    new_tokens = [max(1, len(encode_prompt(served.tokenizer, p, cfg.data.max_length)) - opening) for p in prompts]
+    int8 = copy.deepcopy(served.model)
+    int8.model = torch.ao.quantization.quantize_dynamic(int8.model, {torch.nn.Linear}, dtype=torch.qint8)
+    out = []
+    for name, model in (("fp32 (served)", served.model), ("dynamic int8 weights (not served)", int8)):
+        prefix = PrefixCache(model, served.tokenizer, task_openings())
+
+        def score(ps, model=model, prefix=prefix):
+            return label_logprobs(model, served.tokenizer, ps, LABELS, max_length=cfg.data.max_length,
+                                  batch_size=16, bf16=cfg.eval.bf16_autocast, prefix=prefix, among_labels=True)
+
+        score(prompts[:4])
+        lat, preds = [], []
+        for p in prompts:
+            t0 = time.perf_counter()
+            preds.append(LABELS[int(score([p]).argmax())])
+            lat.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        for i in range(0, len(prompts), 16):  # batches of 16 in arrival order, as the micro-batcher forms them
+            score(prompts[i: i + 16])
+        batched_ms = (time.perf_counter() - t0) * 1000 / len(prompts)
+        q = np.percentile(lat, [50, 95, 99])
+        report = classification_report([r.label for r in rows], preds, LABELS)
+        out.append({"model": name, "rows": len(rows), "p50_ms": round(float(q[0]), 1),
+                    "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
+                    "batch16_ms_per_item": round(batched_ms, 1), "fpb_weighted_f1": round(report["weighted_f1"], 3),
+                    "tokens_mean": round(float(np.mean(new_tokens)), 1),
+                    "tokens_p99": int(np.percentile(new_tokens, 99)),
+                    "gflops_alone": round(2 * decoder_params * float(np.sum(new_tokens)) / (sum(lat) / 1000) / 1e9, 1),
+                    "gflops_batch16": round(2 * decoder_params * float(np.mean(new_tokens)) / (batched_ms / 1000)
+                                            / 1e9, 1)})
+        log.info("%s", out[-1])
+    return out
+
+
+def gate_scan_times(gate: ComplianceGate, texts: list[str]) -> list[dict]:
+    """The gate's scan of one headline in isolation, with its lean spaCy pipeline (as served) and with the spaCy
+    model's full pipeline (tagger, parser, lemmatizer too): milliseconds per text."""
+    import spacy
+
+    engine = gate.analyzer.nlp_engine
+    lean = engine.nlp["en"]
+    out = []
+    for name, nlp in (("lean pipeline (served)", lean), ("full spaCy pipeline", spacy.load(gate.cfg.spacy_model))):
+        engine.nlp["en"] = nlp
+        for t in texts[:5]:
+            gate.scan(t, "analyst")
+        ms = []
+        for t in texts:
+            t0 = time.perf_counter()
+            gate.scan(t, "analyst")
+            ms.append((time.perf_counter() - t0) * 1000)
+        q = np.percentile(ms, [50, 95, 99])
+        out.append({"gate": name, "texts": len(texts), "p50_ms": round(float(q[0]), 2),
+                    "p95_ms": round(float(q[1]), 2), "p99_ms": round(float(q[2]), 2)})
+        log.info("%s", out[-1])
+    engine.nlp["en"] = lean
+    return out
+
+
 def redaction_quality(gate: ComplianceGate, records: list[dict]) -> list[dict]:
     tp_gold, n_gold, tp_found, n_found = Counter(), Counter(), Counter(), Counter()
     active = set(gate.entity_types())
@@ -112,6 +213,7 @@ def main() -> None:
     ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint)")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--model-rows", type=int, default=200, help="FPB test rows for the model-alone section (0: skip)")
     ap.add_argument("--work", default="runs/benchmarks/serving")
     ap.add_argument("--out", default=str(HERE / "results" / "serving"))
     args = ap.parse_args()
@@ -129,6 +231,7 @@ def main() -> None:
     # the served model as it is (adapter folded in, instructions' keys and values cached), with the gate on and off;
     # and the same with the gate on and the model as trained (adapter beside the base, every prompt run in full)
     settings = [("gate on", True, True), ("gate off", False, True), ("gate on, unmerged, no prefix cache", True, False)]
+    callers = ProcessPoolExecutor(1, mp_context=get_context("spawn"))  # the load is not the server's to carry
     for setting, gate_on, fast in settings:
         cfg = base.model_copy(deep=True)
         cfg.gate.enabled = gate_on
@@ -138,7 +241,7 @@ def main() -> None:
         try:
             for level in [int(x) for x in args.levels.split(",")]:
                 server.model.batcher.batches.clear()
-                r = load_level(target, str(certs["ca.pem"]), headlines, level, args.requests)
+                r = callers.submit(load_level, target, str(certs["ca.pem"]), headlines, level, args.requests).result()
                 batches = server.model.batcher.batches
                 r.update({"setting": setting, "concurrency": level,
                           "mean_batch": round(statistics.mean(batches), 2) if batches else None})
@@ -146,6 +249,12 @@ def main() -> None:
                 log.info("%s", r)
         finally:
             server.stop(1.0)
+    callers.shutdown()
+    alone = model_alone(base, sentiment_splits(base.data.data_dir)["test"]["fpb"][:args.model_rows]) \
+        if args.model_rows else []
+    scan_times = gate_scan_times(gate, headlines)
+    gemm = round(matmul_gflops(), 1)
+    log.info("one large fp32 matrix product: %.1f GFLOP/s", gemm)
     records = json.loads((data_dir_from_env(base.data.data_dir) / "pii" / "presidio_research" /
                           "synth_dataset_v2.json").read_text())
     quality = redaction_quality(gate, records)
@@ -159,7 +268,7 @@ def main() -> None:
         rows=rows, columns=["setting", "concurrency", "p50_ms", "p95_ms", "p99_ms", "requests_per_s", "mean_batch",
                             "requests"],
         title=f"Serving {base.model.base} + adapter over gRPC/TLS on 127.0.0.1, one headline per request",
-        extra={"redaction": quality, "adapter": args.adapter, "wall_s": round(time.perf_counter() - t_all, 1),
+        extra={"redaction": quality, "model_alone": alone, "gate_scan": scan_times, "large_matmul_gflops": gemm, "adapter": args.adapter, "wall_s": round(time.perf_counter() - t_all, 1),
                "peak_rss_mb": peak_rss_mb(), "machine": machine_info(),
                "gate_p50_overhead_ms": round(by["gate on"][1]["p50_ms"] - by["gate off"][1]["p50_ms"], 1)
                if 1 in by["gate on"] and 1 in by["gate off"] else None},
@@ -167,7 +276,11 @@ def main() -> None:
     from fedfingpt.common.metrics import format_markdown_table
 
     md = Path(args.out).with_suffix(".md")
-    write_text_atomic(md, md.read_text() + "\n\nRedaction on the Presidio research set (1,500 texts):\n\n"
+    alone_md = ("\n\nThe model alone, one FPB test headline per call (tokens: those after the cached instruction; "
+                f"GFLOP/s: 2 x decoder parameters x tokens / time; one large fp32 matrix product here: {gemm} "
+                "GFLOP/s):\n\n" + format_markdown_table(alone, list(alone[0])) if alone else "")
+    scan_md = "\n\nThe gate's scan of one FPB test headline, alone:\n\n" + format_markdown_table(scan_times)
+    write_text_atomic(md, md.read_text() + alone_md + scan_md + "\n\nRedaction on the Presidio research set (1,500 texts):\n\n"
                   + format_markdown_table(quality, ["entity", "gold", "found_as", "recall", "precision", "note"])
                   + "\n")
     log.info("wrote %s.{json,md}", args.out)

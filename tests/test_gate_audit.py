@@ -36,6 +36,17 @@ def test_each_kind_of_pii_is_found_and_replaced(gate, text, entity, value):
     assert value not in r.text and "<" in r.text or "*" in r.text
 
 
+def test_context_words_count_in_inflected_forms_with_the_lean_pipeline(gate):
+    """The gate runs spaCy's NER without the tagger and parser; context words are then matched in the lower-cased
+    words (a number alone stays below the threshold, so these findings need the context)."""
+    nlp = gate.analyzer.nlp_engine.nlp["en"]
+    assert "ner" in nlp.pipe_names and not {"parser", "tagger", "tok2vec"} & set(nlp.pipe_names)
+    r = gate.scan("Debit both ACCOUNTS 12345678901 and 12345678902, routing 021000021.", "analyst")
+    assert r.found == {"BANK_ACCOUNT": 2, "ABA_ROUTING_NUMBER": 1}, r.found
+    bare = gate.scan("Ship 12345678901 units and 021000021 crates.", "analyst").found
+    assert not {"BANK_ACCOUNT", "ABA_ROUTING_NUMBER"} & set(bare), bare
+
+
 def test_numbers_without_context_and_company_news_pass_unchanged(gate):
     for text in ["Revenue grew 12 percent to EUR 1,200,000 in 2024 and 500000000 units shipped.",
                  "Nokia shares rose 5% after the quarterly report.", "Invoice 48213 was paid in March."]:

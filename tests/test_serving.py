@@ -459,8 +459,8 @@ def test_the_served_model_folds_the_adapter_and_runs_only_each_requests_own_toke
         assert not any("lora" in n for n, _ in served.model.named_parameters())  # folded in
         assert len(served.prefix) == 3  # news, tweet, AML
         widths = []
-        served.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
-                                               with_kwargs=True)
+        served.model.get_decoder().register_forward_pre_hook(
+            lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
         plain, _ = load_adapter(load_base_model(tiny_config.model).model, folder, base_sha256=loaded.base_sha256)
         plain.eval()
         news = [build_prompt(INSTRUCTIONS["news"], t) for t in ("Profit rose 12% at the bank", "Shares fell")]
@@ -469,6 +469,7 @@ def test_the_served_model_folds_the_adapter_and_runs_only_each_requests_own_toke
             widths.clear()
             got = served.score(prompts, tuple(labels), None)
             want = label_logprobs(plain, served.tokenizer, prompts, labels, max_length=tiny_config.data.max_length)
+            want -= np.logaddexp.reduce(want, axis=1, keepdims=True)  # the service normalises over the labels
             np.testing.assert_allclose(got, want, atol=1e-4)
             rows = [encode_prompt(served.tokenizer, p, tiny_config.data.max_length) for p in prompts]
             opening = served.tokenizer(build_prompt(INSTRUCTIONS["news"] if labels is LABELS else INSTRUCTION, ""))[

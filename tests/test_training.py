@@ -158,6 +158,27 @@ def test_label_scoring_sends_only_the_needed_positions_through_the_output_head(t
     longest = max(len(t) for t in label_token_ids(tok, labels))
     assert widths and all(w[1] == (1 if longest == 1 else longest + 1) for w in widths), widths
 
+@pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways")])
+def test_scoring_among_the_labels_renormalises_and_reads_only_the_labels_head_rows(tiny_config, labels):
+    """A classifier needs P(label | prompt, one of the labels): the same numbers as full-vocabulary scoring
+    renormalised over the labels; with one-token labels the vocabulary-wide output head is never run."""
+    loaded = load_base_model(tiny_config.model)
+    model, tok = loaded.model, loaded.tokenizer
+    prompts = [sentiment_prompt(e) for e in EXAMPLES]
+    full = label_logprobs(model, tok, prompts, labels, max_length=96, batch_size=3, bf16=False)
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        among = label_logprobs(model, tok, prompts, labels, max_length=96, batch_size=3, bf16=False,
+                               among_labels=True)
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(among, full - np.logaddexp.reduce(full, axis=1, keepdims=True), atol=1e-4)
+    np.testing.assert_allclose(np.exp(among).sum(axis=1), 1.0, atol=1e-6)
+    single = all(len(t) == 1 for t in label_token_ids(tok, labels))
+    assert (len(calls) == 0) == single, calls
+
+
 def test_generation_returns_continuations(tiny_config):
     loaded = load_base_model(tiny_config.model)
     out = generate(loaded.model, loaded.tokenizer, [sentiment_prompt(e) for e in EXAMPLES], max_new_tokens=3,

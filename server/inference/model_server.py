@@ -162,7 +162,7 @@ class ModelServer:
                 self.seen_prompts.extend(prompts)
             return label_logprobs(self.model, self.tokenizer, prompts, list(labels),
                                   max_length=self.cfg.data.max_length, batch_size=self.cfg.serving.max_batch_size,
-                                  bf16=self.cfg.eval.bf16_autocast, prefix=self.prefix)
+                                  bf16=self.cfg.eval.bf16_autocast, prefix=self.prefix, among_labels=True)
 
     def score(self, prompts: list[str], labels: tuple[str, ...], deadline: float | None) -> np.ndarray:
         fut = self.batcher.submit(prompts, labels, deadline)

@@ -51,7 +51,7 @@ class AbaRoutingRecognizer(PatternRecognizer):
         super().__init__(
             supported_entity="ABA_ROUTING_NUMBER",
             patterns=[Pattern("aba", r"\b\d{9}\b", 0.3)],
-            context=["routing", "route", "rout", "aba", "rtn", "transit"],  # spaCy sm lemmatizes "routing" to "rout"
+            context=["routing", "route", "rout", "aba", "rtn", "transit"],  # spaCy sm's lemma of "routing" is "rout"
         )
 
     def validate_result(self, pattern_text: str) -> bool | None:
