@@ -75,9 +75,9 @@ class PrefixCache:
         return best, cache
 
 
-def _plain_head(model) -> torch.nn.Linear | None:
-    """The output head when logits are exactly head(decoder's last hidden state): a plain linear map, no logit scale
-    or soft-capping (Gemma, Cohere) and no adapter on the head itself; None otherwise."""
+def _plain_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """(decoder, output head) when logits are exactly head(decoder's last hidden state): a plain linear map, no logit
+    scale or soft-capping (Gemma, Cohere) and no adapter on the head itself; None otherwise."""
     try:
         head, decoder = model.get_output_embeddings(), model.get_decoder()
     except (AttributeError, NotImplementedError):
@@ -86,7 +86,7 @@ def _plain_head(model) -> torch.nn.Linear | None:
     if type(head) is not torch.nn.Linear or decoder is None or any(
             getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale")):
         return None
-    return head
+    return decoder, head
 
 
 def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
@@ -106,10 +106,11 @@ def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
         mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
         pos = pos + start
         kwargs["past_key_values"] = past
-    head = _plain_head(model) if rows is not None else None
+    plain = _plain_head(model) if rows is not None else None
     with _autocast(bf16):
-        if head is not None:
-            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)[0]
+        if plain is not None:
+            decoder, head = plain
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)[0]
             w = head.weight[rows]
             out = hidden[:, -keep:] @ w.T.to(hidden.dtype)
             return (out if head.bias is None else out + head.bias[rows]).float()
