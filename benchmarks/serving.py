@@ -4,7 +4,9 @@
    a trained adapter; clients (in a process of their own, as callers are) send ClassifySentiment with one headline
    per request at concurrency 1, 8 and 32,
    with the compliance gate on and off, and with the model as trained (adapter unmerged, no prefix cache):
-   p50/p95/p99 latency (ms), requests per second, mean batch size.
+   p50/p95/p99 latency (ms), requests per second, mean batch size. The levels above run one after another, so
+   drift on the machine between them shows in their difference; the gate's cost per request is therefore also
+   measured paired: the same headline with the gate on and off back to back on one server (--paired headlines).
 2. The model alone (no gRPC, no gate), one headline at a time and in batches of 16, as served (fp32, adapter
    merged, instruction cached, only the labels' rows of the output head) and with PyTorch's dynamic int8 weights
    (not served: the quality column says why): latency, weighted F1 on the same FPB test rows, and the arithmetic
@@ -13,6 +15,11 @@
 3. Redaction quality on the Presidio research set (1,500 synthetic texts with gold spans): per entity type, recall
    (a gold span counts when a finding of the matching type overlaps it) and precision (a finding counts when it
    overlaps a gold span of the matching type), with the default gate settings (ignored types are reported so).
+4. The name lists (gate.person_names) on and off: PERSON recall and precision on the research set, PERSON recall
+   on the small finance-flavoured set (a gold name counts when a PERSON finding contains it or lies inside it),
+   how many test headlines of FPB, FiQA-SA, TFNS and NWGI the gate changes, and what that costs: the served
+   model's weighted F1 on the whole FPB test split as the texts reach it through the gate (only changed
+   headlines are scored again; the others keep their prediction on the raw text).
 
 Writes benchmarks/results/serving.{json,md}.
 Usage: python benchmarks/serving.py --adapter runs/federated-banks/checkpoints/round-0003 [--requests 64]
@@ -83,7 +90,31 @@ def load_level(target: str, ca: str, texts: list[str], concurrency: int, request
     wall = time.perf_counter() - t0
     q = np.percentile(latencies, [50, 95, 99])
     return {"p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
-            "requests_per_s": round(len(latencies) / wall, 2), "requests": len(latencies)}
+            "requests_per_s": round(len(latencies) / wall, 2), "requests": len(latencies), "latencies_ms": latencies}
+
+
+def paired_gate_overhead(server, callers, target: str, ca: str, texts: list[str], repeats: int = 2) -> dict:
+    """The gate's cost per request with drift cancelled: on one server, each headline is sent with the gate on and
+    with it off back to back (`repeats` times each, the order alternating from one headline to the next), and the
+    overhead is the median over headlines of (median on - median off)."""
+    gate = server.gate
+    diffs, on_ms, off_ms = [], [], []
+    try:
+        for k, text in enumerate(texts):
+            lat = {}
+            for state in ((True, False) if k % 2 == 0 else (False, True)):
+                gate.cfg.enabled = state
+                lat[state] = statistics.median(callers.submit(load_level, target, ca, [text], 1, repeats).result()
+                                               ["latencies_ms"])
+            diffs.append(lat[True] - lat[False])
+            on_ms.append(lat[True])
+            off_ms.append(lat[False])
+    finally:
+        gate.cfg.enabled = True
+    q = np.percentile(diffs, [25, 50, 75])
+    return {"headlines": len(texts), "repeats": repeats, "gate_on_p50_ms": round(statistics.median(on_ms), 1),
+            "gate_off_p50_ms": round(statistics.median(off_ms), 1), "overhead_p25_ms": round(float(q[0]), 1),
+            "overhead_p50_ms": round(float(q[1]), 1), "overhead_p75_ms": round(float(q[2]), 1)}
 
 
 def matmul_gflops(m: int = 512, k: int = 576, n: int = 1536, reps: int = 50) -> float:
@@ -153,6 +184,67 @@ def model_alone(cfg, rows) -> list[dict]:
     return out
 
 
+def nano_person_recall(gate: ComplianceGate, records: list[dict]) -> dict:
+    found = total = 0
+    for rec in records:
+        names = [e["entity"] for e in rec["NER"] if e.get("label") == "PERSON" and e.get("entity") in rec["text"]]
+        if not names:
+            continue  # 43 of the set's entity strings are not in its text (data/SOURCES.md): those are not counted
+        spans = [rec["text"][f.start:f.end] for f in gate.findings(rec["text"]) if f.entity_type == "PERSON"]
+        total += len(names)
+        found += sum(any(n in f or f in n for f in spans) for n in names)
+    return {"found": found, "gold": total, "recall": round(found / total, 3)}
+
+
+def name_lists_effect(cfg, gates: dict[str, ComplianceGate], research: list[dict], nano: list[dict],
+                      headlines: list[str], fpb) -> list[dict]:
+    """Section 4: each gate's PERSON quality, the headlines it changes, and the served model's FPB F1 through it."""
+    from fedfingpt.common.metrics import classification_report
+    from fedfingpt.common.predict import PrefixCache, label_logprobs
+    from fedfingpt.common.prompt import build_prompt
+    from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+    from fedfingpt.server.inference.model_server import ModelServer, task_openings
+
+    served = ModelServer(cfg)
+    served.close()
+    prefix = PrefixCache(served.model, served.tokenizer, task_openings())
+
+    def predict(texts: list[str]) -> list[str]:
+        if not texts:
+            return []
+        lp = label_logprobs(served.model, served.tokenizer, [build_prompt(INSTRUCTIONS["news"], t) for t in texts],
+                            LABELS, max_length=cfg.data.max_length, batch_size=16, bf16=cfg.eval.bf16_autocast,
+                            prefix=prefix, among_labels=True)
+        return [LABELS[int(i)] for i in lp.argmax(-1)]
+
+    raw = [r.text for r in fpb]
+    raw_pred = predict(raw)
+    gold = [r.label for r in fpb]
+    out = [{"gate": "none (raw text)", "fpb_weighted_f1": round(classification_report(gold, raw_pred, LABELS)
+                                                                ["weighted_f1"], 4)}]
+    for name, gate in gates.items():
+        person = next(q for q in redaction_quality(gate, research) if q["entity"] == "PERSON")
+        nano_r = nano_person_recall(gate, nano)
+        t0 = time.perf_counter()
+        changed_heads = sum(gate.scan(h, "bench").text != h for h in headlines)
+        scan_ms = (time.perf_counter() - t0) * 1000 / len(headlines)
+        passed = [gate.scan(t, "bench").text for t in raw]
+        idx = [i for i, (a, b) in enumerate(zip(raw, passed)) if a != b]
+        pred = list(raw_pred)
+        for i, p in zip(idx, predict([passed[i] for i in idx])):
+            pred[i] = p
+        out.append({"gate": name, "research_person_recall": round(person["recall"], 3),
+                    "research_person_precision": round(person["precision"], 3),
+                    "nano_person_recall": nano_r["recall"], "nano_person_gold": nano_r["gold"],
+                    "headlines_changed": changed_heads, "headlines": len(headlines),
+                    "headlines_changed_share": round(changed_heads / len(headlines), 3),
+                    "scan_ms_mean": round(scan_ms, 2), "fpb_rows_changed": len(idx), "fpb_rows": len(raw),
+                    "fpb_weighted_f1": round(classification_report(gold, pred, LABELS)["weighted_f1"], 4)})
+        log.info("%s", out[-1])
+    return out
+
+
 def gate_scan_times(gate: ComplianceGate, texts: list[str]) -> list[dict]:
     """The gate's scan of one headline in isolation, with its lean spaCy pipeline (as served) and with the spaCy
     model's full pipeline (tagger, parser, lemmatizer too): milliseconds per text."""
@@ -213,6 +305,8 @@ def main() -> None:
     ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint)")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--paired", type=int, default=64,
+                    help="headlines for the paired gate on/off measurement at concurrency 1 (0: skip)")
     ap.add_argument("--model-rows", type=int, default=200, help="FPB test rows for the model-alone section (0: skip)")
     ap.add_argument("--work", default="runs/benchmarks/serving")
     ap.add_argument("--out", default=str(HERE / "results" / "serving"))
@@ -227,6 +321,7 @@ def main() -> None:
     headlines = [r.text for r in sentiment_splits(base.data.data_dir)["test"]["fpb"][:200]]
     gate = ComplianceGate(base.gate)
     rows: list[dict] = []
+    paired = None
     t_all = time.perf_counter()
     # the served model as it is (adapter folded in, instructions' keys and values cached), with the gate on and off;
     # and the same with the gate on and the model as trained (adapter beside the base, every prompt run in full)
@@ -242,11 +337,15 @@ def main() -> None:
             for level in [int(x) for x in args.levels.split(",")]:
                 server.model.batcher.batches.clear()
                 r = callers.submit(load_level, target, str(certs["ca.pem"]), headlines, level, args.requests).result()
+                r.pop("latencies_ms")
                 batches = server.model.batcher.batches
                 r.update({"setting": setting, "concurrency": level,
                           "mean_batch": round(statistics.mean(batches), 2) if batches else None})
                 rows.append(r)
                 log.info("%s", r)
+            if setting == "gate on" and args.paired:
+                paired = paired_gate_overhead(server, callers, target, str(certs["ca.pem"]), headlines[:args.paired])
+                log.info("gate on/off paired: %s", paired)
         finally:
             server.stop(1.0)
     callers.shutdown()
@@ -260,6 +359,13 @@ def main() -> None:
     quality = redaction_quality(gate, records)
     for q in quality:
         log.info("%s", q)
+    splits = sentiment_splits(base.data.data_dir)["test"]
+    nano = json.loads((data_dir_from_env(base.data.data_dir) / "pii" / "nannigalaxy_pii_nano" /
+                       "pii_syn_nano_en.json").read_text())
+    without = base.gate.model_copy(update={"person_names": False})
+    lists_effect = name_lists_effect(
+        base, {"name lists on (served)": gate, "name lists off": ComplianceGate(without)}, records, nano,
+        [r.text for rows_ in splits.values() for r in rows_], splits["fpb"])
     by = defaultdict(dict)
     for r in rows:
         by[r["setting"]][r["concurrency"]] = r
@@ -268,10 +374,10 @@ def main() -> None:
         rows=rows, columns=["setting", "concurrency", "p50_ms", "p95_ms", "p99_ms", "requests_per_s", "mean_batch",
                             "requests"],
         title=f"Serving {base.model.base} + adapter over gRPC/TLS on 127.0.0.1, one headline per request",
-        extra={"redaction": quality, "model_alone": alone, "gate_scan": scan_times, "large_matmul_gflops": gemm, "adapter": args.adapter, "wall_s": round(time.perf_counter() - t_all, 1),
+        extra={"redaction": quality, "name_lists": lists_effect, "model_alone": alone, "gate_scan": scan_times, "large_matmul_gflops": gemm, "adapter": args.adapter, "wall_s": round(time.perf_counter() - t_all, 1),
                "peak_rss_mb": peak_rss_mb(), "machine": machine_info(),
                "gate_p50_overhead_ms": round(by["gate on"][1]["p50_ms"] - by["gate off"][1]["p50_ms"], 1)
-               if 1 in by["gate on"] and 1 in by["gate off"] else None},
+               if 1 in by["gate on"] and 1 in by["gate off"] else None, "gate_overhead_paired": paired},
     )
     from fedfingpt.common.metrics import format_markdown_table
 
@@ -280,9 +386,16 @@ def main() -> None:
                 f"GFLOP/s: 2 x decoder parameters x tokens / time; one large fp32 matrix product here: {gemm} "
                 "GFLOP/s):\n\n" + format_markdown_table(alone, list(alone[0])) if alone else "")
     scan_md = "\n\nThe gate's scan of one FPB test headline, alone:\n\n" + format_markdown_table(scan_times)
+    if paired:
+        scan_md += ("\n\nThe gate's cost per request, paired (each headline sent with the gate on and off back to back "
+                    "on one server, concurrency 1; overhead = on - off per headline):\n\n"
+                    + format_markdown_table([paired]))
     write_text_atomic(md, md.read_text() + alone_md + scan_md + "\n\nRedaction on the Presidio research set (1,500 texts):\n\n"
                   + format_markdown_table(quality, ["entity", "gold", "found_as", "recall", "precision", "note"])
-                  + "\n")
+                  + "\n\nThe name lists (gate.person_names) on and off: PERSON on the research set and the small "
+                  "finance-flavoured set, test headlines of the four sentiment sets the gate changes, and the served "
+                  "model's weighted F1 on the FPB test split through the gate:\n\n"
+                  + format_markdown_table(lists_effect, list(lists_effect[1])) + "\n")
     log.info("wrote %s.{json,md}", args.out)
 
 
