@@ -26,6 +26,7 @@ process, and cached as JSON under the model cache ($FEDFINGPT_CACHE or ~/.cache/
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -45,8 +46,11 @@ UNKNOWN_SCORE = 0.2
 CACHE_FORMAT = 1
 PACKAGES = ("names-dataset", "gender-guesser", "english-words")
 
-PERSON_CONTEXT = ["name", "named", "call", "called", "mr", "mrs", "ms", "miss", "dr", "dear", "maiden", "surname",
-                  "kid", "son", "daughter", "wife", "husband"]
+# Presidio matches context words as substrings of the words around a finding, and of the finding itself, so short
+# ones would fire everywhere ("dr" in "Drummelow" and "address", "ms" in "terms", "son" in "Johnson", "call" in
+# "recall"): only words that rarely sit inside others
+PERSON_CONTEXT = ["name", "called", "mr", "mrs", "mister", "madam", "maiden", "surname", "daughter", "wife",
+                  "husband"]
 # spaCy labels under which a capitalised word is not a person's name
 NOT_A_PERSON = {"DATE", "TIME", "MONEY", "PERCENT", "CARDINAL", "ORDINAL", "QUANTITY", "GPE", "LOC", "FAC", "NORP",
                 "LANGUAGE", "EVENT", "LAW"}
@@ -159,11 +163,17 @@ def load_name_lists(max_rank: int, root: Path | None = None) -> NameLists:
     return NameLists(*tables, words)
 
 
-def person_name_recognizer(max_rank: int, root: Path | None = None):
-    """A Presidio recognizer of PERSON built on the name lists (derived and cached on first use)."""
+@functools.lru_cache(maxsize=None)
+def _shared_lists(max_rank: int) -> NameLists:
+    return load_name_lists(max_rank)
+
+
+def person_name_recognizer(max_rank: int):
+    """A Presidio recognizer of PERSON built on the name lists (derived and cached on first use; read once per
+    process, as every gate in it uses the same lists)."""
     from presidio_analyzer import AnalysisExplanation, EntityRecognizer, RecognizerResult
 
-    lists = load_name_lists(max_rank, root)
+    lists = _shared_lists(max_rank)
 
     class PersonNameRecognizer(EntityRecognizer):
         def __init__(self) -> None:
