@@ -130,21 +130,42 @@ def matmul_gflops(m: int = 512, k: int = 576, n: int = 1536, reps: int = 50) -> 
     return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
 
-def model_alone(cfg, rows) -> list[dict]:
+def served_model(cfg):
+    """The model as the service builds it (adapter folded in), without the service's batcher thread."""
+    from fedfingpt.server.inference.model_server import ModelServer
+
+    served = ModelServer(cfg)
+    served.close()
+    return served
+
+
+def label_scorer(cfg, model, tokenizer):
+    """Sentiment label log-probabilities of prompts, as the service computes them (instruction cached, only the
+    labels' rows of the head, normalised over the labels)."""
+    from fedfingpt.common.predict import PrefixCache, label_logprobs
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+    from fedfingpt.server.inference.model_server import task_openings
+
+    prefix = PrefixCache(model, tokenizer, task_openings())
+
+    def score(prompts: list[str]):
+        return label_logprobs(model, tokenizer, prompts, LABELS, max_length=cfg.data.max_length, batch_size=16,
+                              bf16=cfg.eval.bf16_autocast, prefix=prefix, among_labels=True)
+
+    return score
+
+
+def model_alone(cfg, served, rows) -> list[dict]:
     """The served model without the service around it, and the same with dynamic int8 weights."""
     import copy
 
     import torch
 
     from fedfingpt.common.metrics import classification_report
-    from fedfingpt.common.predict import PrefixCache, label_logprobs
     from fedfingpt.common.prompt import build_prompt, encode_prompt
     from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
     from fedfingpt.common.tasks.sentiment_data import LABELS
-    from fedfingpt.server.inference.model_server import ModelServer, task_openings
 
-    served = ModelServer(cfg)
-    served.close()
     prompts = [build_prompt(INSTRUCTIONS["news"], r.text) for r in rows]
     decoder_params = sum(p.numel() for p in served.model.get_decoder().parameters()) - \
         served.model.get_input_embeddings().weight.numel()
@@ -154,12 +175,7 @@ def model_alone(cfg, rows) -> list[dict]:
     int8.model = torch.ao.quantization.quantize_dynamic(int8.model, {torch.nn.Linear}, dtype=torch.qint8)
     out = []
     for name, model in (("fp32 (served)", served.model), ("dynamic int8 weights (not served)", int8)):
-        prefix = PrefixCache(model, served.tokenizer, task_openings())
-
-        def score(ps, model=model, prefix=prefix):
-            return label_logprobs(model, served.tokenizer, ps, LABELS, max_length=cfg.data.max_length,
-                                  batch_size=16, bf16=cfg.eval.bf16_autocast, prefix=prefix, among_labels=True)
-
+        score = label_scorer(cfg, model, served.tokenizer)
         score(prompts[:4])
         lat, preds = [], []
         for p in prompts:
@@ -196,27 +212,21 @@ def nano_person_recall(gate: ComplianceGate, records: list[dict]) -> dict:
     return {"found": found, "gold": total, "recall": round(found / total, 3)}
 
 
-def name_lists_effect(cfg, gates: dict[str, ComplianceGate], research: list[dict], nano: list[dict],
+def name_lists_effect(cfg, served, gates: dict[str, ComplianceGate], research: list[dict], nano: list[dict],
                       headlines: list[str], fpb) -> list[dict]:
-    """Section 4: each gate's PERSON quality, the headlines it changes, and the served model's FPB F1 through it."""
+    """Section 4: each gate's PERSON quality, the headlines it changes, and the served model's FPB F1 through it
+    (FPB's texts among `headlines` are scanned once)."""
     from fedfingpt.common.metrics import classification_report
-    from fedfingpt.common.predict import PrefixCache, label_logprobs
     from fedfingpt.common.prompt import build_prompt
     from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
     from fedfingpt.common.tasks.sentiment_data import LABELS
-    from fedfingpt.server.inference.model_server import ModelServer, task_openings
 
-    served = ModelServer(cfg)
-    served.close()
-    prefix = PrefixCache(served.model, served.tokenizer, task_openings())
+    score = label_scorer(cfg, served.model, served.tokenizer)
 
     def predict(texts: list[str]) -> list[str]:
         if not texts:
             return []
-        lp = label_logprobs(served.model, served.tokenizer, [build_prompt(INSTRUCTIONS["news"], t) for t in texts],
-                            LABELS, max_length=cfg.data.max_length, batch_size=16, bf16=cfg.eval.bf16_autocast,
-                            prefix=prefix, among_labels=True)
-        return [LABELS[int(i)] for i in lp.argmax(-1)]
+        return [LABELS[int(i)] for i in score([build_prompt(INSTRUCTIONS["news"], t) for t in texts]).argmax(-1)]
 
     raw = [r.text for r in fpb]
     raw_pred = predict(raw)
@@ -227,9 +237,11 @@ def name_lists_effect(cfg, gates: dict[str, ComplianceGate], research: list[dict
         person = next(q for q in redaction_quality(gate, research) if q["entity"] == "PERSON")
         nano_r = nano_person_recall(gate, nano)
         t0 = time.perf_counter()
-        changed_heads = sum(gate.scan(h, "bench").text != h for h in headlines)
+        scanned = [gate.scan(h, "bench").text for h in headlines]
         scan_ms = (time.perf_counter() - t0) * 1000 / len(headlines)
-        passed = [gate.scan(t, "bench").text for t in raw]
+        changed_heads = sum(a != b for a, b in zip(headlines, scanned))
+        as_passed = dict(zip(headlines, scanned))
+        passed = [as_passed[t] if t in as_passed else gate.scan(t, "bench").text for t in raw]
         idx = [i for i, (a, b) in enumerate(zip(raw, passed)) if a != b]
         pred = list(raw_pred)
         for i, p in zip(idx, predict([passed[i] for i in idx])):
@@ -349,7 +361,8 @@ def main() -> None:
         finally:
             server.stop(1.0)
     callers.shutdown()
-    alone = model_alone(base, sentiment_splits(base.data.data_dir)["test"]["fpb"][:args.model_rows]) \
+    served = served_model(base)  # sections 2 and 4
+    alone = model_alone(base, served, sentiment_splits(base.data.data_dir)["test"]["fpb"][:args.model_rows]) \
         if args.model_rows else []
     scan_times = gate_scan_times(gate, headlines)
     gemm = round(matmul_gflops(), 1)
@@ -364,7 +377,7 @@ def main() -> None:
                        "pii_syn_nano_en.json").read_text())
     without = base.gate.model_copy(update={"person_names": False})
     lists_effect = name_lists_effect(
-        base, {"name lists on (served)": gate, "name lists off": ComplianceGate(without)}, records, nano,
+        base, served, {"name lists on (served)": gate, "name lists off": ComplianceGate(without)}, records, nano,
         [r.text for rows_ in splits.values() for r in rows_], splits["fpb"])
     by = defaultdict(dict)
     for r in rows:
