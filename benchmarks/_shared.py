@@ -37,6 +37,7 @@ class CellCache:
         import json
 
         self.path = Path(work) / "cells.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.indent = indent
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
         if settings is not None:
@@ -53,3 +54,12 @@ class CellCache:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=self.indent))
         tmp.replace(self.path)
+
+
+def finish_results(out: Path, *, md_extra: str = "", **kwargs) -> None:
+    """write_results (JSON with the machine block, markdown table) plus sections of prose under the table."""
+    from fedfingpt.common.report import write_results, write_text_atomic
+
+    _, md = write_results(out, **kwargs)
+    if md_extra:
+        write_text_atomic(md, md.read_text() + "\n" + md_extra + "\n")

@@ -1,7 +1,16 @@
-"""Centralized FinGPT sentiment recipe on SmolLM2-135M-Instruct: zero-shot vs LoRA-tuned, loop overhead.
+"""Centralized FinGPT sentiment on SmolLM2-135M-Instruct: the training engine's throughput, recipe learning curves
+against CPU-minutes, and the chosen recipe scored on the full test sets.
 
-Writes benchmarks/results/sentiment_central.{json,md} and sentiment_central.png. About 45 minutes on 2 cores.
-Usage: python benchmarks/sentiment_central.py [--config configs/sentiment_benchmark.yaml] [--steps N]
+Sections (each cell cached in WORK/cells.json, so an interrupted run continues where it stopped):
+  throughput  this machine's GEMM peak in the training dtype, then our loop (output head only where an answer token
+              is predicted) against the same loop with full logits on identical batches, alternating runs
+  curves      one recipe change at a time from a reference recipe, the same data order for all: weighted F1 on
+              seeded samples of FPB test and TFNS valid against training CPU-minutes
+  final       the chosen recipe (configs/sentiment_benchmark.yaml, or --final-set overrides), scored on every row of
+              FPB, FiQA-SA, TFNS and NWGI with bootstrap 95 % intervals
+
+Writes benchmarks/results/sentiment_central.{json,md,png}.
+Usage: python benchmarks/sentiment_central.py [--sections throughput,curves,final] [--curve-steps N]
 """
 
 from __future__ import annotations
@@ -15,182 +24,278 @@ from pathlib import Path
 
 import torch
 
-from fedfingpt.client.train import batch_order, collate, train
+from _shared import CellCache, finish_results
+from fedfingpt.client.train import answer_loss, batch_order, collate, train
 from fedfingpt.common.adapter import save_adapter
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
 from fedfingpt.common.models import attach_lora, load_base_model, use_bf16
-from fedfingpt.common.report import peak_rss_mb, write_results
+from fedfingpt.common.report import cpu_info, peak_rss_mb
 from fedfingpt.common.tasks.sentiment import encode_sentiment
 from fedfingpt.common.tasks.sentiment_data import sentiment_splits, training_mix
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# One change at a time from the reference recipe (the first entry); the same examples in the same order for all.
+RECIPES = {
+    "ref: attn r8 lr1e-3 b8 answer-loss": {},
+    "lora dropout 0.05": {"lora.dropout": 0.05},
+    "lr 5e-4": {"training.lr": 5e-4},
+    "lr 2e-3": {"training.lr": 2e-3},
+    "all linear": {"lora.target_modules": ALL_LINEAR},
+    "rank 16": {"lora.r": 16, "lora.alpha": 32},
+    "batch 16": {"training.batch_size": 16},
+    "label loss": {"training.loss": "labels"},
+}
+CURVE_BASE = {"training.lr": 1e-3, "lora.r": 8, "lora.alpha": 16, "lora.dropout": 0.0, "training.batch_size": 8,
+              "training.loss": "answer", "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def bare_peft_tokens_per_s(model, batches, cfg) -> float:
-    """The same batches through a minimal PEFT loop (no scheduler, logging or bookkeeping): the reference speed."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    ac = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(cfg.bf16_autocast) else contextlib.nullcontext()
-    model.train()
-    tokens, t0 = 0, time.perf_counter()
-    for batch in batches:
-        with ac:
-            loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens += int(batch["attention_mask"].sum())
-    return tokens / (time.perf_counter() - t0)
-
-
-def overhead(cfg, encoded, pad_id, steps: int = 10, reps: int = 3) -> dict:
-    """Our loop vs the bare loop on identical batches in identical order, alternating runs so that both see the
-    same machine noise; each run starts with 2 untimed warm-up steps. The best of `reps` runs is kept for each."""
-    t = cfg.training.model_copy(update={"max_steps": steps, "log_every": steps, "eval_every": None, "grad_accum": 1,
-                                        "max_grad_norm": None, "group_by_length": False, "shuffle": False})
-    rng = random.Random(t.seed)
-    order = batch_order([len(e) for e in encoded], t.batch_size, rng, True)[: steps + 2]
-    warm, timed = order[:2], order[2:]
-    ours, bare = [], []
+def gemm_peak_gflops(bf16: bool, n: int = 1536, reps: int = 8) -> float:
+    """The best rate of one large square matrix product on this machine, in the dtype training computes in."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = 0.0
     for _ in range(reps):
-        m = attach_lora(load_base_model(cfg.model).model, cfg.lora)
-        train(m, [encoded[i] for b in warm for i in b], t.model_copy(update={"max_steps": 2}), pad_id=pad_id,
-              progress=False)
-        res = train(m, [encoded[i] for b in timed for i in b], t, pad_id=pad_id, progress=False)
-        ours.append(res.tokens_per_s)
-        m = attach_lora(load_base_model(cfg.model).model, cfg.lora)
-        bare_peft_tokens_per_s(m, [collate([encoded[i] for i in b], pad_id) for b in warm], t)
-        bare.append(bare_peft_tokens_per_s(m, [collate([encoded[i] for i in b], pad_id) for b in timed], t))
-    o, b = max(ours), max(bare)
-    return {"ours_tokens_per_s": round(o, 1), "bare_peft_tokens_per_s": round(b, 1),
-            "overhead_pct": round(100 * (b - o) / b, 2), "steps": steps, "batch_size": t.batch_size, "reps": reps,
-            "all_ours": [round(x, 1) for x in ours], "all_bare": [round(x, 1) for x in bare]}
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return round(best, 1)
 
 
-def plot(curve, rows, path: Path) -> None:
+def step_gflop(model, batch: dict, full_logits: bool) -> float:
+    """Arithmetic of one training step with frozen base weights: the decoder's matrices forward and back to their
+    inputs (2 x 2 x params x positions, padding included), plus the head where it is applied (all positions, or
+    those predicting an answer token). LoRA's own matrices and attention scores are left out (a few percent)."""
+    head = model.get_output_embeddings()
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lora_" not in n
+               and p.dim() == 2 and p.data_ptr() != head.weight.data_ptr())
+    positions = batch["input_ids"].numel()
+    head_positions = positions if full_logits else int((batch["labels"][:, 1:] != -100).sum())
+    return (4 * body * positions + 4 * head.weight.numel() * head_positions) / 1e9
+
+
+def throughput(cfg, encoded, pad_id, steps: int = 8, reps: int = 5) -> dict:
+    """Our loop (head only at answer positions) and the same loop with full logits on identical batches in identical
+    order, alternating runs so that both see the same machine noise; 2 untimed warm-up steps first; the best of
+    `reps` runs of `steps` steps is kept for each."""
+    t = cfg.training
+    bf16 = use_bf16(t.bf16_autocast)
+    ac = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    order = batch_order([len(e) for e in encoded], t.batch_size, random.Random(t.seed), True)[: steps + 2]
+    batches = [collate([encoded[i] for i in b], pad_id) for b in order]
+    model = attach_lora(load_base_model(cfg.model).model, cfg.lora)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr)
+    model.train()
+    runs = {"ours": [], "full_logits": []}
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[2:])
+    gflop = {k: sum(step_gflop(model, b, k == "full_logits") for b in batches[2:]) for k in runs}
+    for _ in range(reps):
+        for kind in runs:
+            for i, batch in enumerate(batches):
+                if i == 2:
+                    t0 = time.perf_counter()
+                with ac:
+                    loss = answer_loss(model, batch, full_logits=kind == "full_logits")
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            runs[kind].append(time.perf_counter() - t0)
+    peak = gemm_peak_gflops(bf16)
+    out = {"dtype": "bf16 autocast" if bf16 else "fp32", "gemm_peak_gflops": peak, "steps": steps,
+           "batch_size": t.batch_size, "tokens": tokens, "reps": reps}
+    for kind, times in runs.items():
+        best = min(times)
+        out[kind] = {"tokens_per_s": round(tokens / best, 1), "s_per_step": round(best / steps, 3),
+                     "gflop_per_step": round(gflop[kind] / steps, 1), "gflops": round(gflop[kind] / best, 1),
+                     "share_of_peak": round(gflop[kind] / best / peak, 3), "all_s": [round(x, 2) for x in times]}
+    # useful work: the same batches' necessary arithmetic (ours) per second, in each loop
+    out["speedup"] = round(out["ours"]["tokens_per_s"] / out["full_logits"]["tokens_per_s"], 3)
+    return out
+
+
+def curve_cell(name: str, overrides: dict, args, splits, mix, quick) -> dict:
+    cfg = load_config(args.config, {**CURVE_BASE, **overrides, "training.max_steps": args.curve_steps,
+                                    "training.seed": args.seed})
+    t = cfg.training
+    loaded = load_base_model(cfg.model)
+    tok = loaded.tokenizer
+    examples_per_step = t.batch_size * t.grad_accum
+    # every recipe reads the same examples in the same order: the mix's prefix, one pass, unshuffled
+    rows = mix[: args.curve_steps * examples_per_step]
+    encoded = encode_sentiment(tok, rows, cfg.data.max_length)
+    torch.manual_seed(args.seed)
+    model = attach_lora(loaded.model, cfg.lora)
+    t = t.model_copy(update={"shuffle": False, "group_by_length": False,
+                             "eval_every": max(1, args.curve_steps // args.curve_points)})
+    clock = {"start": time.perf_counter(), "cpu": time.process_time(), "eval_s": 0.0, "eval_cpu": 0.0}
+
+    def periodic(step: int) -> dict:
+        t_train = time.perf_counter() - clock["start"] - clock["eval_s"]
+        cpu_train = time.process_time() - clock["cpu"] - clock["eval_cpu"]
+        t0, c0 = time.perf_counter(), time.process_time()
+        rs = evaluate_sentiment(model, tok, quick, cfg.eval.model_copy(update={"method": "likelihood",
+                                                                               "calibrate": False}),
+                                max_length=cfg.data.max_length, progress=False)
+        clock["eval_s"] += time.perf_counter() - t0
+        clock["eval_cpu"] += time.process_time() - c0
+        point = {"step": step, "examples": step * examples_per_step, "train_wall_min": round(t_train / 60, 2),
+                 "train_cpu_min": round(cpu_train / 60, 2),
+                 **{r["dataset"]: round(r["weighted_f1"], 4) for r in rs}}
+        log.info("%s: %s", name, point)
+        return point
+
+    res = train(model, encoded, t, pad_id=tok.pad_token_id, eval_fn=periodic, progress=not args.quiet)
+    return {"recipe": name, "overrides": overrides, "points": [e for _, e in res.evals], "losses": res.losses,
+            "s_per_step": round(res.wall_s / res.steps, 3), "final_loss": res.final_loss}
+
+
+def final_cell(args, splits, mix) -> dict:
+    cfg = load_config(args.config, {**dict(kv.split("=", 1) for kv in args.final_set), "training.seed": args.seed})
+    t = cfg.training
+    loaded = load_base_model(cfg.model)
+    tok = loaded.tokenizer
+    rows = mix[: t.max_steps * t.batch_size * t.grad_accum]
+    encoded = encode_sentiment(tok, rows, cfg.data.max_length)
+    torch.manual_seed(args.seed)
+    model = attach_lora(loaded.model, cfg.lora)
+    quick = {k: sample_rows(splits["test"][k], t.eval_limit, cfg.data.seed) for k in ("fpb", "tfns")}
+
+    def periodic(step: int) -> dict:
+        rs = evaluate_sentiment(model, tok, quick, cfg.eval.model_copy(update={"calibrate": False}),
+                                max_length=cfg.data.max_length, progress=False)
+        out = {r["dataset"]: round(r["weighted_f1"], 4) for r in rs}
+        log.info("final recipe step %d: %s (samples of %d rows)", step, out, t.eval_limit)
+        return out
+
+    c0 = time.process_time()
+    res = train(model, encoded, t, pad_id=tok.pad_token_id, eval_fn=periodic, progress=not args.quiet)
+    adapter = save_adapter(model, Path(args.work) / "final_adapter", base_id=loaded.base_id,
+                           base_sha256=loaded.base_sha256, extra={"config": cfg.model_dump(mode="json")})
+    t0 = time.perf_counter()
+    tests = {n: splits["test"][n] for n in cfg.data.eval_sets}
+    rows_out = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"calibrate": False}),
+                                  max_length=cfg.data.max_length, progress=not args.quiet)
+    return {"config": cfg.model_dump(mode="json"), "steps": res.steps, "examples": res.examples,
+            "train_wall_min": round(res.wall_s / 60, 1), "train_cpu_min": round((time.process_time() - c0) / 60, 1),
+            "s_per_step": round(res.wall_s / res.steps, 3), "final_loss": res.final_loss,
+            "curve": [e for _, e in res.evals], "eval_wall_min": round((time.perf_counter() - t0) / 60, 1),
+            "rows": [{k: v for k, v in r.items() if k != "confusion"} for r in rows_out], "adapter": str(adapter)}
+
+
+def plot(cells: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    steps = [s for s, _ in curve]
-    for name in ("fpb", "tfns"):
-        a.plot(steps, [e[name] for _, e in curve], marker="o", label=f"{name} (periodic, 200-row sample)")
-    a.axhline(0.80, ls=":", c="grey", label="target 0.80")
-    a.set(xlabel="optimizer step", ylabel="weighted F1", title="learning curve", ylim=(0, 1))
-    a.legend(fontsize=8)
-    sets = ["fpb", "fiqa", "tfns", "nwgi"]
-    width = 0.27
-    for k, (setting, method) in enumerate([("zero-shot", "likelihood"), ("zero-shot", "likelihood-calibrated"),
-                                           ("lora", "likelihood")]):
-        vals = [next((r["weighted_f1"] for r in rows if r["setting"] == setting and r["method"] == method
-                      and r["dataset"] == s), 0) for s in sets]
-        b.bar([i + (k - 1) * width for i in range(4)], vals, width, label=f"{setting} {method}")
-    b.set_xticks(range(4), sets)
-    b.set(ylim=(0, 1), ylabel="weighted F1", title="test sets (seeded samples)")
-    b.legend(fontsize=7)
+    curves = [c for k, c in cells.items() if k.startswith("curve:")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, ds in zip(axes, ("fpb", "tfns")):
+        for c in curves:
+            ax.plot([p["train_wall_min"] for p in c["points"]], [p[ds] for p in c["points"]], marker="o",
+                    label=c["recipe"])
+        if "final" in cells:
+            f = cells["final"]
+            full = next(r for r in f["rows"] if r["dataset"] == ds)
+            ax.errorbar([f["train_wall_min"]], [full["weighted_f1"]], fmt="k*", ms=12,
+                        yerr=[[full["weighted_f1"] - full["weighted_f1_ci95"][0]],
+                              [full["weighted_f1_ci95"][1] - full["weighted_f1"]]], label="chosen recipe, full set")
+        ax.set(title=f"{ds.upper()} weighted F1 vs training minutes (2 cores)", xlabel="training wall minutes")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("weighted F1 (seeded sample; star: full test set)")
+    axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from fedfingpt.common.report import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
-def update_overhead(out: Path, over: dict) -> None:
-    import json
-
-    from fedfingpt.common.report import write_text_atomic
-
-    payload = json.loads(out.with_suffix(".json").read_text())
-    payload["loop_overhead"] = over
-    write_text_atomic(out.with_suffix(".json"), json.dumps(payload, indent=2, default=str))
-    md = out.with_suffix(".md").read_text().splitlines()
-    md = [f"Loop overhead vs bare PEFT loop: {over}" if ln.startswith("Loop overhead") else ln for ln in md]
-    write_text_atomic(out.with_suffix(".md"), "\n".join(md) + "\n")
-    log.info("updated %s", out)
+def write(cells: dict, args, t_all: float) -> None:
+    rows = []
+    for c in (c for k, c in cells.items() if k.startswith("curve:")):
+        last = c["points"][-1]
+        rows.append({"section": "curve", "recipe": c["recipe"], "steps": last["step"], "examples": last["examples"],
+                     "train_wall_min": last["train_wall_min"], "s_per_step": c["s_per_step"],
+                     "fpb_sample": last["fpb"], "tfns_sample": last["tfns"]})
+    if "final" in cells:
+        f = cells["final"]
+        for r in f["rows"]:
+            rows.append({"section": "final (full test set)", "recipe": "chosen", "dataset": r["dataset"], "n": r["n"],
+                         "weighted_f1": round(r["weighted_f1"], 4), "weighted_f1_ci95": r["weighted_f1_ci95"],
+                         "accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
+                         "train_wall_min": f["train_wall_min"], "examples": f["examples"]})
+    extra = {"throughput": cells.get("throughput"), "cells": cells, "sections_missing":
+             [s for s in ("throughput", "final") if s not in cells] + [f"curve:{n}" for n in RECIPES
+                                                                        if f"curve:{n}" not in cells],
+             "wall_s": round(time.perf_counter() - t_all, 1), "peak_rss_mb": peak_rss_mb()}
+    out = Path(args.out)
+    md_extra = []
+    if tp := cells.get("throughput"):
+        md_extra.append("## Throughput (identical batches, best of %d runs of %d steps, %s)\n\n| loop | tokens/s | s/step "
+                        "| GFLOP/step | GFLOP/s | share of GEMM peak (%s GFLOP/s) |\n|---|---|---|---|---|---|"
+                        % (tp["reps"], tp["steps"], tp["dtype"], tp["gemm_peak_gflops"]))
+        for k in ("ours", "full_logits"):
+            r = tp[k]
+            md_extra.append(f"| {k} | {r['tokens_per_s']} | {r['s_per_step']} | {r['gflop_per_step']} | {r['gflops']} "
+                            f"| {r['share_of_peak']} |")
+        md_extra.append(f"\nSpeed-up of ours over full logits: {tp['speedup']}x\n")
+    if extra["sections_missing"]:
+        md_extra.append("Not yet measured: " + ", ".join(extra["sections_missing"]) + "\n")
+    finish_results(out, benchmark="sentiment_central", config={"curve_base": CURVE_BASE, "recipes": RECIPES,
+                   "curve_steps": args.curve_steps, "config_file": args.config}, seed=args.seed, rows=rows,
+                   columns=["section", "recipe", "dataset", "n", "steps", "examples", "train_wall_min", "s_per_step",
+                            "fpb_sample", "tfns_sample", "weighted_f1", "weighted_f1_ci95", "accuracy", "macro_f1"],
+                   title="Centralized FinGPT sentiment, SmolLM2-135M-Instruct, 2 CPU threads", extra=extra,
+                   md_extra="\n".join(md_extra))
+    if any(k.startswith("curve:") for k in cells):
+        plot(cells, out.with_suffix(".png"))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(HERE.parent / "configs" / "sentiment_benchmark.yaml"))
-    ap.add_argument("--steps", type=int, help="override training.max_steps")
-    ap.add_argument("--eval-limit", type=int, default=400, help="rows per test set, seeded sample (0 = all)")
-    ap.add_argument("--generate-limit", type=int, default=100, help="rows per set for generate-and-parse")
+    ap.add_argument("--sections", default="throughput,curves,final")
+    ap.add_argument("--recipes", help="comma-separated subset of the curve recipes (default: all)")
+    ap.add_argument("--curve-steps", type=int, default=120, help="optimizer steps per curve cell")
+    ap.add_argument("--curve-points", type=int, default=3, help="evaluations along each curve")
+    ap.add_argument("--curve-eval-rows", type=int, default=200, help="rows of FPB and of TFNS scored per point")
+    ap.add_argument("--final-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the chosen recipe for the final section (e.g. training.max_steps=600)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--work", default="runs/benchmarks/sentiment_central")
     ap.add_argument("--out", default=str(HERE / "results" / "sentiment_central"))
-    ap.add_argument("--overhead-only", action="store_true",
-                    help="re-measure only the loop overhead (on an idle machine) and update the results files")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
-    cfg = load_config(args.config, {"training.max_steps": args.steps} if args.steps else None)
     t_all = time.perf_counter()
-
+    cache = CellCache(Path(args.work), settings={"curve_steps": args.curve_steps, "seed": args.seed,
+                                                  "curve_eval_rows": args.curve_eval_rows, "cpu": cpu_info()})
+    sections = args.sections.split(",")
+    cfg = load_config(args.config)
     splits = sentiment_splits(cfg.data.data_dir)
-    tests = {n: sample_rows(splits["test"][n], args.eval_limit or None, cfg.data.seed) for n in cfg.data.eval_sets}
     mix = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)
-    t = cfg.training
-    rows_used = mix[: t.max_steps * t.batch_size * t.grad_accum]
-    loaded = load_base_model(cfg.model)
-    tok = loaded.tokenizer
-    encoded = encode_sentiment(tok, rows_used, cfg.data.max_length)
-
-    log.info("loop overhead: ours vs bare PEFT on the same batches")
-    over = overhead(cfg, encoded, tok.pad_token_id)
-    log.info("%s", over)
-    if args.overhead_only:
-        update_overhead(Path(args.out), over)
-        return
-
-    log.info("zero-shot evaluation on %s", {k: len(v) for k, v in tests.items()})
-    ev = cfg.eval.model_copy(update={"calibrate": True, "method": "likelihood"})
-    rows = []
-    for r in evaluate_sentiment(loaded.model, tok, tests, ev, max_length=cfg.data.max_length):
-        rows.append({"setting": "zero-shot", **r})
-
-    model = attach_lora(loaded.model, cfg.lora)
-    quick = {k: sample_rows(splits["test"][k], t.eval_limit, cfg.data.seed) for k in ("fpb", "tfns")}
-
-    def periodic(step: int) -> dict:
-        rs = evaluate_sentiment(model, tok, quick, cfg.eval.model_copy(update={"method": "likelihood"}),
-                                max_length=cfg.data.max_length, progress=False)
-        out = {r["dataset"]: r["weighted_f1"] for r in rs}
-        log.info("step %d periodic weighted F1 %s", step, out)
-        return out
-
-    log.info("training %d steps x %d examples", t.max_steps, t.batch_size * t.grad_accum)
-    res = train(model, encoded, t, pad_id=tok.pad_token_id, eval_fn=periodic,
-                on_log=lambda s, l: log.info("step %d loss %.4f", s, l) if s % 50 == 0 else None)
-    adapter = save_adapter(model, Path("runs/benchmarks/sentiment_central_adapter"), base_id=loaded.base_id,
-                           base_sha256=loaded.base_sha256, extra={"config": cfg.model_dump(mode="json")})
-    log.info("LoRA evaluation")
-    for r in evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"calibrate": True}),
-                                max_length=cfg.data.max_length):
-        rows.append({"setting": "lora", **r})
-    gen_sets = {k: sample_rows(tests[k], args.generate_limit, cfg.data.seed) for k in ("fpb", "tfns")}
-    for r in evaluate_sentiment(model, tok, gen_sets, cfg.eval.model_copy(update={"method": "generate"}),
-                                max_length=cfg.data.max_length):
-        rows.append({"setting": "lora", **r})
-    train_info = {"steps": res.steps, "examples": res.examples, "tokens": res.tokens, "train_s": round(res.wall_s, 1),
-                  "tokens_per_s": round(res.tokens_per_s, 1), "final_loss": res.final_loss,
-                  "mix_size": len(mix), "examples_used": len(encoded)}
-    for r in rows:
-        if r["setting"] == "lora":
-            r.update(train_s=train_info["train_s"], train_tokens_per_s=train_info["tokens_per_s"])
-    out = Path(args.out)
-    write_results(
-        out, benchmark="sentiment_central", config=cfg.model_dump(mode="json"), seed=t.seed, rows=rows,
-        columns=["setting", "dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece",
-                 "unparsed_share", "eval_s"],
-        title="Centralized FinGPT sentiment recipe, SmolLM2-135M-Instruct (CPU, 2 threads)",
-        extra={"train": train_info, "learning_curve": res.evals, "losses": res.losses, "loop_overhead": over,
-               "adapter": str(adapter), "wall_s": round(time.perf_counter() - t_all, 1), "peak_rss_mb": peak_rss_mb()},
-    )
-    plot(res.evals, rows, out.with_suffix(".png"))
-    with open(out.with_suffix(".md"), "a", encoding="utf-8") as f:
-        f.write(f"\nTraining: {train_info}\n\nLoop overhead vs bare PEFT loop: {over}\n\n"
-                f"Learning curve (step, weighted F1 on 200-row samples): {res.evals}\n\n"
-                f"Wall time {round(time.perf_counter() - t_all)} s, peak RSS {peak_rss_mb()} MB.\n")
-    log.info("wrote %s.{json,md,png}", out)
+    if "throughput" in sections and "throughput" not in cache.cells:
+        tok = load_base_model(cfg.model).tokenizer
+        encoded = encode_sentiment(tok, mix[:400], cfg.data.max_length)
+        cache.save("throughput", throughput(load_config(args.config, CURVE_BASE), encoded, tok.pad_token_id))
+        log.info("throughput: %s", cache.cells["throughput"])
+        write(cache.cells, args, t_all)
+    if "curves" in sections:
+        quick = {k: sample_rows(splits["test"][k], args.curve_eval_rows, cfg.data.seed) for k in ("fpb", "tfns")}
+        wanted = args.recipes.split(",") if args.recipes else list(RECIPES)
+        for name in wanted:
+            if f"curve:{name}" not in cache.cells:
+                cache.save(f"curve:{name}", curve_cell(name, RECIPES[name], args, splits, mix, quick))
+                write(cache.cells, args, t_all)
+    if "final" in sections and "final" not in cache.cells:
+        cache.save("final", final_cell(args, splits, mix))
+    write(cache.cells, args, t_all)
+    log.info("wrote %s.{json,md,png}", args.out)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def label_scorer(cfg, model, tokenizer):
     labels' rows of the head, normalised over the labels)."""
     from fedfingpt.common.predict import PrefixCache, label_logprobs
     from fedfingpt.common.tasks.sentiment_data import LABELS
-    from fedfingpt.server.inference.model_server import task_openings
+    from fedfingpt.common.evaluate import task_openings
 
     prefix = PrefixCache(model, tokenizer, task_openings())
 

@@ -53,7 +53,15 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, : len(e)] = torch.tensor(e.input_ids)
         labels[i, : len(e)] = torch.tensor(e.labels)
         mask[i, : len(e)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    k = max((len(e.choices) for e in batch if e.choices), default=0)
+    if k:  # the label words of classification rows; -1 = a free-answer row (or padding of a shorter choice list)
+        choices = torch.full((len(batch), k), -1, dtype=torch.long)
+        for i, e in enumerate(batch):
+            if e.choices:
+                choices[i, : len(e.choices)] = torch.tensor(e.choices)
+        out["choices"] = choices
+    return out
 
 
 def batch_order(
@@ -92,13 +100,73 @@ def poisson_batch(n: int, sample_rate: float, gen: torch.Generator) -> list[int]
 
 
 def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of each example's mean answer-token loss: Opacus's per-example gradients need a loss that
-    is a mean over the batch dimension (the token-mean of the plain path weights long answers more)."""
+    """Mean over examples of each example's mean answer-token loss, from full logits (the reference computation,
+    used where the model's head is not a plain linear map)."""
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
     tok = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
                                             ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
     mask = (shift_labels != IGNORE_INDEX).float()
     return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_example: bool = False,
+                label_loss: bool = False, full_logits: bool = False) -> torch.Tensor:
+    """The training loss of a batch, with the output head applied only where the loss reads it.
+
+    The decoder runs over every token; the head (SmolLM2's is 49,152 x 576, a fifth of a forward's arithmetic)
+    only at the positions that predict an answer token. The loss is the answer tokens' cross-entropy over the whole
+    vocabulary, as a mean over tokens (the plain path; Hugging Face's causal-LM loss exactly) or, with
+    `per_example`, a mean over examples of each example's token mean (what Opacus's per-example gradients need).
+
+    label_loss: for rows with `choices` (classification), only the answer's first token counts, as a softmax over
+    the label words' rows of the head (a 3-way softmax for sentiment); free-answer rows (AML) keep the answer loss.
+    full_logits: the reference computation (the model's own forward over the whole vocabulary at every position),
+    kept for comparisons; also what a model whose head is not a plain linear map gets.
+    """
+    from ..common.predict import plain_head
+
+    labels = batch["labels"]
+    plain = None if full_logits else plain_head(model)
+    if plain is None:
+        if label_loss and "choices" in batch:
+            raise ValueError("training.loss=labels needs a model whose output head is a plain linear map")
+        if per_example:
+            return example_mean_loss(model(input_ids=batch["input_ids"],
+                                           attention_mask=batch["attention_mask"]).logits, labels)
+        return model(**{k: v for k, v in batch.items() if k != "choices"}).loss
+    decoder, head = plain
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0][:, :-1]
+    target = labels[:, 1:]
+    answer = target != IGNORE_INDEX  # (batch, length - 1): positions that predict an answer token
+    choices = batch.get("choices") if label_loss else None
+    if choices is not None:
+        classify = choices[:, 0] >= 0
+        first = answer & (answer.cumsum(1) == 1) & classify[:, None]  # where a classification row's label is chosen
+        answer = answer & ~classify[:, None]
+    losses, rows = [], []
+    if answer.any():
+        logits = head(hidden[answer]).float()
+        losses.append(torch.nn.functional.cross_entropy(logits, target[answer], reduction="none"))
+        rows.append(answer.nonzero()[:, 0])
+    if choices is not None and first.any():
+        row = first.nonzero()[:, 0]
+        rows_of_head = head.weight[choices[row].clamp(min=0)]  # (n, k, hidden)
+        logits = torch.einsum("nh,nkh->nk", hidden[first], rows_of_head.to(hidden.dtype)).float()
+        if head.bias is not None:
+            logits = logits + head.bias[choices[row].clamp(min=0)].float()
+        logits = logits.masked_fill(choices[row] < 0, float("-inf"))
+        pick = (choices[row] == target[first][:, None]).float().argmax(1)
+        losses.append(torch.nn.functional.cross_entropy(logits, pick, reduction="none"))
+        rows.append(row)
+    if not losses:
+        raise ValueError("a batch with no answer tokens: every label is masked (answers cut by data.max_length?)")
+    tok, row = torch.cat(losses), torch.cat(rows)
+    if not per_example:
+        return tok.mean()
+    n = labels.shape[0]
+    sums = torch.zeros(n, dtype=tok.dtype).index_add(0, row, tok)
+    counts = torch.zeros(n, dtype=tok.dtype).index_add(0, row, torch.ones_like(tok))
+    return (sums / counts.clamp(min=1)).mean()
 
 
 def total_steps(cfg: TrainingConfig, n_examples: int) -> int:
@@ -174,11 +242,10 @@ def train(
                     continue
                 batch = collate([examples[i] for i in idx], pad_id)
                 with autocast:
-                    if dp is not None:
-                        out = forward(batch["input_ids"], attention_mask=batch["attention_mask"])
-                        loss = example_mean_loss(out.logits, batch["labels"])
-                    else:
-                        loss = model(**batch).loss
+                    # under DP the hooks Opacus put on the LoRA layers record each example's activations and
+                    # gradients whichever way the decoder is called; its loss is a mean over examples
+                    loss = answer_loss(model, batch, per_example=dp is not None, label_loss=cfg.loss == "labels",
+                                       full_logits=cfg.full_logits)
                     if extra_loss is not None:
                         loss = loss + extra_loss(model)
                 (loss / cfg.grad_accum).backward()

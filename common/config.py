@@ -123,7 +123,8 @@ class DataConfig(_Strict):
         default_factory=lambda: ["fpb", "fiqa", "tfns", "nwgi"], description="Benchmark test sets to evaluate."
     )
     eval_limit: int | None = Field(
-        200, gt=0, description="Evaluate on a seeded sample of N rows of each set; None (or --limit 0) = all rows."
+        None, gt=0, description="Evaluate on a seeded sample of N rows of each set (labelled as a sample); None = "
+        "every row of the test sets (FPB 1,212, FiQA 235, TFNS 2,388, NWGI 4,047)."
     )
     max_length: int = Field(400, ge=16, description="Tokens per example (prompt + answer); prompts are cut to fit "
                             "(sentiment rows take under 200, AML narratives up to about 400).")
@@ -156,6 +157,12 @@ class TrainingConfig(_Strict):
         description="CPU bf16 autocast with fp32 LoRA weights: 1.8x faster on CPUs with AVX512-BF16/AMX, about 20x "
         "slower on CPUs without (emulated); 'auto' turns it on only where the CPU has native bf16.",
     )
+    loss: Literal["answer", "labels"] = Field(
+        "answer", description="answer: cross-entropy of the answer tokens over the whole vocabulary; labels: for "
+        "classification rows, a softmax over the label words' rows of the output head at the answer's first token "
+        "(free-answer rows such as AML keep the answer loss).")
+    full_logits: bool = Field(False, description="Apply the output head at every position, as the model's own forward "
+                              "does (slower; the loss is the same): for comparisons only.")
     group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
     shuffle: bool = Field(True, description="Shuffle every epoch; off keeps the given order (exact comparisons).")
     log_every: int = Field(10, gt=0, description="Steps between loss lines.")
@@ -261,7 +268,10 @@ class FederationConfig(_Strict):
     server_eval_sets: list[Literal["fpb", "fiqa", "tfns", "nwgi"]] = Field(
         default_factory=lambda: ["fpb", "tfns"], description="Benchmark test sets evaluated by the server each round."
     )
-    server_eval_limit: int | None = Field(100, gt=0, description="Rows per server-side test set (None = all).")
+    server_eval_limit: int | None = Field(100, gt=0, description="Rows per server-side test set in the rounds "
+                                          "before the last (a seeded sample, for progress; None = all).")
+    final_eval_full: bool = Field(True, description="The last round scores the whole of every server test set "
+                                  "(the figures a run reports); off, it scores the same sample as the others.")
     server_eval_every: int = Field(
         1, ge=0, description="Server-side evaluation every N rounds (and always after the last); 0 = the last only.")
     client_eval: bool = Field(True, description="Banks evaluate the global adapter on their local test rows.")

@@ -14,6 +14,8 @@ __all__ = [
     "parse_fingpt_answer",
     "parse_sentiment_answer",
     "binary_report",
+    "bootstrap_interval",
+    "weighted_f1_from_indices",
     "format_markdown_table",
 ]
 
@@ -119,6 +121,32 @@ def classification_report(
         p_true = np.clip(p[np.arange(n), t_idx], eps, 1.0)
         report["nll"] = float(-np.log(p_true).mean())
     return report
+
+
+def weighted_f1_from_indices(t_idx: np.ndarray, p_idx: np.ndarray, k: int) -> np.ndarray:
+    """Weighted F1 of many resamples at once: t_idx and p_idx of shape (resamples, n) hold class indices (a p_idx
+    of k or more is an unparsed answer, wrong for every class); one value per resample, as `classification_report`."""
+    t_idx, p_idx = np.atleast_2d(t_idx), np.atleast_2d(p_idx)
+    f1 = np.zeros(t_idx.shape[0])
+    n = t_idx.shape[1]
+    for c in range(k):
+        tc, pc = t_idx == c, p_idx == c
+        tp = (tc & pc).sum(1)
+        den = tc.sum(1) + pc.sum(1)
+        f1 += np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0) * tc.sum(1) / n
+    return f1
+
+
+def bootstrap_interval(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str], *,
+                       resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the weighted F1 (rows resampled with replacement, seeded)."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    t = np.array([index[x] for x in y_true])
+    p = np.array([len(labels) if x is None else index[x] for x in y_pred])
+    rows = np.random.default_rng(seed).integers(0, len(t), size=(resamples, len(t)))
+    vals = weighted_f1_from_indices(t[rows], p[rows], len(labels))
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def _check_probs(probs: Any, n: int, k: int) -> np.ndarray:

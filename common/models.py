@@ -90,7 +90,11 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 matmuls are emulated."""
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 matmuls are emulated.
+    FEDFINGPT_NATIVE_BF16=1 or 0 overrides the reading (to run what a bf16 machine runs, slowly, on another)."""
+    forced = os.environ.get("FEDFINGPT_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:

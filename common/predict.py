@@ -75,7 +75,7 @@ class PrefixCache:
         return best, cache
 
 
-def _plain_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+def plain_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """(decoder, output head) when logits are exactly head(decoder's last hidden state): a plain linear map, no logit
     scale or soft-capping (Gemma, Cohere) and no adapter on the head itself; None otherwise."""
     try:
@@ -92,7 +92,7 @@ def _plain_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
 def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
                  prefix: PrefixCache | None = None, rows: list[int] | None = None) -> torch.Tensor:
     """Float logits of the last `keep` positions of every sequence, shape (n, keep, vocab), or (n, keep, len(rows))
-    with `rows`: only those vocabulary entries (label tokens), where the head allows it (see `_plain_head`).
+    with `rows`: only those vocabulary entries (label tokens), where the head allows it (see `plain_head`).
 
     Only those positions go through the output head (`logits_to_keep`), which spares a (batch, length, vocab) tensor:
     about 5 GB for 32 AML narratives of 400 tokens over SmolLM2's 49k vocabulary. A model whose forward does not take
@@ -106,7 +106,7 @@ def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
         mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
         pos = pos + start
         kwargs["past_key_values"] = past
-    plain = _plain_head(model) if rows is not None else None
+    plain = plain_head(model) if rows is not None else None
     with _autocast(bf16):
         if plain is not None:
             decoder, head = plain

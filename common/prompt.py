@@ -27,6 +27,9 @@ def build_answer(answer: str) -> str:
 class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on the prompt, token ids on the answer (and EOS)
+    # The token ids the answer's first token is chosen among (a classification task's one-token label words), so that
+    # `training.loss: labels` can train a softmax over those rows of the output head alone; None for free answers.
+    choices: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -42,10 +45,22 @@ def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list[int]:
     return ids[:keep] + tail
 
 
-def encode_example(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
-    """Prompt + answer + EOS, with the loss masked to the answer (and EOS) tokens."""
+def label_choices(tokenizer, labels) -> tuple[int, ...] | None:
+    """The label words' token ids when every label is one distinct token after the answer prefix (SmolLM2's
+    " negative", " neutral", " positive"); None otherwise (the label loss then falls back to the answer loss)."""
+    ids = [tokenizer(build_answer(lab), add_special_tokens=False)["input_ids"] for lab in labels]
+    firsts = tuple(t[0] for t in ids)
+    return firsts if all(len(t) == 1 for t in ids) and len(set(firsts)) == len(firsts) else None
+
+
+def encode_example(tokenizer, prompt: str, answer: str, max_length: int,
+                   choices: tuple[int, ...] | None = None) -> Encoded:
+    """Prompt + answer + EOS, with the loss masked to the answer (and EOS) tokens; `choices` as `Encoded.choices`
+    (the answer's first token must be one of them)."""
     answer_ids = tokenizer(build_answer(answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(answer_ids) >= max_length:
         raise ValueError(f"answer {answer[:40]!r} alone needs {len(answer_ids)} tokens > data.max_length={max_length}")
     prompt_ids = encode_prompt(tokenizer, prompt, max_length - len(answer_ids))
-    return Encoded(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+    if choices is not None and answer_ids[0] not in choices:
+        raise ValueError(f"answer {answer[:40]!r} does not start with one of the label tokens {choices}")
+    return Encoded(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids, choices)

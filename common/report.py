@@ -35,10 +35,31 @@ def peak_rss_mb() -> float:
     return round(max(own, kids) / 1024, 1)
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the flags that decide the fast paths (bf16 is native only with avx512_bf16/amx)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("unknown", "", platform.machine()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    from .models import use_bf16
+
+    return {"cpu_model": model, "flags": [f for f in CPU_FLAGS if f in flags], "native_bf16": use_bf16("auto")}
+
+
 def machine_info() -> dict:
     import torch
 
     return {
+        **cpu_info(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -82,10 +103,19 @@ def write_results(
     payload.update(extra or {})
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
-    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows]
+    flat = [{k: _interval(v) if _is_interval(v) else v for k, v in r.items()
+             if _is_interval(v) or not isinstance(v, (list, dict))} for r in rows]
     md = (f"# {title}\n\n" if title else "") + format_markdown_table(flat, columns) + "\n"
     write_text_atomic(md_path, md)
     return json_path, md_path
+
+
+def _is_interval(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+
+
+def _interval(v: list) -> str:
+    return f"{v[0]:.3f}-{v[1]:.3f}"
 
 
 class TreeRSS:

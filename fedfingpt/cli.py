@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev)
     ev.add_argument("--adapter", help="adapter folder written by `fedfingpt train`")
     ev.add_argument("--sets", help="comma-separated: fpb,fiqa,tfns,nwgi")
-    ev.add_argument("--limit", type=int, help="rows per set (seeded sample)")
+    ev.add_argument("--limit", type=int, help="score a seeded sample of N rows per set (default: every row)")
     ev.add_argument("--method", choices=["likelihood", "generate", "both"])
     ev.add_argument("--calibrate", action="store_true", help="contextual calibration of label scores")
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(PrivacyLedger.read(args.folder).summary(), indent=2))
         elif args.command == "eval":
             flags = {"data.eval_sets": [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None,
-                     "data.eval_limit": (args.limit or None) if args.limit is not None else "keep",  # 0 = every row
+                     "data.eval_limit": args.limit or None,  # every row unless --limit N (a seeded sample)
                      "eval.method": args.method, "eval.calibrate": True if args.calibrate else None}
             overrides = dict(parse_override(x) for x in (args.set or []))
             overrides.update({k: v for k, v in flags.items() if v is not None and v != "keep"})

@@ -22,7 +22,7 @@ from .common.tasks.sentiment_data import sentiment_splits, training_mix
 
 log = logging.getLogger("fedfingpt")
 
-SUMMARY_COLUMNS = ["dataset", "method", "n", "accuracy", "weighted_f1", "macro_f1", "ece", "unparsed_share", "f1",
+SUMMARY_COLUMNS = ["dataset", "method", "n", "accuracy", "weighted_f1", "weighted_f1_ci95", "macro_f1", "ece", "unparsed_share", "f1",
                    "pr_auc", "recall"]  # the last three: AML screening
 
 

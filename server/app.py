@@ -71,10 +71,11 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         log.info("all %d rounds are already done in %s", f.rounds, run_dir)
         return write_report(cfg, run_dir, history, [], t_start)
 
-    tests, aml_cases = {}, []
+    tests, final_tests, aml_cases = {}, {}, []
     if "sentiment" in cfg.data.tasks:
         splits = sentiment_splits(cfg.data.data_dir)
         tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
+        final_tests = {n: list(splits["test"][n]) for n in f.server_eval_sets} if f.final_eval_full else tests
     if "aml" in cfg.data.tasks:
         from ..simulations.aml_scenario import held_out_sample
 
@@ -97,7 +98,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         set_lora_arrays(model, record_to_arrays(arrays), source=f"aggregate of round {rnd}", partial=True)
         strategy.prepare_model(model)
         due = rnd == f.rounds or (f.server_eval_every > 0 and rnd % f.server_eval_every == 0)
-        rows = [] if strategy.personalised or not due else server_eval(model, loaded.tokenizer, cfg, tests,
+        sets = final_tests if rnd == f.rounds else tests  # the last round's figures are the full test sets'
+        rows = [] if strategy.personalised or not due else server_eval(model, loaded.tokenizer, cfg, sets,
                                                                          aml_cases)  # personalised: banks score
         scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in SCORE_KEYS[r["dataset"] == "aml"]
                   if r.get(k) is not None}

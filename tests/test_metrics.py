@@ -303,3 +303,35 @@ def test_errors():
         binary_report([], [])
     with pytest.raises(ValueError):
         binary_report([0, 2], [0.1, 0.2])
+
+
+def test_bootstrap_interval_brackets_the_weighted_f1_and_narrows_with_more_rows():
+    from fedfingpt.common.metrics import bootstrap_interval, weighted_f1_from_indices
+
+    rng = np.random.default_rng(3)
+    labels = ["negative", "neutral", "positive"]
+    widths = []
+    for n in (100, 2000):
+        truth = list(rng.choice(labels, n))
+        pred = [t if rng.random() < 0.7 else (None if rng.random() < 0.1 else str(rng.choice(labels))) for t in truth]
+        point = classification_report(truth, pred, labels)["weighted_f1"]
+        idx = {lab: i for i, lab in enumerate(labels)}
+        vec = weighted_f1_from_indices(np.array([idx[t] for t in truth]),
+                                       np.array([3 if p is None else idx[p] for p in pred]), 3)
+        assert vec[0] == pytest.approx(point, abs=1e-12)  # the vectorised F1 is the report's
+        lo, hi = bootstrap_interval(truth, pred, labels, seed=1)
+        assert lo < point < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 3  # about 1/sqrt(20)
+
+
+def test_result_files_name_the_cpu_and_its_flags(tmp_path):
+    import json
+
+    from fedfingpt.common.report import write_results
+
+    js, md = write_results(tmp_path / "r", benchmark="x", config={}, seed=0,
+                           rows=[{"dataset": "fpb", "weighted_f1": 0.8, "weighted_f1_ci95": [0.78, 0.82]}])
+    machine = json.loads(js.read_text())["machine"]
+    assert machine["cpu_model"] and isinstance(machine["flags"], list) and "native_bf16" in machine
+    assert "0.780-0.820" in md.read_text()

@@ -354,3 +354,26 @@ def test_secure_aggregation_with_the_default_strategy_names_the_ones_that_compos
     offered = str(err.value).split("only the sum:")[1]
     assert "fedavg" in offered and "ffa_lora" in offered
     assert not any(s in offered for s in ("median", "trimmed_mean", "norm_bound", "fedex_lora", "hetlora"))
+
+
+def test_per_example_gradients_with_the_head_only_at_answer_positions_equal_full_logits(tiny):
+    """Opacus's per-example gradients (before clipping and noise) are the same whether the head runs over the whole
+    vocabulary at every position or only where the answer is predicted."""
+    from fedfingpt.client.train import answer_loss
+
+    model, tok, enc, cfg = tiny
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    samples = []
+    for full in (True, False):
+        optimizer, _ = make_optimizer(model, cfg.training, 1)
+        forward, dp_opt = make_private(model, optimizer, DPSpec(1.0, 1.0, 0.5, 4), torch.Generator().manual_seed(0))
+        batch = collate(enc[:5], tok.pad_token_id)
+        answer_loss(model, batch, per_example=True, full_logits=full).backward()
+        samples.append({n: p.grad_sample.clone() for n, p in model.named_parameters() if p.requires_grad})
+        dp_opt.zero_grad(set_to_none=True)
+        forward._close()
+    assert samples[0] and all(s.shape[0] == 5 for s in samples[0].values())
+    for n in samples[0]:
+        torch.testing.assert_close(samples[1][n], samples[0][n], rtol=1e-5, atol=1e-7)

@@ -91,7 +91,8 @@ def test_redaction_happens_before_the_model_and_the_audit_holds_no_pii(running, 
     from fedfingpt.common.tasks.sentiment_data import LABELS
 
     m = running.server.model
-    want = softmax(label_logprobs(m.model, m.tokenizer, m.seen_prompts[-1:], LABELS, max_length=96))[0]
+    want = softmax(label_logprobs(m.model, m.tokenizer, m.seen_prompts[-1:], LABELS, max_length=96,
+                                  bf16=running.cfg.eval.bf16_autocast))[0]  # the served dtype, pinned to fp32
     got = [out.results[1].probabilities[lab] for lab in LABELS]
     assert np.allclose(got, want, atol=1e-4), (got, want)
     trail = Path(running.cfg.serving.audit_log)
@@ -468,7 +469,8 @@ def test_the_served_model_folds_the_adapter_and_runs_only_each_requests_own_toke
         for prompts, labels in ((news, LABELS), (aml, LABEL_OPENINGS)):
             widths.clear()
             got = served.score(prompts, tuple(labels), None)
-            want = label_logprobs(plain, served.tokenizer, prompts, labels, max_length=tiny_config.data.max_length)
+            want = label_logprobs(plain, served.tokenizer, prompts, labels, max_length=tiny_config.data.max_length,
+                                  bf16=False)  # fp32, as served by the tiny config
             want -= np.logaddexp.reduce(want, axis=1, keepdims=True)  # the service normalises over the labels
             np.testing.assert_allclose(got, want, atol=1e-4)
             rows = [encode_prompt(served.tokenizer, p, tiny_config.data.max_length) for p in prompts]

@@ -227,3 +227,90 @@ def test_8bit_base_trains_lora(tiny_config):
           pad_id=loaded.tokenizer.pad_token_id, progress=False)
     after = get_lora_arrays(model)
     assert all(not np.allclose(after[k], before[k]) for k in after if "lora_A" in k)
+
+
+def _mixed_batch(tok):
+    """Sentiment rows of different lengths (label choices) and a free-answer row with a multi-token answer."""
+    from fedfingpt.common.prompt import label_choices
+
+    enc = encode_sentiment(tok, EXAMPLES, 96)
+    assert enc[0].choices == label_choices(tok, LABELS) and enc[0].choices is not None
+    enc.append(encode_example(tok, build_prompt("Summarise the case.", "A sent 9,500 to B twice."),
+                              '{"suspicious": true, "typology": "structuring"}', 96))
+    return collate(enc, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(tiny_config, per_example):
+    """The head applied only where an answer token is predicted: the same loss and LoRA gradients as the model's own
+    forward over the whole vocabulary at every position (token mean, and the per-example mean DP uses), and the head
+    sees only those positions."""
+    from fedfingpt.client.train import answer_loss
+
+    loaded = load_base_model(tiny_config.model)
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, tiny_config.lora.model_copy(update={"target_modules": ["q_proj", "v_proj",
+                                                                                              "down_proj"]}))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)  # B = 0 would make every gradient but B's vanish
+    batch = _mixed_batch(loaded.tokenizer)
+    grads, losses, head_rows = [], [], []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: head_rows.append(a[0].shape))
+    for full in (True, False):
+        model.zero_grad()
+        loss = answer_loss(model, batch, per_example=per_example, full_logits=full)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    hook.remove()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-6)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
+    n_answer = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert head_rows[0][:2] == batch["input_ids"].shape and tuple(head_rows[1]) == (n_answer, head_rows[0][-1])
+    if not per_example:  # and it is Hugging Face's causal-LM loss
+        want = model(**{k: v for k, v in batch.items() if k != "choices"}).loss.item()
+        assert losses[1] == pytest.approx(want, rel=1e-6)
+
+
+def test_label_loss_is_a_softmax_over_the_label_rows_at_the_first_answer_token(tiny_config):
+    """training.loss=labels: a classification row's loss is -log softmax over its label words' logits at the position
+    that chooses the label; a free-answer row keeps its answer tokens' loss over the whole vocabulary."""
+    from fedfingpt.client.train import answer_loss
+
+    loaded = load_base_model(tiny_config.model)
+    model = attach_lora(loaded.model, tiny_config.lora)
+    batch = _mixed_batch(loaded.tokenizer)
+    with torch.no_grad():
+        got = answer_loss(model, batch, per_example=True, label_loss=True).item()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    per_row = []
+    for i in range(len(target)):
+        pos = (target[i] != IGNORE_INDEX).nonzero()[:, 0]
+        if batch["choices"][i, 0] >= 0:
+            rows = batch["choices"][i]
+            lp = torch.log_softmax(logits[i, pos[0], rows], -1)
+            per_row.append(-lp[(rows == target[i, pos[0]]).nonzero()[0, 0]].item())
+        else:
+            per_row.append(torch.nn.functional.cross_entropy(logits[i, pos], target[i, pos]).item())
+    assert got == pytest.approx(float(np.mean(per_row)), rel=1e-5)
+    with torch.no_grad():  # and it differs from the answer loss, which counts the whole vocabulary and the EOS
+        assert answer_loss(model, batch, per_example=True).item() != pytest.approx(got, rel=1e-3)
+
+
+def test_training_with_the_label_loss_learns_the_labels(tiny_config):
+    loaded = load_base_model(tiny_config.model)
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, tiny_config.lora)
+    tok = loaded.tokenizer
+    enc = encode_sentiment(tok, EXAMPLES[:3], 96)
+    prompts = [sentiment_prompt(e) for e in EXAMPLES[:3]]
+    before = label_logprobs(model, tok, prompts, LABELS, max_length=96, bf16=False, among_labels=True)
+    cfg = tiny_config.training.model_copy(update={"max_steps": 30, "loss": "labels", "schedule": "constant"})
+    train(model, enc, cfg, pad_id=tok.pad_token_id, progress=False)
+    after = label_logprobs(model, tok, prompts, LABELS, max_length=96, bf16=False, among_labels=True)
+    truth = [LABELS.index(e.label) for e in EXAMPLES[:3]]
+    assert after[range(3), truth].mean() > before[range(3), truth].mean() + 0.5
+    assert list(after.argmax(1)) == truth

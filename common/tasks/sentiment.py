@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..prompt import Encoded, build_prompt, encode_example
+from ..prompt import Encoded, build_prompt, encode_example, label_choices
 from .sentiment_data import LABELS, SentimentExample
 
 INSTRUCTIONS = {
@@ -27,7 +27,8 @@ def content_free_prompt(kind: str) -> str:
 
 
 def encode_sentiment(tokenizer, examples: Sequence[SentimentExample], max_length: int) -> list[Encoded]:
-    return [encode_example(tokenizer, sentiment_prompt(ex), ex.label, max_length) for ex in examples]
+    choices = label_choices(tokenizer, LABELS)
+    return [encode_example(tokenizer, sentiment_prompt(ex), ex.label, max_length, choices) for ex in examples]
 
 
 __all__ = ["INSTRUCTIONS", "LABELS", "sentiment_prompt", "content_free_prompt", "encode_sentiment"]

@@ -22,7 +22,7 @@ from ...common.adapter import load_adapter, load_adapter_archive, read_manifest
 from ...common.config import Config
 from ...common.models import attach_lora, load_base_model
 from ...common.predict import PrefixCache, generate_stream, label_logprobs
-from ...common.prompt import build_prompt
+from ...common.evaluate import task_openings
 from ...enclave.serving import is_sealed, make_enclave, serving_measurement, unseal_adapter_file
 
 log = logging.getLogger("fedfingpt.serve")
@@ -106,14 +106,6 @@ class MicroBatcher:
             for j in live:
                 j.future.set_result(scores[at: at + len(j.prompts)])
                 at += len(j.prompts)
-
-
-def task_openings() -> list[str]:
-    """The fixed start of every prompt the service builds (each task's instruction before its input)."""
-    from ...common.tasks.aml import INSTRUCTION
-    from ...common.tasks.sentiment import INSTRUCTIONS
-
-    return [build_prompt(i, "") for i in (*INSTRUCTIONS.values(), INSTRUCTION)]
 
 
 class ModelServer:
