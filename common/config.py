@@ -254,6 +254,9 @@ class AggregationConfig(_Strict):
 class FederationConfig(_Strict):
     num_banks: int = Field(3, ge=1, le=1000, description="Flower SuperNodes (banks) in the simulation.")
     rounds: int = Field(3, ge=1, description="Federated rounds.")
+    console: Literal["rounds", "banks"] = Field(
+        "rounds", description="What the console shows: one table row per round (the server's), or also every "
+        "bank's training steps and Flower's own messages.")
     local_steps: int = Field(10, ge=1, description="Optimizer steps each bank trains per round.")
     fraction_train: float = Field(1.0, gt=0, le=1.0, description="Share of banks sampled per round.")
     min_banks: int = Field(2, ge=1, description="A round needs this many valid updates, else the global model is kept.")
@@ -426,7 +429,11 @@ class ServingConfig(_Strict):
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
     max_concurrent: int = Field(32, gt=0, description="Requests in flight; more are refused (RESOURCE_EXHAUSTED).")
     max_items: int = Field(64, gt=0, description="Texts or cases per request.")
-    max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
+    max_text_chars: int = Field(4000, gt=0, description="Characters per text (texts, Generate's instruction and "
+                                "input, and the narrative built from a screening case).")
+    max_field_chars: int = Field(128, gt=0, description="Characters of every other string field (ids, names, "
+                                 "countries, currencies, timestamps, payment formats, kind), checked before the "
+                                 "gate reads anything.")
     max_message_bytes: int = Field(1 << 20, gt=0, description="Largest request message.")
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Cap on Generate's tokens.")
     workers: int = Field(8, gt=0, description="gRPC worker threads; at least max_concurrent + 1 run, so that every "

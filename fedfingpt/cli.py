@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev)
     ev.add_argument("--adapter", help="adapter folder written by `fedfingpt train`")
     ev.add_argument("--sets", help="comma-separated: fpb,fiqa,tfns,nwgi")
-    ev.add_argument("--limit", type=int, help="score a seeded sample of N rows per set (default: every row)")
+    ev.add_argument("--limit", type=int, help="score a seeded sample of N rows per set (default: data.eval_limit, "
+                    "which is every row unless the config sets it; 0 = every row)")
     ev.add_argument("--method", choices=["likelihood", "generate", "both"])
     ev.add_argument("--calibrate", action="store_true", help="contextual calibration of label scores")
 
@@ -201,8 +202,16 @@ def _deploy(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "query" and not any(x.startswith("-") for x in extra):
+        args.texts = [*args.texts, *extra]  # texts after the options: `query sentiment --ca ca.pem "text"`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # our own progress at INFO; other libraries' (alembic, bitsandbytes, Ray, httpx) only from WARNING up
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("fedfingpt").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command == "deploy":  # before the imports below: a SuperNode's supervisor needs no torch
         from .deploy import DeployError
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(PrivacyLedger.read(args.folder).summary(), indent=2))
         elif args.command == "eval":
             flags = {"data.eval_sets": [x.strip() for x in args.sets.split(",") if x.strip()] if args.sets else None,
-                     "data.eval_limit": args.limit or None,  # every row unless --limit N (a seeded sample)
+                     "data.eval_limit": (args.limit or None) if args.limit is not None else "keep",  # 0 = every row
                      "eval.method": args.method, "eval.calibrate": True if args.calibrate else None}
             overrides = dict(parse_override(x) for x in (args.set or []))
             overrides.update({k: v for k, v in flags.items() if v is not None and v != "keep"})
@@ -375,12 +384,21 @@ def _report(summary: dict) -> None:
 
 
 def _report_simulation(summary: dict) -> None:
-    from .common.metrics import format_markdown_table
-
-    rows = summary["rows"]
-    cols = [c for c in rows[0] if c != "setting"] if rows else []
+    """The run's final scores (the last round's, on the full server test sets) and where its files are."""
+    last = next((h for h in reversed(summary.get("history") or []) if h.get("eval")), None)
     print()
-    print(format_markdown_table(rows, cols) if rows else "(no round finished)")
+    if last is None:
+        print("(no round was scored)")
+    else:
+        print(f"final global adapter (round {last['round']}):")
+        for r in last["eval"]:
+            if "weighted_f1_ci95" in r:
+                lo, hi = r["weighted_f1_ci95"]
+                print(f"  {r['dataset'].upper():>5} weighted F1 {r['weighted_f1']:.3f}  95% CI [{lo:.3f}, {hi:.3f}]  "
+                      f"accuracy {r['accuracy']:.3f}  ({r['n']} rows)")
+            elif r["dataset"] == "aml":
+                print(f"  {'AML':>5} F1 {r['f1']:.3f}  PR-AUC {r['pr_auc']:.3f}  recall {r['recall']:.3f}  "
+                      f"({r['n']} held-out cases)")
     print()
     for key in ("report", "metrics", "plot", "partition", "partition_plot", "aml_partition"):
         if summary.get(key):

@@ -245,6 +245,72 @@ def test_screening_passes_narratives_through_the_gate(running, certs):
     assert "<PERSON>" in seen  # company names stay (gate.ignore: ORGANIZATION), people's names do not
 
 
+def test_an_oversized_account_name_is_refused_before_the_gate_and_frees_its_slot(running, certs):
+    """A screening case with a 1,000,100-character account name (under the 1 MiB message limit) once made spaCy
+    raise between taking a slot and giving it back; 33 of them left every method RESOURCE_EXHAUSTED. Now it is
+    refused by name before the gate reads it, audited, and its slot is free again."""
+    from fedfingpt.common.tasks.aml_data import build_cases
+    from fedfingpt.simulations.aml_generator import generate
+
+    case = case_message(build_cases(generate())[0])
+    case.accounts[0].name = "A" * 1_000_100
+    scanned = []
+    real_scan = running.server.gate.scan
+    running.server.gate.scan = lambda text, role: scanned.append(len(text)) or real_scan(text, role)
+    try:
+        with running.client(certs=certs) as c:
+            for _ in range(running.cfg.serving.max_concurrent + 2):
+                with pytest.raises(InferenceError) as err:
+                    c.screen([case])
+                assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+                assert "cases.accounts.name" in err.value.message and "max_field_chars" in err.value.message
+            assert not scanned, "the gate never saw the oversized request"
+            assert running.server.servicer._slots._value == running.cfg.serving.max_concurrent
+            assert c.classify(["Profits rose."]).results[0].label in ("negative", "neutral", "positive")
+    finally:
+        running.server.gate.scan = real_scan
+    last = json.loads(Path(running.cfg.serving.audit_log).read_text().splitlines()[-2])
+    assert last["method"] == "ScreenTransactions" and last["status"] == "INVALID_ARGUMENT"
+
+
+def test_an_internal_error_answers_internal_with_a_request_id_and_frees_its_slot(running, certs, caplog):
+    """Whatever raises inside a request (here the gate, with the input quoted in its message), the caller gets
+    INTERNAL with a request id and no internal text, the log a line without the text, the audit trail a line, and
+    the slot comes back: more failing requests than slots leave the server serving."""
+    secret = "Jonathan Quarrington-Smythe"
+
+    def broken(text, role):
+        raise ValueError(f"[E088] Text of length {len(text)} exceeds maximum: {text}")
+
+    real_scan = running.server.gate.scan
+    running.server.gate.scan = broken
+    try:
+        with running.client(certs=certs) as c, caplog.at_level(logging.INFO):
+            for _ in range(running.cfg.serving.max_concurrent + 2):
+                with pytest.raises(InferenceError) as err:
+                    c.classify([f"{secret} sold his shares."])
+                assert err.value.code == grpc.StatusCode.INTERNAL and "request id" in err.value.message
+                assert "E088" not in err.value.message and secret not in err.value.message
+    finally:
+        running.server.gate.scan = real_scan
+    assert running.server.servicer._slots._value == running.cfg.serving.max_concurrent
+    with running.client(certs=certs) as c:
+        assert len(c.classify(["Profits rose."]).results) == 1
+    assert secret not in caplog.text and "ValueError" in caplog.text
+    trail = Path(running.cfg.serving.audit_log).read_text().splitlines()
+    assert sum(json.loads(ln)["status"] == "INTERNAL" for ln in trail) == running.cfg.serving.max_concurrent + 2
+
+
+def test_generate_refuses_a_negative_token_count(tiny_config, tmp_path, certs, gate):
+    r = Running(serving_config(tiny_config, tmp_path, certs), gate)
+    try:
+        with r.client("dev", certs=certs) as c, pytest.raises(InferenceError) as err:
+            list(c.generate("Summarise.", "Profits rose.", max_new_tokens=-5))
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens=-5" in err.value.message
+    finally:
+        r.stop()
+
+
 def test_a_changed_adapter_is_refused_at_start(tiny_config, tmp_path, certs):
     from fedfingpt.common.adapter import AdapterError, save_adapter
     from fedfingpt.common.models import attach_lora, load_base_model
@@ -482,3 +548,14 @@ def test_the_served_model_folds_the_adapter_and_runs_only_each_requests_own_toke
                 len(served.tokenizer(" " + lab)["input_ids"]) for lab in labels), (widths, shared)
     finally:
         served.close()
+
+
+def test_query_command_takes_its_texts_after_the_options(running, certs, monkeypatch, capsys):
+    """`fedfingpt query sentiment --ca ca.pem "text"`, as the README writes it."""
+    from fedfingpt.cli import main
+
+    monkeypatch.setenv("FEDFINGPT_TOKEN", TOKENS["analyst"])
+    assert main(["query", "sentiment", "--target", running.target, "--ca", str(certs["ca.pem"]),
+                 "Profits rose sharply.", "Sales fell."]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].split()[0] in ("negative", "neutral", "positive") and "Sales fell." in out[1]

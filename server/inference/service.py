@@ -8,6 +8,7 @@ limit -> request limits -> gate scans the request (block refuses, otherwise the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -68,6 +69,7 @@ class Call:
         self.method, self.caller, self.role = method, caller, role
         self.found: Counter = Counter()
         self.decision, self.status = "allow", "OK"
+        self.aborted = False  # set when the service answered with a status of its own (context.abort raises)
         self.t0 = time.perf_counter()
 
     def add(self, result: GateResult) -> None:
@@ -91,7 +93,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._slots = threading.BoundedSemaphore(cfg.serving.max_concurrent)
 
     # -- the steps every call takes ---------------------------------------------------------------
-    def _begin(self, method: str, context) -> Call:
+    def _authorize(self, method: str, context) -> Call:
         meta = dict(context.invocation_metadata() or ())
         auth = meta.get("authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
@@ -105,15 +107,30 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._audit(call, status="PERMISSION_DENIED")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"role {call.role!r} may not call {method}; it may "
                           f"call {self.cfg.serving.roles.get(call.role, [])}")
+        return call
+
+    @contextlib.contextmanager
+    def _request(self, method: str, context):
+        """One request's life: authenticate and authorise, take a concurrency slot, run the body, and whatever the
+        body raises, give the slot back and write one audit line. An unexpected error answers INTERNAL with the
+        request id (the log line has the id and the error's type, never its text, which may quote the input)."""
+        call = self._authorize(method, context)
         if not self._slots.acquire(blocking=False):
             self._audit(call, status="RESOURCE_EXHAUSTED")
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its limit of "
                           f"{self.cfg.serving.max_concurrent} requests in flight; retry with backoff")
-        return call
-
-    def _end(self, call: Call) -> None:
-        self._slots.release()
-        self._audit(call)
+        try:
+            yield call
+        except Exception as err:
+            if call.aborted:  # our own answer (context.abort raises to end the handler)
+                raise
+            call.status = "INTERNAL"
+            log.error("request %s (%s) failed: %s", call.id, method, type(err).__name__)
+            call.aborted = True
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error; quote request id {call.id} to the operator")
+        finally:
+            self._slots.release()
+            self._audit(call)
 
     def _audit(self, call: Call, status: str | None = None) -> None:
         self.audit.append(request_id=call.id, caller=call.caller, role=call.role, method=call.method,
@@ -123,7 +140,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     def _fail(self, call: Call, context, code: grpc.StatusCode, message: str):
         call.status = code.name
-        self._end(call)
+        call.aborted = True
         context.abort(code, message)
 
     def _deadline(self, context) -> float | None:
@@ -142,6 +159,30 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     @staticmethod
     def _report(result: GateResult) -> pb.GateReport:
         return pb.GateReport(entities=result.found, decision="block" if result.blocked else "allow")
+
+    TEXT_FIELDS = frozenset({"texts", "instruction", "input"})
+
+    def _check_lengths(self, call: Call, context, request) -> None:
+        """Every string field of the request, at any depth, within its limit; before the gate or the model sees any
+        of it. The reply names the field, its length and the setting."""
+        s = self.cfg.serving
+        stack = [(request, "")]
+        while stack:
+            msg, path = stack.pop()
+            for field, value in msg.ListFields():
+                name = f"{path}{field.name}"
+                values = value if field.label == field.LABEL_REPEATED else [value]
+                if field.type == field.TYPE_STRING:
+                    limit, key = ((s.max_text_chars, "max_text_chars") if field.name in self.TEXT_FIELDS
+                                  else (s.max_field_chars, "max_field_chars"))
+                    for v in values:
+                        if len(v) > limit:
+                            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"field {name} holds {len(v)} characters; at most serving.{key}={limit}")
+                elif field.type == field.TYPE_MESSAGE:
+                    if field.message_type.GetOptions().map_entry:
+                        continue
+                    stack.extend((v, f"{name}.") for v in values)
 
     def _check_items(self, call: Call, context, n: int, texts) -> None:
         s = self.cfg.serving
@@ -162,47 +203,54 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return self.model.score(prompts, labels, self._deadline(context))
         except DeadlineExceeded as err:
             self._fail(call, context, grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
-        except Exception as err:  # the message names the failure; the text itself never reaches a log
-            log.exception("model failure in %s (request %s)", call.method, call.id)
-            self._fail(call, context, grpc.StatusCode.INTERNAL, f"the model failed: {type(err).__name__}")
+        except Exception as err:  # the error's type only: its text may quote the input
+            log.error("request %s (%s): the model failed: %s", call.id, call.method, type(err).__name__)
+            self._fail(call, context, grpc.StatusCode.INTERNAL, f"the model failed; quote request id {call.id} "
+                       "to the operator")
 
     # -- methods -----------------------------------------------------------------------------------
     def ClassifySentiment(self, request, context):
-        call = self._begin("ClassifySentiment", context)
-        kind = request.kind or "news"
-        if kind not in INSTRUCTIONS:
-            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, f"kind {kind!r}: use 'news' or 'tweet'")
-        texts = list(request.texts)
-        self._check_items(call, context, len(texts), texts)
-        gated = [self._scan(call, context, t) for t in texts]
-        prompts = [build_prompt(INSTRUCTIONS[kind], g.text) for g in gated]
-        logp = self._model(call, context, prompts, tuple(LABELS))  # the answer's leading space is the formatter's
-        probs = softmax(logp)
-        out = [pb.SentimentResult(label=LABELS[int(np.argmax(p))], probabilities=dict(zip(LABELS, map(float, p))),
-                                  gate=self._report(g)) for p, g in zip(probs, gated)]
-        self._end(call)
-        return pb.ClassifySentimentResponse(results=out, request_id=call.id)
+        with self._request("ClassifySentiment", context) as call:
+            self._check_lengths(call, context, request)
+            kind = request.kind or "news"
+            if kind not in INSTRUCTIONS:
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                           f"kind {kind!r}: use 'news' or 'tweet'")
+            texts = list(request.texts)
+            self._check_items(call, context, len(texts), texts)
+            gated = [self._scan(call, context, t) for t in texts]
+            prompts = [build_prompt(INSTRUCTIONS[kind], g.text) for g in gated]
+            probs = softmax(self._model(call, context, prompts, tuple(LABELS)))
+            out = [pb.SentimentResult(label=LABELS[int(np.argmax(p))],
+                                      probabilities=dict(zip(LABELS, map(float, p))), gate=self._report(g))
+                   for p, g in zip(probs, gated)]
+            return pb.ClassifySentimentResponse(results=out, request_id=call.id)
 
     def ScreenTransactions(self, request, context):
-        call = self._begin("ScreenTransactions", context)
-        cases = list(request.cases)
-        self._check_items(call, context, len(cases), [])
-        prompts, reports = [], []
-        for c in cases:
-            # the narrative carries names and account numbers: it passes the gate like any text
-            g = self._scan(call, context, narrative(self._case(call, context, c)))
-            prompts.append(build_prompt(INSTRUCTION, g.text))
-            reports.append(g)
-        sus = softmax(self._model(call, context, prompts, LABEL_OPENINGS))[:, 0]
-        typ = self._model(call, context, prompts, TYPOLOGY_OPENINGS).argmax(axis=1)
-        out = []
-        for p, t, g in zip(sus, typ, reports):
-            flagged = bool(p >= 0.5)
-            name = TYPOLOGIES[int(t)] if flagged else NONE
-            out.append(pb.Screening(suspicious=flagged, typology=name, risk_score=int(round(100 * float(p))),
-                                    reason=REASONS[name], probability=float(p), gate=self._report(g)))
-        self._end(call)
-        return pb.ScreenTransactionsResponse(results=out, request_id=call.id)
+        with self._request("ScreenTransactions", context) as call:
+            self._check_lengths(call, context, request)
+            cases = list(request.cases)
+            self._check_items(call, context, len(cases), [])
+            prompts, reports = [], []
+            for c in cases:
+                # the narrative carries names and account numbers: it passes the gate like any text
+                story = narrative(self._case(call, context, c))
+                if len(story) > 2 * self.cfg.serving.max_text_chars:
+                    self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a case's narrative holds {len(story)} characters; at most 2 x "
+                               f"serving.max_text_chars={2 * self.cfg.serving.max_text_chars}")
+                g = self._scan(call, context, story)
+                prompts.append(build_prompt(INSTRUCTION, g.text))
+                reports.append(g)
+            sus = softmax(self._model(call, context, prompts, LABEL_OPENINGS))[:, 0]
+            typ = self._model(call, context, prompts, TYPOLOGY_OPENINGS).argmax(axis=1)
+            out = []
+            for p, t, g in zip(sus, typ, reports):
+                flagged = bool(p >= 0.5)
+                name = TYPOLOGIES[int(t)] if flagged else NONE
+                out.append(pb.Screening(suspicious=flagged, typology=name, risk_score=int(round(100 * float(p))),
+                                        reason=REASONS[name], probability=float(p), gate=self._report(g)))
+            return pb.ScreenTransactionsResponse(results=out, request_id=call.id)
 
     def _case(self, call: Call, context, c) -> AmlCase:
         if not c.focus or not c.transactions:
@@ -227,15 +275,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                        NONE)
 
     def Generate(self, request, context):
-        call = self._begin("Generate", context)
-        if not request.input.strip() and not request.instruction.strip():
-            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "instruction and input are both empty")
-        self._check_items(call, context, 1, [request.instruction + request.input])
-        instruction = self._scan(call, context, request.instruction) if request.instruction else GateResult("")
-        text = self._scan(call, context, request.input) if request.input else GateResult("")
-        n = min(request.max_new_tokens or self.cfg.serving.max_new_tokens, self.cfg.serving.max_new_tokens)
-        pending = ""
-        try:
+        with self._request("Generate", context) as call:
+            self._check_lengths(call, context, request)
+            if not request.input.strip() and not request.instruction.strip():
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "instruction and input are both empty")
+            self._check_items(call, context, 1, [request.instruction + request.input])
+            instruction = self._scan(call, context, request.instruction) if request.instruction else GateResult("")
+            text = self._scan(call, context, request.input) if request.input else GateResult("")
+            if request.max_new_tokens < 0:
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                           f"max_new_tokens={request.max_new_tokens}; give 1 to {self.cfg.serving.max_new_tokens} "
+                           "or 0 for the server's cap")
+            n = min(request.max_new_tokens or self.cfg.serving.max_new_tokens, self.cfg.serving.max_new_tokens)
+            pending = ""
             for piece in self.model.stream(build_prompt(instruction.text, text.text), n):
                 pending += piece
                 safe, pending = self._safe_prefix(pending)
@@ -248,8 +300,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 yield self._out_chunk(call, context, pending, done=False)
             yield pb.GenerateChunk(text="", done=True, gate=pb.GateReport(entities=dict(call.found),
                                                                            decision=call.decision))
-        finally:
-            self._end(call)
 
     def _safe_prefix(self, text: str) -> tuple[str, str]:
         """Release text only up to a space at least 48 characters before the end, so that a name or number that
@@ -265,31 +315,30 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return pb.GenerateChunk(text=result.text, done=done)
 
     def GetAttestation(self, request, context):
-        call = self._begin("GetAttestation", context)
-        enclave = self.model.enclave
-        if enclave is None:
-            self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "this server runs without an enclave "
-                       "(serving.enclave none): it cannot attest to what serves")
-        if self.cert_der is None:
-            self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "attestation binds to the server's TLS "
-                       "certificate: serve with TLS to attest")
-        if len(request.nonce) < 16:
-            self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "the nonce must be at least 16 random bytes")
-        try:
-            evidence = enclave.attest(bytes(request.nonce), self.cert_der)
-        except Exception as err:
-            self._fail(call, context, grpc.StatusCode.UNAVAILABLE, f"the enclave could not attest: {err}")
-        self._end(call)
-        return pb.Attestation(evidence_json=evidence.to_json(), backend=evidence.backend)
+        with self._request("GetAttestation", context) as call:
+            enclave = self.model.enclave
+            if enclave is None:
+                self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "this server runs without an "
+                           "enclave (serving.enclave none): it cannot attest to what serves")
+            if self.cert_der is None:
+                self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "attestation binds to the server's "
+                           "TLS certificate: serve with TLS to attest")
+            if len(request.nonce) < 16:
+                self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
+                           "the nonce must be at least 16 random bytes")
+            try:
+                evidence = enclave.attest(bytes(request.nonce), self.cert_der)
+            except Exception as err:
+                self._fail(call, context, grpc.StatusCode.UNAVAILABLE, f"the enclave could not attest: {err}")
+            return pb.Attestation(evidence_json=evidence.to_json(), backend=evidence.backend)
 
     def GetModelInfo(self, request, context):
-        call = self._begin("GetModelInfo", context)
-        m = self.model
-        info = pb.ModelInfo(base_model=m.base_id, base_sha256=m.base_sha256, adapter_sha256=m.adapter_sha256,
-                            training_round=m.round, privacy_epsilon=m.epsilon, privacy_delta=m.delta,
-                            gate_entities=self.gate.entity_types(), api_version=API_VERSION)
-        self._end(call)
-        return info
+        with self._request("GetModelInfo", context):
+            m = self.model
+            info = pb.ModelInfo(base_model=m.base_id, base_sha256=m.base_sha256, adapter_sha256=m.adapter_sha256,
+                                training_round=m.round, privacy_epsilon=m.epsilon, privacy_delta=m.delta,
+                                gate_entities=self.gate.entity_types(), api_version=API_VERSION)
+            return info
 
 
 class InferenceServer:
