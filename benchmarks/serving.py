@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 TOKEN = "bench-token-0123456789abcdef"
 # the research set's types -> what Presidio (and our recognizers) call them
-GOLD_TO_FOUND = {"PERSON": {"PERSON"}, "STREET_ADDRESS": {"LOCATION"}, "GPE": {"LOCATION"},
+GOLD_TO_FOUND = {"PERSON": {"PERSON"}, "STREET_ADDRESS": {"STREET_ADDRESS", "LOCATION"}, "GPE": {"LOCATION"},
                  "ORGANIZATION": {"ORGANIZATION"}, "CREDIT_CARD": {"CREDIT_CARD"}, "DATE_TIME": {"DATE_TIME"},
                  "PHONE_NUMBER": {"PHONE_NUMBER", "UK_NHS"}, "EMAIL_ADDRESS": {"EMAIL_ADDRESS"},
                  "IBAN_CODE": {"IBAN_CODE"}, "US_SSN": {"US_SSN"}, "IP_ADDRESS": {"IP_ADDRESS"},

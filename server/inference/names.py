@@ -54,6 +54,7 @@ PERSON_CONTEXT = ["name", "called", "mr", "mrs", "mister", "madam", "maiden", "s
 # spaCy labels under which a capitalised word is not a person's name
 NOT_A_PERSON = {"DATE", "TIME", "MONEY", "PERCENT", "CARDINAL", "ORDINAL", "QUANTITY", "GPE", "LOC", "FAC", "NORP",
                 "LANGUAGE", "EVENT", "LAW"}
+PLACES = {"GPE", "LOC", "NORP", "FAC"}  # spaCy readings a first name + surname pair outweighs
 STREET_WORDS = {"street", "st", "road", "rd", "avenue", "ave", "lane", "ln", "drive", "dr", "boulevard", "blvd",
                 "way", "court", "ct", "place", "pl", "square", "terrace", "parkway", "highway", "hwy", "turnpike",
                 "plaza", "alley", "crescent", "close", "row", "walk", "ridge", "hill", "park", "gata", "vej",
@@ -203,23 +204,31 @@ def _capitalised(text: str) -> bool:
 
 def find_names(doc, lists: NameLists) -> list[tuple[int, int, float]]:
     """(start, end, score) of the names in a spaCy Doc, by the rules in this module's docstring."""
-    blocked = {i for ent in doc.ents if ent.label_ in NOT_A_PERSON for i in range(ent.start, ent.end)}
+    blocked = {i for ent in doc.ents if ent.label_ in NOT_A_PERSON - PLACES for i in range(ent.start, ent.end)}
+    places = {i for ent in doc.ents if ent.label_ in PLACES for i in range(ent.start, ent.end)}
     n = len(doc)
+    from .recognizers import _city_names
 
-    def usable(i: int) -> bool:
-        return i < n and i not in blocked and _capitalised(doc[i].text) and doc[i].lower_ not in COMPANY_WORDS
+    cities = _city_names(50_000)
+
+    def usable(i: int, place_ok: bool = False) -> bool:
+        return (i < n and i not in blocked and (place_ok or i not in places) and _capitalised(doc[i].text)
+                and doc[i].lower_ not in COMPANY_WORDS)
 
     def ends_here(i: int) -> bool:  # no street or company word right after
         return i >= n or (doc[i].lower_ not in STREET_WORDS and doc[i].lower_.rstrip(".") not in COMPANY_WORDS)
 
     out, i = [], 0
     while i < n:
-        if usable(i) and lists.opens_full_name(doc[i].text):
+        # a first name and a surname outweigh spaCy's reading of the pair as a place or a nationality, unless the
+        # pair is a city
+        if usable(i, True) and lists.opens_full_name(doc[i].text):
             j = i + 1
             if j + 1 < n and _INITIAL.fullmatch(doc[j].text):
                 j += 1
-            if usable(j) and (lists.known(doc[j].text) or (doc[i].text in lists.curated
-                                                          and not lists.is_word(doc[j].text))):
+            if usable(j, True) and (lists.known(doc[j].text) or (doc[i].text in lists.curated
+                                                                and not lists.is_word(doc[j].text))) \
+                    and f"{doc[i].text} {doc[j].text}" not in cities:
                 if ends_here(j + 1):
                     out.append((doc[i].idx, doc[j].idx + len(doc[j].text), FULL_NAME_SCORE))
                 i = j + 1

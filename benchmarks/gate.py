@@ -1,0 +1,101 @@
+"""The compliance gate alone (no model): per entity type, recall and precision on the Presidio research set and on a
+seeded bank-style set (simulations/pii_bank_texts.py), and the raw values that survive redaction on both.
+
+Two readings of recall on the bank-style set: `typed` (a finding of the right type overlaps the planted value) and
+`removed` (the raw value no longer appears in what the model would see, whatever type took it). Precision counts a
+finding that overlaps no planted value as false; company names found as persons or places are the usual ones.
+
+Writes benchmarks/results/gate.{json,md}. About 3 minutes on 2 cores.
+Usage: python benchmarks/gate.py [--bank-texts 2000] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from _shared import finish_results
+from fedfingpt.common.config import GateConfig, load_config
+from fedfingpt.common.report import peak_rss_mb
+from fedfingpt.common.tasks.sentiment_data import data_dir_from_env
+from fedfingpt.server.inference.gate import ComplianceGate
+from fedfingpt.simulations.pii_bank_texts import bank_pii_texts
+from serving import redaction_quality
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("bench")
+ALIASES = {"US_BANK_NUMBER": "BANK_ACCOUNT"}  # Presidio's US bank numbers are bank accounts here
+
+
+def bank_set_quality(gate: ComplianceGate, items) -> tuple[list[dict], list[dict]]:
+    n, typed, removed, found_n, found_ok = Counter(), Counter(), Counter(), Counter(), Counter()
+    leaks = []
+    for it in items:
+        found = gate.findings(it.text)
+        out = gate.scan(it.text, "analyst").text
+        for s, e, t in it.spans:
+            n[t] += 1
+            typed[t] += any(r.start < e and r.end > s and ALIASES.get(r.entity_type, r.entity_type) == t
+                            for r in found)
+            if it.text[s:e] in out:
+                leaks.append({"type": t, "template": it.template})
+            else:
+                removed[t] += 1
+        for r in found:
+            t = ALIASES.get(r.entity_type, r.entity_type)
+            found_n[t] += 1
+            found_ok[t] += any(r.start < e and r.end > s for s, e, _ in it.spans)
+    rows = [{"entity": t, "planted": n[t], "typed_recall": round(typed[t] / n[t], 4),
+             "removed_recall": round(removed[t] / n[t], 4), "found": found_n[t],
+             "precision": round(found_ok[t] / found_n[t], 4) if found_n[t] else None} for t in sorted(n)]
+    rows += [{"entity": t, "planted": 0, "found": found_n[t], "precision": round(found_ok[t] / found_n[t], 4)}
+             for t in sorted(set(found_n) - set(n))]
+    return rows, leaks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--bank-texts", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1, help="seed of the bank-style set (the tests use seed 7)")
+    ap.add_argument("--out", default=str(HERE / "results" / "gate"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cfg = load_config(args.config)
+    t0 = time.perf_counter()
+    gate = ComplianceGate(GateConfig(**cfg.gate.model_dump()))
+    items = bank_pii_texts(args.bank_texts, seed=args.seed)
+    bank_rows, leaks = bank_set_quality(gate, items)
+    for r in bank_rows:
+        log.info("bank-style %s", r)
+    research = json.loads((data_dir_from_env(cfg.data.data_dir) / "pii" / "presidio_research" /
+                           "synth_dataset_v2.json").read_text())
+    research_rows = redaction_quality(gate, research)
+    for r in research_rows:
+        log.info("research %s", r)
+    rows = [{"set": f"bank-style ({len(items)} texts, seed {args.seed})", **r} for r in bank_rows] + \
+           [{"set": f"Presidio research ({len(research)} texts)", "entity": r["entity"], "planted": r["gold"],
+             "typed_recall": round(r["recall"], 4), "precision": r["precision"] and round(r["precision"], 4),
+             "found_as": r["found_as"], "note": r["note"]} for r in research_rows]
+    worst = min((r for r in bank_rows if r.get("planted")), key=lambda r: r["typed_recall"])
+    md = [f"Raw planted values left in the gate's output on the bank-style set: {len(leaks)} of "
+          f"{sum(r.get('planted', 0) for r in bank_rows)} (by type: {dict(Counter(x['type'] for x in leaks))}).",
+          f"Lowest typed recall on the bank-style set: {worst['entity']} {worst['typed_recall']}.",
+          "The bank-style templates were written alongside the recognizers; another seed draws other values "
+          "(names, numbers, cities, formats) into the same templates, not other templates."]
+    finish_results(Path(args.out), benchmark="gate", config={"gate": cfg.gate.model_dump(mode="json"),
+                   "bank_texts": args.bank_texts}, seed=args.seed, rows=rows,
+                   columns=["set", "entity", "planted", "typed_recall", "removed_recall", "found", "precision",
+                            "found_as", "note"],
+                   title="The compliance gate alone: recall and precision per entity type",
+                   extra={"leaks": leaks[:50], "wall_s": round(time.perf_counter() - t0, 1),
+                          "peak_rss_mb": peak_rss_mb()}, md_extra="\n\n".join(md))
+    log.info("wrote %s.{json,md}", args.out)
+
+
+if __name__ == "__main__":
+    main()
