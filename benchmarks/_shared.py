@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import yaml
 
 from fedfingpt.common.certs import make_dev_certs
@@ -14,8 +13,7 @@ from fedfingpt.common.models import attach_lora, load_base_model
 def fresh_model(cfg):
     """Base model with LoRA at the seeded initialisation every bank and the server start from."""
     loaded = load_base_model(cfg.model)
-    torch.manual_seed(cfg.training.seed)
-    return attach_lora(loaded.model, cfg.lora), loaded
+    return attach_lora(loaded.model, cfg.lora, seed=cfg.training.seed), loaded
 
 
 def dev_serving_files(work: Path, token: str) -> tuple[dict, Path]:

@@ -179,7 +179,8 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
 def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residual: dict) -> tuple[dict, dict]:
     """One round at a bank: load the global model, train it (under DP when asked), return (what the bank shares,
     its metrics). Both the Message API handler and the secure-aggregation client call it."""
-    show_progress(log)
+    if cfg.federation.console == "banks":
+        show_progress(log)
     state = bank_state(cfg, context)
     global_round = int(conf.get("global-round", conf["server-round"]))
     load_global(state, incoming, residual, cfg, context, global_round)

@@ -56,11 +56,8 @@ def _model(cfg: Config, rank: int):
         lora = cfg.lora.model_copy(update={"r": rank, "alpha": cfg.lora.alpha * rank / cfg.lora.r})
     key = cfg.model.model_dump_json() + lora.model_dump_json()
     if key not in _MODELS:
-        import torch
-
         loaded = load_base_model(cfg.model)
-        torch.manual_seed(cfg.training.seed)  # every party starts from the same LoRA init
-        _MODELS[key] = (attach_lora(loaded.model, lora), loaded)
+        _MODELS[key] = (attach_lora(loaded.model, lora, seed=cfg.training.seed), loaded)
     return _MODELS[key]
 
 

@@ -298,8 +298,9 @@ def load_base_model(cfg: ModelConfig) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tok, base_id=cfg.base, base_sha256=sha, path=str(where))
 
 
-def attach_lora(model: torch.nn.Module, cfg: LoraConfigModel):
-    """Wrap the base model with trainable LoRA adapters; everything else is frozen."""
+def attach_lora(model: torch.nn.Module, cfg: LoraConfigModel, seed: int | None = None):
+    """Wrap the base model with trainable LoRA adapters; everything else is frozen. With `seed`, LoRA's random A is
+    drawn from that seed (training.seed): every bank, the server and a centralized run start from the same adapter."""
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -313,4 +314,10 @@ def attach_lora(model: torch.nn.Module, cfg: LoraConfigModel):
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
         bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    import warnings
+
+    if seed is not None:
+        torch.manual_seed(seed)  # PEFT draws A's initialisation from torch's global generator
+    with warnings.catch_warnings():  # PEFT asks transformers a question that transformers has renamed
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, peft_cfg)

@@ -20,6 +20,24 @@ def _autocast(setting: bool | str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(setting) else contextlib.nullcontext()
 
 
+def cache_kwarg(model) -> str:
+    """The name a model's forward takes its key/value cache by: `cache` in transformers 5.x (where
+    `past_key_values` is deprecated), `past_key_values` before."""
+    import inspect
+
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        decoder = model
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The key/value cache a forward returned (`cache` in transformers 5.x, `past_key_values` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded ids, attention mask and position ids (counting from each sequence's first real token), so that
     every sequence ends at the last column and a batch of them gives the same logits as each alone."""
@@ -49,7 +67,7 @@ class PrefixCache:
             for text in openings:
                 ids = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
                 if len(ids) >= self.MIN_TOKENS and ids not in self._caches:
-                    self._caches[ids] = model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+                    self._caches[ids] = output_cache(model(input_ids=torch.tensor([ids]), use_cache=True))
 
     def __len__(self) -> int:
         return len(self._caches)
@@ -105,7 +123,7 @@ def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
     if past is not None:
         mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
         pos = pos + start
-        kwargs["past_key_values"] = past
+        kwargs[cache_kwarg(model)] = past
     plain = plain_head(model) if rows is not None else None
     with _autocast(bf16):
         if plain is not None:
@@ -232,8 +250,8 @@ def generate_stream(model, tokenizer, prompt: str, *, max_new_tokens: int = 64, 
     past, produced, sent = None, [], ""
     with torch.no_grad(), _autocast(bf16):
         for _ in range(max_new_tokens):
-            out = model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=ids, use_cache=True, **({cache_kwarg(model): past} if past is not None else {}))
+            past = output_cache(out)
             nxt = int(out.logits[0, -1].argmax())
             if nxt == tokenizer.eos_token_id:
                 break

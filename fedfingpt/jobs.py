@@ -9,8 +9,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from .client.train import train
 from .common.adapter import load_adapter, save_adapter
 from .common.config import Config
@@ -71,8 +69,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     splits = sentiment_splits(cfg.data.data_dir) if sentiment else None
     t = cfg.training
     loaded = load_base_model(cfg.model)
-    torch.manual_seed(cfg.training.seed)  # the LoRA A init is drawn from the global generator
-    model = attach_lora(loaded.model, cfg.lora)
+    model = attach_lora(loaded.model, cfg.lora, seed=cfg.training.seed)
     tok = loaded.tokenizer
     encoded: list = []
     if sentiment:

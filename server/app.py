@@ -9,7 +9,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -47,8 +46,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
     f = cfg.federation
     t_start = time.perf_counter()
     loaded = load_base_model(cfg.model)
-    torch.manual_seed(cfg.training.seed)  # the same LoRA init the banks build
-    model = attach_lora(loaded.model, cfg.lora)
+    model = attach_lora(loaded.model, cfg.lora, seed=cfg.training.seed)  # the same LoRA init the banks build
     config_json = cfg.model_dump(mode="json")
 
     history: list[dict] = []
@@ -67,6 +65,10 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         history = [h for h in history if h["round"] <= done]
         log.info("resuming from %s: round %d of %d done", run_dir / "checkpoints", done, f.rounds)
     remaining = f.rounds - done
+    if f.console == "rounds" and remaining > 0:
+        print(f"{f.num_banks} banks, {f.rounds} rounds x {f.local_steps} local steps, {f.strategy}; scores on "
+              f"{f.server_eval_limit or 'all'}-row samples, the last round on the full test sets\n{ROUND_HEADER}",
+              flush=True)
     if remaining <= 0:
         log.info("all %d rounds are already done in %s", f.rounds, run_dir)
         return write_report(cfg, run_dir, history, [], t_start)
@@ -119,6 +121,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
                        config=config_json, metrics=scores, base_residual=strategy.state_arrays(),
                        privacy_epsilon=float(spent))
         log.info("round %d server eval: %s", rnd, {k: round(v, 3) for k, v in scores.items()})
+        if cfg.federation.console == "rounds":
+            print(round_row(rnd, entry, rows, time.perf_counter() - t_start, final=rnd == f.rounds), flush=True)
         write_report(cfg, run_dir, history, strategy.rounds, t_start)  # a partial run still leaves a report
         return MetricRecord(scores) if scores else None
 
@@ -132,6 +136,31 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
                      timeout=f.round_timeout_s, train_config=ConfigRecord({"local-steps": f.local_steps}),
                      evaluate_fn=evaluate_fn)
     return write_report(cfg, run_dir, history, strategy.rounds, t_start)
+
+
+ROUND_HEADER = (f"{'round':>5}  {'banks':>5}  {'loss':>6}  {'FPB wF1':>8}  {'TFNS wF1':>8}  {'AML F1':>6}  "
+                f"{'minutes':>7}")
+
+
+def round_row(rnd: int, entry: dict | None, rows: list[dict], elapsed_s: float, final: bool = False) -> str:
+    """One line of the console's per-round table: banks aggregated, their mean training loss, the server's scores
+    (seeded samples before the last round; the last round's are the full test sets, with bootstrap intervals)."""
+    banks = (entry or {}).get("banks") or []
+    losses = [(b["train_loss"], b["num_examples"]) for b in banks if b.get("train_loss") is not None]
+    loss = sum(l * n for l, n in losses) / sum(n for _, n in losses) if losses else None
+    by = {r["dataset"]: r for r in rows}
+
+    def cell(ds: str, key: str, width: int) -> str:
+        return f"{by[ds][key]:>{width}.3f}" if ds in by and by[ds].get(key) is not None else f"{'-':>{width}}"
+
+    line = (f"{rnd:>5}  {len(banks) if entry else '-':>5}  {'-' if loss is None else f'{loss:.3f}':>6}  "
+            f"{cell('fpb', 'weighted_f1', 8)}  {cell('tfns', 'weighted_f1', 8)}  {cell('aml', 'f1', 6)}  "
+            f"{elapsed_s / 60:>7.1f}")
+    if final and rows:
+        full = ", ".join(f"{r['dataset'].upper()} {r['weighted_f1']:.3f} [{r['weighted_f1_ci95'][0]:.3f}, "
+                         f"{r['weighted_f1_ci95'][1]:.3f}] (n={r['n']})" for r in rows if "weighted_f1_ci95" in r)
+        line += f"\n       last round on the full test sets: {full}" if full else ""
+    return line
 
 
 SCORE_KEYS = {False: ("accuracy", "weighted_f1"), True: ("f1", "pr_auc", "recall")}  # sentiment, AML
@@ -254,8 +283,9 @@ def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, grid
     def main(grid: Grid, context: Context) -> None:
         from ..client.bank import config_from_context
 
-        show_progress(log)
         c = cfg or config_from_context(context)
+        if c.federation.console == "banks":
+            show_progress(log)
         rd = run_dir or Path(context.run_config.get("run-dir") or default_run_dir(c))
         grid = retry_transient_pulls(grid)
         run_server(grid if grid_hook is None else grid_hook(grid), c, rd, context)

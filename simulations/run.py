@@ -58,6 +58,27 @@ def check_memory(cfg: Config) -> int:
     return need
 
 
+class _DropRunSimulationNotice(logging.Filter):
+    """`fedfingpt simulate` hands Flower the ServerApp and ClientApp built from the scenario in this process, which
+    only `run_simulation` takes (`flwr run` loads the app by name from the project: see README); its notice that
+    `run_simulation` is deprecated is dropped, everything else Flower warns about is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
+
+
+def quiet_flower(console: str) -> None:
+    """Flower's logger prints through its own handler and, through the root logger, a second time: keep one. With
+    console 'rounds', Flower's INFO lines (sampling, per-round bookkeeping) are left out too."""
+    from flwr.common.logger import update_console_handler
+
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.propagate = False
+    if not any(isinstance(f, _DropRunSimulationNotice) for f in flwr_log.filters):
+        flwr_log.addFilter(_DropRunSimulationNotice())
+    update_console_handler(level=logging.WARNING if console == "rounds" else logging.INFO)
+
+
 def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, progress: bool = True,
              grid_hook=None) -> dict:
     from flwr.simulation import run_simulation
@@ -95,10 +116,15 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
     os.environ["FEDFINGPT_BANK_STATE_DIR"] = str((run_dir / "banks").resolve())  # what banks keep (FedSA-LoRA's B)
     if cfg.data.data_dir:
         os.environ["FEDFINGPT_DATA_DIR"] = str(data_dir_from_env(cfg.data.data_dir).resolve())
+    quiet_flower(f.console)
+    quiet = f.console == "rounds"
     backend_config = {
         "client_resources": {"num_cpus": f.client_cpus, "num_gpus": 0.0},
+        # with console 'rounds', the banks' own output stays in Ray's log files (a bank's error still reaches the
+        # round table as a dropped update with its reason)
         "init_args": {"num_cpus": os.cpu_count() or 1, "object_store_memory": 256 * 2**20,
-                      "include_dashboard": False, "log_to_driver": True},
+                      "include_dashboard": False, "log_to_driver": not quiet,
+                      "logging_level": logging.WARNING if quiet else logging.INFO},
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

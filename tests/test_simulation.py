@@ -87,12 +87,20 @@ def match(ours: dict, peft: dict) -> dict:
     return {k: peft[next(p for p in peft if p.endswith(k.split("base_model.model.", 1)[-1]))] for k in ours}
 
 
-def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_dir, tmp_path):
+def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_dir, tmp_path, capfd):
     rec = tmp_path / "updates"
     rec.mkdir()
     run_dir = tmp_path / "run"
     cfg1 = sim_config(tiny_config, data_dir, tmp_path, rounds=1, strategy="fedavg")
     simulate(cfg1, run_dir, client_app=recording_app(cfg1, str(rec)))
+    console = capfd.readouterr()
+    text = console.out + console.err
+    # one table: a header, a row for round 0 and round 1, the last round's full-set scores; no Flower chatter
+    lines = text.splitlines()
+    assert sum("FPB wF1" in ln for ln in lines) == 1, text[-3000:]
+    assert [ln.split()[0] for ln in lines if ln[:5].strip().isdigit()] == ["0", "1"], text[-3000:]
+    assert "last round on the full test sets: FPB" in text and "(n=1212)" in text
+    assert "deprecated" not in text and "configure_train" not in text and "alembic" not in text
     r1 = global_arrays(run_dir, 1)
     assert latest_checkpoint(run_dir, json.loads((run_dir / "checkpoints/round-0001/fedfingpt_manifest.json")
                                                   .read_text())["base_model_sha256"])[0] == 1
