@@ -371,6 +371,48 @@ def test_malformed_requests_get_a_status_not_a_crash(hypothesis_server, payload)
             assert "deserializ" in (err.details() or "").lower(), err.details()  # only undecodable bytes
 
 
+_text = st.text(max_size=40) | st.builds(lambda n: "A" * n, st.integers(0, 300_000))
+_tx = st.builds(pb.Transaction, id=_text, src=_text, dst=_text,
+                amount=st.floats(allow_nan=True, allow_infinity=True), currency=_text,
+                timestamp=st.sampled_from(["2024-03-01T10:00:00", "", "not a date", "2024-13-45T99:99"]) | _text,
+                payment_format=_text)
+_case = st.builds(pb.AmlCase, focus=_text, accounts=st.lists(st.builds(pb.Account, id=_text, bank=_text, name=_text,
+                                                                         country=_text), max_size=4),
+                  transactions=st.lists(_tx, max_size=6))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["ScreenTransactions", "Generate"]), cases=st.lists(_case, max_size=3),
+       instruction=_text, text=_text, tokens=st.integers(-10, 10_000))
+def test_every_rpc_field_fuzzed_gets_a_status_and_frees_its_slot(hypothesis_server, method, cases, instruction,
+                                                                 text, tokens):
+    """Every string field of ScreenTransactions and Generate, from empty to 300,000 characters, numbers out of
+    range: each request is answered with a status, and the fixture checks afterwards that every slot is free."""
+    channel, _ = hypothesis_server
+    meta = (("authorization", f"Bearer {TOKENS['dev']}"),)
+    try:
+        if method == "ScreenTransactions":
+            req = pb.ScreenTransactionsRequest(cases=cases)
+            if req.ByteSize() > 1 << 16:
+                return  # past the message limit, gRPC itself refuses it before our code runs
+            channel.unary_unary(f"/fedfingpt.v1.Inference/{method}", request_serializer=lambda m: m.SerializeToString(),
+                                response_deserializer=pb.ScreenTransactionsResponse.FromString)(
+                req, metadata=meta, timeout=60)
+        else:
+            req = pb.GenerateRequest(instruction=instruction, input=text, max_new_tokens=tokens)
+            if req.ByteSize() > 1 << 16:
+                return
+            list(channel.unary_stream(f"/fedfingpt.v1.Inference/{method}",
+                                      request_serializer=lambda m: m.SerializeToString(),
+                                      response_deserializer=pb.GenerateChunk.FromString)(req, metadata=meta,
+                                                                                          timeout=60))
+    except grpc.RpcError as err:
+        assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL), err
+        if err.code() == grpc.StatusCode.INTERNAL:
+            assert "request id" in (err.details() or ""), err.details()  # no internal text
+
+
 @pytest.fixture(scope="module")
 def hypothesis_server(tmp_path_factory, gate, certs):
     from fedfingpt.common.config import config_from_dict as cfd
@@ -381,8 +423,9 @@ def hypothesis_server(tmp_path_factory, gate, certs):
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
             "data": {"max_length": 96}, "eval": {"batch_size": 8, "bf16_autocast": False}}
     tokens = tmp / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({TOKENS["analyst"]: {"caller": "fuzz", "role": "analyst"}}))
-    cfg = cfd({**base, "serving": {"port": 0, "insecure": True, "tokens_file": str(tokens),
+    tokens.write_text(yaml.safe_dump({TOKENS["analyst"]: {"caller": "fuzz", "role": "analyst"},
+                                      TOKENS["dev"]: {"caller": "fuzz-dev", "role": "developer"}}))
+    cfg = cfd({**base, "serving": {"port": 0, "insecure": True, "tokens_file": str(tokens), "max_new_tokens": 4,
                                    "audit_log": str(tmp / "audit.jsonl"), "max_message_bytes": 1 << 16}})
     server = InferenceServer(cfg, gate=gate).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
@@ -392,6 +435,13 @@ def hypothesis_server(tmp_path_factory, gate, certs):
 
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="fedfingpt.v1.Inference"))
     assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert server.servicer._slots._value == cfg.serving.max_concurrent, "a request kept its slot"
+    normal = channel.unary_unary("/fedfingpt.v1.Inference/ClassifySentiment",
+                                 request_serializer=lambda m: m.SerializeToString(),
+                                 response_deserializer=pb.ClassifySentimentResponse.FromString)(
+        pb.ClassifySentimentRequest(texts=["Profits rose."]), metadata=(("authorization", f"Bearer {TOKENS['analyst']}"),),
+        timeout=30)
+    assert len(normal.results) == 1
     channel.close()
     server.stop(0.5)
     assert verify(cfg.serving.audit_log).ok
