@@ -377,6 +377,10 @@ class PolicyConfig(_Strict):
     roles: dict[str, dict[str, GateAction]] = Field(
         default_factory=dict, description="Per caller role, actions that replace the entity defaults, e.g. "
         "{analyst: {PERSON: hash}}.")
+    on_block: Literal["item", "request"] = Field(
+        "item", description="A request of several texts or cases of which some hold a blocked type: item = those "
+        "items are answered PERMISSION_DENIED (with their index and the types) and the others are processed; "
+        "request = the whole request is refused. A request whose every item is blocked is always refused.")
 
 
 class GateConfig(_Strict):

@@ -361,6 +361,9 @@ def _query(args) -> int:
                     print("fedfingpt: error: give the texts to classify", file=sys.stderr)
                     return 2
                 for text, r in zip(args.texts, client.classify(args.texts).results):
+                    if r.status == "PERMISSION_DENIED":
+                        print(f"blocked  (the policy blocks {', '.join(r.gate.blocked)})  item {r.index}")
+                        continue
                     probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.probabilities.items()))
                     print(f"{r.label:8s} ({probs})  {text[:60]}")
     except (InferenceError, ValueError) as err:

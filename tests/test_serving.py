@@ -111,6 +111,28 @@ def test_block_policy_refuses_and_says_why(running, certs):
     assert last["decision"] == "block" and last["status"] == "PERMISSION_DENIED"
 
 
+def test_a_blocked_item_is_answered_by_itself_and_the_others_are_scored(running, certs):
+    """One text of three holds an SSN: that item is PERMISSION_DENIED with its index and the type, the other two
+    are scored; with gate.policy.on_block=request, or when every item is blocked, the whole request is refused."""
+    texts = ["Profits rose sharply.", "My SSN is 536-22-8726, please update it.", "Sales fell."]
+    with running.client(certs=certs) as c:
+        out = c.classify(texts)
+        assert [r.index for r in out.results] == [0, 1, 2]
+        assert [r.status for r in out.results] == ["OK", "PERMISSION_DENIED", "OK"]
+        assert list(out.results[1].gate.blocked) == ["US_SSN"] and not out.results[1].label
+        assert out.results[0].label and abs(sum(out.results[2].probabilities.values()) - 1) < 1e-5
+        with pytest.raises(InferenceError) as err:
+            c.classify([texts[1], "SSN 219-09-9999 on file."])
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED and "item 1: US_SSN" in err.value.message
+    running.cfg.gate.policy.on_block = "request"
+    try:
+        with running.client(certs=certs) as c, pytest.raises(InferenceError) as err:
+            c.classify(texts)
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED and "item 1 contains US_SSN" in err.value.message
+    finally:
+        running.cfg.gate.policy.on_block = "item"
+
+
 def test_tokens_and_roles(running, certs):
     bare = InferenceClient(running.target, "not-a-token-at-all-xx", ca_cert=str(certs["ca.pem"]))
     with pytest.raises(InferenceError) as err:

@@ -147,18 +147,29 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         left = context.time_remaining()
         return None if left is None else time.monotonic() + left
 
-    def _scan(self, call: Call, context, text: str) -> GateResult:
+    def _scan(self, call: Call, context, text: str, index: int | None = None) -> GateResult:
+        """The gate on one item. A blocked item refuses the request when it is the request's only item
+        (`index` None) or when the policy says so (gate.policy.on_block: request); otherwise the caller answers
+        that item PERMISSION_DENIED and goes on with the others."""
         result = self.gate.scan(text, call.role)
         call.add(result)
-        if result.blocked:
+        if result.blocked and (index is None or self.cfg.gate.policy.on_block == "request"):
+            where = "the request" if index is None else f"item {index}"
             self._fail(call, context, grpc.StatusCode.PERMISSION_DENIED,
-                       f"the request contains {', '.join(result.blocked)}, which the policy blocks for role "
+                       f"{where} contains {', '.join(result.blocked)}, which the policy blocks for role "
                        f"{call.role!r}; remove it and retry")
         return result
 
+    def _all_blocked(self, call: Call, context, gated: list[GateResult]) -> None:
+        if gated and all(g.blocked for g in gated):
+            self._fail(call, context, grpc.StatusCode.PERMISSION_DENIED, "every item is blocked by the policy for "
+                       f"role {call.role!r}: " + "; ".join(f"item {i}: {', '.join(g.blocked)}"
+                                                            for i, g in enumerate(gated)))
+
     @staticmethod
     def _report(result: GateResult) -> pb.GateReport:
-        return pb.GateReport(entities=result.found, decision="block" if result.blocked else "allow")
+        return pb.GateReport(entities=result.found, decision="block" if result.blocked else "allow",
+                             blocked=result.blocked)
 
     TEXT_FIELDS = frozenset({"texts", "instruction", "input"})
 
@@ -218,12 +229,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                            f"kind {kind!r}: use 'news' or 'tweet'")
             texts = list(request.texts)
             self._check_items(call, context, len(texts), texts)
-            gated = [self._scan(call, context, t) for t in texts]
-            prompts = [build_prompt(INSTRUCTIONS[kind], g.text) for g in gated]
-            probs = softmax(self._model(call, context, prompts, tuple(LABELS)))
-            out = [pb.SentimentResult(label=LABELS[int(np.argmax(p))],
-                                      probabilities=dict(zip(LABELS, map(float, p))), gate=self._report(g))
-                   for p, g in zip(probs, gated)]
+            one = len(texts) == 1
+            gated = [self._scan(call, context, t, None if one else i) for i, t in enumerate(texts)]
+            self._all_blocked(call, context, gated)
+            ok = [i for i, g in enumerate(gated) if not g.blocked]
+            prompts = [build_prompt(INSTRUCTIONS[kind], gated[i].text) for i in ok]
+            probs = dict(zip(ok, softmax(self._model(call, context, prompts, tuple(LABELS)))))
+            out = [pb.SentimentResult(label=LABELS[int(np.argmax(probs[i]))], index=i, status="OK",
+                                      probabilities=dict(zip(LABELS, map(float, probs[i]))), gate=self._report(g))
+                   if i in probs else pb.SentimentResult(index=i, status="PERMISSION_DENIED", gate=self._report(g))
+                   for i, g in enumerate(gated)]
             return pb.ClassifySentimentResponse(results=out, request_id=call.id)
 
     def ScreenTransactions(self, request, context):
@@ -231,25 +246,31 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._check_lengths(call, context, request)
             cases = list(request.cases)
             self._check_items(call, context, len(cases), [])
-            prompts, reports = [], []
-            for c in cases:
+            one = len(cases) == 1
+            reports = []
+            for i, c in enumerate(cases):
                 # the narrative carries names and account numbers: it passes the gate like any text
                 story = narrative(self._case(call, context, c))
                 if len(story) > 2 * self.cfg.serving.max_text_chars:
                     self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
-                               f"a case's narrative holds {len(story)} characters; at most 2 x "
+                               f"case {i}'s narrative holds {len(story)} characters; at most 2 x "
                                f"serving.max_text_chars={2 * self.cfg.serving.max_text_chars}")
-                g = self._scan(call, context, story)
-                prompts.append(build_prompt(INSTRUCTION, g.text))
-                reports.append(g)
-            sus = softmax(self._model(call, context, prompts, LABEL_OPENINGS))[:, 0]
-            typ = self._model(call, context, prompts, TYPOLOGY_OPENINGS).argmax(axis=1)
+                reports.append(self._scan(call, context, story, None if one else i))
+            self._all_blocked(call, context, reports)
+            ok = [i for i, g in enumerate(reports) if not g.blocked]
+            prompts = [build_prompt(INSTRUCTION, reports[i].text) for i in ok]
+            sus = dict(zip(ok, softmax(self._model(call, context, prompts, LABEL_OPENINGS))[:, 0]))
+            typ = dict(zip(ok, self._model(call, context, prompts, TYPOLOGY_OPENINGS).argmax(axis=1)))
             out = []
-            for p, t, g in zip(sus, typ, reports):
-                flagged = bool(p >= 0.5)
-                name = TYPOLOGIES[int(t)] if flagged else NONE
-                out.append(pb.Screening(suspicious=flagged, typology=name, risk_score=int(round(100 * float(p))),
-                                        reason=REASONS[name], probability=float(p), gate=self._report(g)))
+            for i, g in enumerate(reports):
+                if i not in sus:
+                    out.append(pb.Screening(index=i, status="PERMISSION_DENIED", gate=self._report(g)))
+                    continue
+                p, flagged = float(sus[i]), bool(sus[i] >= 0.5)
+                name = TYPOLOGIES[int(typ[i])] if flagged else NONE
+                out.append(pb.Screening(suspicious=flagged, typology=name, risk_score=int(round(100 * p)),
+                                        reason=REASONS[name], probability=p, gate=self._report(g), index=i,
+                                        status="OK"))
             return pb.ScreenTransactionsResponse(results=out, request_id=call.id)
 
     def _case(self, call: Call, context, c) -> AmlCase:

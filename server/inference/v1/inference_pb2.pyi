@@ -21,7 +21,7 @@ class Attestation(_message.Message):
     def __init__(self, evidence_json: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class GateReport(_message.Message):
-    __slots__ = ("entities", "decision")
+    __slots__ = ("entities", "decision", "blocked")
     class EntitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,9 +31,11 @@ class GateReport(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
     entities: _containers.ScalarMap[str, int]
     decision: str
-    def __init__(self, entities: _Optional[_Mapping[str, int]] = ..., decision: _Optional[str] = ...) -> None: ...
+    blocked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entities: _Optional[_Mapping[str, int]] = ..., decision: _Optional[str] = ..., blocked: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifySentimentRequest(_message.Message):
     __slots__ = ("texts", "kind")
@@ -44,7 +46,7 @@ class ClassifySentimentRequest(_message.Message):
     def __init__(self, texts: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class SentimentResult(_message.Message):
-    __slots__ = ("label", "probabilities", "gate")
+    __slots__ = ("label", "probabilities", "gate", "status", "index")
     class ProbabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,10 +57,14 @@ class SentimentResult(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     label: str
     probabilities: _containers.ScalarMap[str, float]
     gate: GateReport
-    def __init__(self, label: _Optional[str] = ..., probabilities: _Optional[_Mapping[str, float]] = ..., gate: _Optional[_Union[GateReport, _Mapping]] = ...) -> None: ...
+    status: str
+    index: int
+    def __init__(self, label: _Optional[str] = ..., probabilities: _Optional[_Mapping[str, float]] = ..., gate: _Optional[_Union[GateReport, _Mapping]] = ..., status: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ClassifySentimentResponse(_message.Message):
     __slots__ = ("results", "request_id")
@@ -109,20 +115,24 @@ class AmlCase(_message.Message):
     def __init__(self, focus: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[Account, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ...) -> None: ...
 
 class Screening(_message.Message):
-    __slots__ = ("suspicious", "typology", "risk_score", "reason", "probability", "gate")
+    __slots__ = ("suspicious", "typology", "risk_score", "reason", "probability", "gate", "status", "index")
     SUSPICIOUS_FIELD_NUMBER: _ClassVar[int]
     TYPOLOGY_FIELD_NUMBER: _ClassVar[int]
     RISK_SCORE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     suspicious: bool
     typology: str
     risk_score: int
     reason: str
     probability: float
     gate: GateReport
-    def __init__(self, suspicious: _Optional[bool] = ..., typology: _Optional[str] = ..., risk_score: _Optional[int] = ..., reason: _Optional[str] = ..., probability: _Optional[float] = ..., gate: _Optional[_Union[GateReport, _Mapping]] = ...) -> None: ...
+    status: str
+    index: int
+    def __init__(self, suspicious: _Optional[bool] = ..., typology: _Optional[str] = ..., risk_score: _Optional[int] = ..., reason: _Optional[str] = ..., probability: _Optional[float] = ..., gate: _Optional[_Union[GateReport, _Mapping]] = ..., status: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ScreenTransactionsRequest(_message.Message):
     __slots__ = ("cases",)
