@@ -127,8 +127,7 @@ def curve_cell(name: str, overrides: dict, args, splits, mix, quick) -> dict:
     # every recipe reads the same examples in the same order: the mix's prefix, one pass, unshuffled
     rows = mix[: args.curve_steps * examples_per_step]
     encoded = encode_sentiment(tok, rows, cfg.data.max_length)
-    torch.manual_seed(args.seed)
-    model = attach_lora(loaded.model, cfg.lora)
+    model = attach_lora(loaded.model, cfg.lora, seed=args.seed)
     t = t.model_copy(update={"shuffle": False, "group_by_length": False,
                              "eval_every": max(1, args.curve_steps // args.curve_points)})
     clock = {"start": time.perf_counter(), "cpu": time.process_time(), "eval_s": 0.0, "eval_cpu": 0.0}
@@ -160,8 +159,7 @@ def final_cell(args, splits, mix) -> dict:
     tok = loaded.tokenizer
     rows = mix[: t.max_steps * t.batch_size * t.grad_accum]
     encoded = encode_sentiment(tok, rows, cfg.data.max_length)
-    torch.manual_seed(args.seed)
-    model = attach_lora(loaded.model, cfg.lora)
+    model = attach_lora(loaded.model, cfg.lora, seed=args.seed)
     quick = {k: sample_rows(splits["test"][k], t.eval_limit, cfg.data.seed) for k in ("fpb", "tfns")}
 
     def periodic(step: int) -> dict:
@@ -193,21 +191,23 @@ def plot(cells: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves = [c for k, c in cells.items() if k.startswith("curve:")]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for ax, ds in zip(axes, ("fpb", "tfns")):
-        for c in curves:
-            ax.plot([p["train_wall_min"] for p in c["points"]], [p[ds] for p in c["points"]], marker="o",
-                    label=c["recipe"])
-        if "final" in cells:
-            f = cells["final"]
-            full = next(r for r in f["rows"] if r["dataset"] == ds)
-            ax.errorbar([f["train_wall_min"]], [full["weighted_f1"]], fmt="k*", ms=12,
-                        yerr=[[full["weighted_f1"] - full["weighted_f1_ci95"][0]],
-                              [full["weighted_f1_ci95"][1] - full["weighted_f1"]]], label="chosen recipe, full set")
-        ax.set(title=f"{ds.upper()} weighted F1 vs training minutes (2 cores)", xlabel="training wall minutes")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("weighted F1 (seeded sample; star: full test set)")
-    axes[1].legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey=True)
+    for row, (xkey, xlabel) in enumerate((("examples", "training examples seen (the same order for every recipe)"),
+                                          ("train_cpu_min", "training CPU-minutes (2 threads)"))):
+        for ax, ds in zip(axes[row], ("fpb", "tfns")):
+            for c in curves:
+                ax.plot([p[xkey] for p in c["points"]], [p[ds] for p in c["points"]], marker="o", label=c["recipe"])
+            if "final" in cells:
+                f = cells["final"]
+                full = next(r for r in f["rows"] if r["dataset"] == ds)
+                x = f["examples"] if xkey == "examples" else f["train_cpu_min"]
+                ax.errorbar([x], [full["weighted_f1"]], fmt="k*", ms=12, label="chosen recipe, full test set",
+                            yerr=[[full["weighted_f1"] - full["weighted_f1_ci95"][0]],
+                                  [full["weighted_f1_ci95"][1] - full["weighted_f1"]]])
+            ax.set(title=f"{ds.upper()} weighted F1 (200-row seeded sample)", xlabel=xlabel)
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel("weighted F1")
+    axes[0][1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     from fedfingpt.common.report import save_figure
 
@@ -219,7 +219,8 @@ def write(cells: dict, args, t_all: float) -> None:
     for c in (c for k, c in cells.items() if k.startswith("curve:")):
         last = c["points"][-1]
         rows.append({"section": "curve", "recipe": c["recipe"], "steps": last["step"], "examples": last["examples"],
-                     "train_wall_min": last["train_wall_min"], "s_per_step": c["s_per_step"],
+                     "train_wall_min": last["train_wall_min"], "train_cpu_min": last["train_cpu_min"],
+                     "s_per_step": c["s_per_step"],
                      "fpb_sample": last["fpb"], "tfns_sample": last["tfns"]})
     if "final" in cells:
         f = cells["final"]
@@ -227,7 +228,8 @@ def write(cells: dict, args, t_all: float) -> None:
             rows.append({"section": "final (full test set)", "recipe": "chosen", "dataset": r["dataset"], "n": r["n"],
                          "weighted_f1": round(r["weighted_f1"], 4), "weighted_f1_ci95": r["weighted_f1_ci95"],
                          "accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
-                         "train_wall_min": f["train_wall_min"], "examples": f["examples"]})
+                         "train_wall_min": f["train_wall_min"], "train_cpu_min": f["train_cpu_min"],
+                         "examples": f["examples"]})
     extra = {"throughput": cells.get("throughput"), "cells": cells, "sections_missing":
              [s for s in ("throughput", "final") if s not in cells] + [f"curve:{n}" for n in RECIPES
                                                                         if f"curve:{n}" not in cells],
@@ -247,7 +249,8 @@ def write(cells: dict, args, t_all: float) -> None:
         md_extra.append("Not yet measured: " + ", ".join(extra["sections_missing"]) + "\n")
     finish_results(out, benchmark="sentiment_central", config={"curve_base": CURVE_BASE, "recipes": RECIPES,
                    "curve_steps": args.curve_steps, "config_file": args.config}, seed=args.seed, rows=rows,
-                   columns=["section", "recipe", "dataset", "n", "steps", "examples", "train_wall_min", "s_per_step",
+                   columns=["section", "recipe", "dataset", "n", "steps", "examples", "train_cpu_min", "train_wall_min",
+                            "s_per_step",
                             "fpb_sample", "tfns_sample", "weighted_f1", "weighted_f1_ci95", "accuracy", "macro_f1"],
                    title="Centralized FinGPT sentiment, SmolLM2-135M-Instruct, 2 CPU threads", extra=extra,
                    md_extra="\n".join(md_extra))

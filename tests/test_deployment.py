@@ -43,7 +43,7 @@ def scenario(fed: deploy.LoopbackFederation, name: str, **federation) -> Path:
         "data": {"tasks": ["sentiment"], "max_length": 96, "eval_limit": 8, "data_dir": str(fed.data_dir)},
         "training": {"batch_size": 4, "lr": 1e-2, "bf16_autocast": False, "warmup_ratio": 0.0},
         "eval": {"batch_size": 8, "bf16_autocast": False},
-        "federation": {"num_banks": BANKS, "rounds": 2, "local_steps": 1, "min_banks": 2, "server_eval_limit": 4,
+        "federation": {"num_banks": BANKS, "rounds": 2, "local_steps": 1, "min_banks": 2, "server_eval_limit": 4, "final_eval_full": False,
                        "server_eval_sets": ["fpb"], "client_eval": False, "round_timeout_s": 60,
                        "partition": {"kind": "iid", "max_rows": 90}, **federation},
     }

@@ -17,7 +17,7 @@ def test_flwr_run_local_runs_the_app(tiny_config, data_dir, tmp_path):
     cfg["name"] = "flwr-run"
     cfg["output_dir"] = str(tmp_path / "runs")
     cfg["data"]["data_dir"] = str(data_dir)
-    cfg["federation"] = {"num_banks": 2, "rounds": 2, "local_steps": 1, "min_banks": 2, "server_eval_limit": 4,
+    cfg["federation"] = {"num_banks": 2, "rounds": 2, "local_steps": 1, "min_banks": 2, "server_eval_limit": 4, "final_eval_full": False,
                          "client_eval_limit": 4, "partition": {"kind": "iid", "max_rows": 80}}
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(yaml.safe_dump(cfg))

@@ -146,7 +146,7 @@ def test_dp_banks_in_simulation_keep_ledgers_and_a_bank_past_its_budget_skips(ti
     cfg = tiny_config.model_dump(mode="json")
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {"num_banks": 3, "rounds": 2, "local_steps": 2, "min_banks": 2, "client_cpus": 1,
-                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120,
+                         "server_eval_limit": 8, "final_eval_full": False, "client_eval": False, "round_timeout_s": 120,
                          "partition": {"kind": "iid", "max_rows": 300}}
     # a set noise; banks 0 and 1 can afford both rounds, bank 2's budget is below what one round costs
     cfg["privacy"] = {"mode": "local", "epsilon": 20, "noise_multiplier": 0.9, "bank_epsilon": {2: 0.05},
@@ -173,7 +173,7 @@ def _central_cfg(tiny_config, data_dir, tmp_path, clipping, side):
     cfg = tiny_config.model_dump(mode="json")
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {"num_banks": 3, "rounds": 2, "local_steps": 2, "min_banks": 3, "client_cpus": 1,
-                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120, "strategy": "fedavg",
+                         "server_eval_limit": 8, "final_eval_full": False, "client_eval": False, "round_timeout_s": 120, "strategy": "fedavg",
                          "partition": {"kind": "iid", "max_rows": 240}}
     cfg["privacy"] = {"mode": "central", "noise_multiplier": 0.8, "clipping_norm": 0.05, "clipping": clipping,
                       "clipping_side": side, "delta": 1e-5}
@@ -294,7 +294,7 @@ def test_secure_aggregation_hides_each_update_and_keeps_the_mean(tiny_config, da
     cfg = tiny_config.model_dump(mode="json")
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {"num_banks": 3, "rounds": 1, "local_steps": 2, "min_banks": 3, "client_cpus": 1,
-                         "server_eval_limit": 8, "client_eval": False, "round_timeout_s": 120, "strategy": "fedavg",
+                         "server_eval_limit": 8, "final_eval_full": False, "client_eval": False, "round_timeout_s": 120, "strategy": "fedavg",
                          "partition": {"kind": "dirichlet", "alpha": 0.5, "max_rows": 240, "min_partition_size": 10}}
     cfg["privacy"] = {"secure_aggregation": True, "secagg_max_weight": 200}  # near the banks' sizes: fine quantisation
     cfg = config_from_dict(cfg)

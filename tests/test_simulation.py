@@ -23,7 +23,7 @@ def sim_config(tiny_config, data_dir, tmp_path, **federation):
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {
         "num_banks": 3, "rounds": 2, "local_steps": 2, "min_banks": 2, "client_cpus": 1,
-        "server_eval_limit": 8, "client_eval_limit": 8, "round_timeout_s": 120,
+        "server_eval_limit": 8, "final_eval_full": False, "client_eval_limit": 8, "round_timeout_s": 120,
         "partition": {"kind": "dirichlet", "alpha": 0.5, "max_rows": 240, "min_partition_size": 10},
         **federation,
     }
@@ -91,7 +91,7 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
     rec = tmp_path / "updates"
     rec.mkdir()
     run_dir = tmp_path / "run"
-    cfg1 = sim_config(tiny_config, data_dir, tmp_path, rounds=1, strategy="fedavg")
+    cfg1 = sim_config(tiny_config, data_dir, tmp_path, rounds=1, strategy="fedavg", final_eval_full=True)
     simulate(cfg1, run_dir, client_app=recording_app(cfg1, str(rec)))
     console = capfd.readouterr()
     text = console.out + console.err
@@ -105,12 +105,13 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
     assert latest_checkpoint(run_dir, json.loads((run_dir / "checkpoints/round-0001/fedfingpt_manifest.json")
                                                   .read_text())["base_model_sha256"])[0] == 1
 
-    other = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg",
+    other = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg", final_eval_full=True,
                        partition={"kind": "iid", "max_rows": 240})
     with pytest.raises(ResumeError, match="federation.partition.kind"):  # refused before any process starts
         simulate(other, run_dir)
 
-    cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg")  # same folder: resumes at round 2
+    cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg",
+                      final_eval_full=True)  # same folder: resumes at round 2
     out = simulate(cfg2, run_dir, client_app=recording_app(cfg2, str(rec)))
     assert [h["round"] for h in out["history"]] == [0, 1, 2]
     np.testing.assert_array_equal(global_arrays(run_dir, 1)["%s" % next(iter(r1))], r1[next(iter(r1))])

@@ -23,7 +23,7 @@ def strategy_config(tiny_config, data_dir, tmp_path, strategy, **agg):
     cfg["data"]["data_dir"] = str(data_dir)
     cfg["federation"] = {
         "num_banks": 3, "rounds": 2, "local_steps": 2, "min_banks": 3, "client_cpus": 1, "strategy": strategy,
-        "aggregation": agg, "server_eval_limit": 8, "client_eval_limit": 8, "round_timeout_s": 120,
+        "aggregation": agg, "server_eval_limit": 8, "final_eval_full": False, "client_eval_limit": 8, "round_timeout_s": 120,
         "partition": {"kind": "dirichlet", "alpha": 0.5, "max_rows": 240, "min_partition_size": 10},
     }
     cfg["output_dir"] = str(tmp_path / "runs")
