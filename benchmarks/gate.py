@@ -12,19 +12,17 @@ Usage: python benchmarks/gate.py [--bank-texts 2000] [--seed 1]
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 
 from _shared import finish_results
-from fedfingpt.common.config import GateConfig, load_config
+from fedfingpt.common.config import load_config
 from fedfingpt.common.report import peak_rss_mb
-from fedfingpt.common.tasks.sentiment_data import data_dir_from_env
 from fedfingpt.server.inference.gate import ComplianceGate
 from fedfingpt.simulations.pii_bank_texts import bank_pii_texts
-from serving import redaction_quality
+from serving import redaction_quality, research_records
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -67,13 +65,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(args.config)
     t0 = time.perf_counter()
-    gate = ComplianceGate(GateConfig(**cfg.gate.model_dump()))
+    gate = ComplianceGate(cfg.gate)
     items = bank_pii_texts(args.bank_texts, seed=args.seed)
     bank_rows, leaks = bank_set_quality(gate, items)
     for r in bank_rows:
         log.info("bank-style %s", r)
-    research = json.loads((data_dir_from_env(cfg.data.data_dir) / "pii" / "presidio_research" /
-                           "synth_dataset_v2.json").read_text())
+    research = research_records(cfg.data.data_dir)
     research_rows = redaction_quality(gate, research)
     for r in research_rows:
         log.info("research %s", r)

@@ -282,6 +282,12 @@ def gate_scan_times(gate: ComplianceGate, texts: list[str]) -> list[dict]:
     return out
 
 
+def research_records(data_dir: str | None) -> list[dict]:
+    """The Presidio research set (1,500 synthetic texts with gold spans) from the data folder."""
+    return json.loads((data_dir_from_env(data_dir) / "pii" / "presidio_research" / "synth_dataset_v2.json")
+                      .read_text())
+
+
 def redaction_quality(gate: ComplianceGate, records: list[dict]) -> list[dict]:
     tp_gold, n_gold, tp_found, n_found = Counter(), Counter(), Counter(), Counter()
     active = set(gate.entity_types())
@@ -367,8 +373,7 @@ def main() -> None:
     scan_times = gate_scan_times(gate, headlines)
     gemm = round(matmul_gflops(), 1)
     log.info("one large fp32 matrix product: %.1f GFLOP/s", gemm)
-    records = json.loads((data_dir_from_env(base.data.data_dir) / "pii" / "presidio_research" /
-                          "synth_dataset_v2.json").read_text())
+    records = research_records(base.data.data_dir)
     quality = redaction_quality(gate, records)
     for q in quality:
         log.info("%s", q)
