@@ -1,13 +1,32 @@
-"""Pieces every benchmark script uses: the federation's seeded initial adapter, dev serving credentials."""
+"""Pieces every benchmark script uses: its command line, the federation's seeded initial adapter, dev serving
+credentials, the cell cache and the results files."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import yaml
 
 from fedfingpt.common.certs import make_dev_certs
 from fedfingpt.common.models import attach_lora, load_base_model
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def benchmark_parser(name: str, doc: str | None, config: str | None = "federated.yaml",
+                     work: bool = True) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: --config (a file under configs/, or none: the script's own settings),
+    --work (run folders and the resumable cell cache under runs/benchmarks/NAME) and --out (the results files,
+    benchmarks/results/NAME.json and .md)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(HERE.parent / "configs" / config) if config else None,
+                    help="YAML config the benchmark starts from")
+    if work:
+        ap.add_argument("--work", default=f"runs/benchmarks/{name}", help="run folders and the cell cache")
+    ap.add_argument("--out", default=str(HERE / "results" / name), help="results path without suffix")
+    return ap
 
 
 def fresh_model(cfg):

@@ -11,7 +11,6 @@ Usage: python benchmarks/aggregation.py [--partitions dirichlet-0.1,source] [--s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -19,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fedfingpt.client.bank import bank_rows
-from fedfingpt.client.train import train
+from fedfingpt.common.bank_rows import bank_rows
+from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
-from fedfingpt.common.config import STRATEGY_NAMES, load_config
+from fedfingpt.common.config import load_config
+from fedfingpt.server.strategies import STRATEGY_NAMES
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results
 from fedfingpt.common.tasks.sentiment import encode_sentiment
@@ -30,7 +30,7 @@ from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -94,8 +94,7 @@ def federated(cfg, run_dir: Path, tests) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "federated.yaml"))
+    ap = benchmark_parser("aggregation", __doc__, config="federated.yaml")
     ap.add_argument("--banks", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=3)
@@ -104,8 +103,6 @@ def main() -> None:
     ap.add_argument("--partitions", default=",".join(PARTITIONS))
     ap.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     ap.add_argument("--client-cpus", type=float, default=2.0, help="2: banks train one at a time with 2 threads")
-    ap.add_argument("--work", default="runs/benchmarks/aggregation", help="run folders and the cell cache")
-    ap.add_argument("--out", default=str(HERE / "results" / "aggregation"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)

@@ -14,8 +14,6 @@ Usage: python benchmarks/aml.py [--config configs/federated_aml.yaml] [--unseen-
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfingpt.client.train import train
+from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import evaluate_aml
@@ -32,10 +30,10 @@ from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_re
 from fedfingpt.common.tasks.aml import TYPOLOGIES, encode_aml
 from fedfingpt.common.tasks.aml_rules import rules_score
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
-from fedfingpt.simulations.aml_scenario import aml_split, write_aml_report
+from fedfingpt.common.tasks.aml_scenario import aml_split, write_aml_report
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -97,12 +95,9 @@ def unseen_recall(cell: dict, test, threshold: float, unseen: set[str]) -> float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "federated_aml.yaml"))
+    ap = benchmark_parser("aml", __doc__, config="federated_aml.yaml")
     ap.add_argument("--unseen-bank", type=int, default=3, help="the bank whose unseen typologies are reported")
     ap.add_argument("--settings", default="rules,local,federated,centralized")
-    ap.add_argument("--work", default="runs/benchmarks/aml")
-    ap.add_argument("--out", default=str(HERE / "results" / "aml"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)

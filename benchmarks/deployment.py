@@ -13,11 +13,11 @@ Usage: python benchmarks/deployment.py [--config configs/federated.yaml] [--set 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +26,12 @@ import yaml
 from fedfingpt.common.config import load_config, parse_override
 from fedfingpt.common.report import TreeRSS, write_results
 from fedfingpt.common.tasks.sentiment_data import data_dir_from_env
-from fedfingpt.deploy import LoopbackFederation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loopback import LoopbackFederation  # noqa: E402  (tests/loopback.py: the whole federation on 127.0.0.1)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import benchmark_parser  # noqa: E402  (benchmarks/_shared.py)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -99,15 +104,12 @@ def run_deployment(cfg, work: Path, isolation: str, bank_threads: int, timeout_s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "federated.yaml"))
+    ap = benchmark_parser("deployment", __doc__, config="federated.yaml")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the scenario")
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bank-threads", type=int, default=1, help="torch threads per SuperNode's ClientApp")
     ap.add_argument("--timeout-s", type=float, default=3600, help="longest deployment run")
-    ap.add_argument("--work", default=str(HERE.parent / "runs" / "benchmarks" / "deployment"))
-    ap.add_argument("--out", default=str(HERE / "results" / "deployment"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -13,7 +13,6 @@ Usage: python benchmarks/enclave.py --adapter runs/federated-banks/checkpoints/r
 
 from __future__ import annotations
 
-import argparse
 import logging
 import secrets
 import statistics
@@ -22,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfingpt.client.sdk import InferenceClient
+from fedfingpt.api.sdk import InferenceClient
 from fedfingpt.common.adapter import adapter_archive, load_adapter, load_adapter_archive, read_manifest
 from fedfingpt.common.config import load_config
 from fedfingpt.common.models import load_base_model
 from fedfingpt.common.report import machine_info, peak_rss_mb, write_results
 from fedfingpt.enclave.base import Policy
 from fedfingpt.enclave.serving import make_enclave, seal_adapter_file, serving_measurement
+from fedfingpt.server.inference.model_server import SERVED_CODE
 from fedfingpt.enclave.software import SoftwareEnclave, verify_software
 from fedfingpt.server.inference.service import InferenceServer
 
-from _shared import dev_serving_files  # benchmarks/_shared.py
+from _shared import benchmark_parser, dev_serving_files  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -46,13 +46,10 @@ def stats(ms: list[float]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default=None)
+    ap = benchmark_parser("enclave", __doc__, config=None)
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--evidence", type=int, default=200)
     ap.add_argument("--connections", type=int, default=20)
-    ap.add_argument("--work", default="runs/benchmarks/enclave")
-    ap.add_argument("--out", default=str(HERE / "results" / "enclave"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work)
@@ -83,7 +80,7 @@ def main() -> None:
         "serving.enclave": "software", "serving.enclave_identity": str(work / "serve.identity"),
         "serving.adapter": str(work / "adapter.sealed")})
     loaded = load_base_model(base_cfg.model)
-    server_enclave = make_enclave(base_cfg, loaded.base_sha256)
+    server_enclave = make_enclave(base_cfg, loaded.base_sha256, SERVED_CODE)
     t0 = time.perf_counter()
     sealed = seal_adapter_file(server_enclave, args.adapter, work / "adapter.sealed")
     seal_ms = (time.perf_counter() - t0) * 1000
@@ -106,7 +103,8 @@ def main() -> None:
     # 2. per connection over gRPC/TLS
     server = InferenceServer(base_cfg).start()
     target = f"127.0.0.1:{server.port}"
-    expected = serving_measurement(base_cfg, loaded.base_sha256, read_manifest(args.adapter)["weights_sha256"])
+    expected = serving_measurement(base_cfg, loaded.base_sha256, read_manifest(args.adapter)["weights_sha256"],
+                                   SERVED_CODE)
     key = SoftwareEnclave(work / "serve.identity", "").public_key
     pol = Policy((expected.combined,), allow_software=True, trusted_keys=(key,))
     plain, attested = [], []

@@ -7,15 +7,14 @@ Usage: python benchmarks/federated_sentiment.py [--rounds 3] [--local-steps 8] [
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
 
 import torch
 from fedfingpt.client.app import local_training_config
-from fedfingpt.client.bank import bank_rows
-from fedfingpt.client.train import train
+from fedfingpt.common.bank_rows import bank_rows
+from fedfingpt.common.train import train
 from fedfingpt.common.adapter import set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
@@ -25,7 +24,7 @@ from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import fresh_model  # benchmarks/_shared.py
+from _shared import benchmark_parser, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -39,14 +38,12 @@ def score(model, tok, tests, cfg) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "federated.yaml"))
+    ap = benchmark_parser("federated_sentiment", __doc__, config="federated.yaml", work=False)
     ap.add_argument("--banks", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--local-steps", type=int, default=8)
     ap.add_argument("--alphas", default="0.5,0.1")
     ap.add_argument("--eval-rows", type=int, default=150, help="rows of FPB test and TFNS valid (seeded sample)")
-    ap.add_argument("--out", default=str(HERE / "results" / "federated_sentiment"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)

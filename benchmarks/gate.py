@@ -11,13 +11,12 @@ Usage: python benchmarks/gate.py [--bank-texts 2000] [--seed 1]
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 
-from _shared import finish_results
+from _shared import benchmark_parser, finish_results
 from fedfingpt.common.config import load_config
 from fedfingpt.common.report import peak_rss_mb
 from fedfingpt.server.inference.gate import ComplianceGate
@@ -56,11 +55,9 @@ def bank_set_quality(gate: ComplianceGate, items) -> tuple[list[dict], list[dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=None)
+    ap = benchmark_parser("gate", __doc__, config=None, work=False)
     ap.add_argument("--bank-texts", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1, help="seed of the bank-style set (the tests use seed 7)")
-    ap.add_argument("--out", default=str(HERE / "results" / "gate"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(args.config)

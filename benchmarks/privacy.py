@@ -17,7 +17,6 @@ Usage: python benchmarks/privacy.py [--epsilons 1,3,8] [--strategies fedavg,ffa_
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -29,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfingpt.client.bank import bank_rows
-from fedfingpt.client.privacy import DPSpec
-from fedfingpt.client.train import train
+from fedfingpt.common.bank_rows import bank_rows
+from fedfingpt.common.train import DPSpec
+from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.metrics import binary_report
@@ -42,7 +41,7 @@ from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample, sent
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -116,7 +115,7 @@ def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secre
     members = [r for b in range(n) for r in bank_rows(cfg, b, n)[0] if r.source != "bank"]
     held = [r for b in range(n) for r in bank_rows(cfg, b, n)[1]]
     # more non-members from the same pool, never given to any bank
-    from fedfingpt.simulations.partition import training_pool
+    from fedfingpt.common.bank_rows import training_pool
 
     pool = training_pool(sentiment_splits(cfg.data.data_dir)["train"], cfg.federation.partition.model_copy(
         update={"max_rows": None}))
@@ -156,8 +155,7 @@ def cost_cell(base, dp: bool, steps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "federated.yaml"))
+    ap = benchmark_parser("privacy", __doc__, config="federated.yaml")
     ap.add_argument("--banks", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--local-steps", type=int, default=3)
@@ -171,8 +169,6 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=999)
     ap.add_argument("--cost-steps", type=int, default=8)
     ap.add_argument("--skip-utility", action="store_true")
-    ap.add_argument("--work", default="runs/benchmarks/privacy")
-    ap.add_argument("--out", default=str(HERE / "results" / "privacy"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)

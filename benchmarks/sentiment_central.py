@@ -15,7 +15,6 @@ Usage: python benchmarks/sentiment_central.py [--sections throughput,curves,fina
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import random
@@ -24,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from _shared import CellCache, finish_results
-from fedfingpt.client.train import answer_loss, batch_order, collate, train
+from _shared import CellCache, benchmark_parser, finish_results
+from fedfingpt.common.train import answer_loss, batch_order, collate, train
 from fedfingpt.common.adapter import save_adapter
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
@@ -259,8 +258,7 @@ def write(cells: dict, args, t_all: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "sentiment_benchmark.yaml"))
+    ap = benchmark_parser("sentiment_central", __doc__, config="sentiment_benchmark.yaml")
     ap.add_argument("--sections", default="throughput,curves,final")
     ap.add_argument("--recipes", help="comma-separated subset of the curve recipes (default: all)")
     ap.add_argument("--curve-steps", type=int, default=120, help="optimizer steps per curve cell")
@@ -269,8 +267,6 @@ def main() -> None:
     ap.add_argument("--final-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the chosen recipe for the final section (e.g. training.max_steps=600)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--work", default="runs/benchmarks/sentiment_central")
-    ap.add_argument("--out", default=str(HERE / "results" / "sentiment_central"))
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -28,7 +28,6 @@ Usage: python benchmarks/serving.py --adapter runs/federated-banks/checkpoints/r
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -41,14 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedfingpt.client.sdk import InferenceClient
+from fedfingpt.api.sdk import InferenceClient
 from fedfingpt.common.config import load_config
 from fedfingpt.common.report import machine_info, peak_rss_mb, write_results, write_text_atomic
 from fedfingpt.common.tasks.sentiment_data import data_dir_from_env, sentiment_splits
 from fedfingpt.server.inference.gate import ComplianceGate
 from fedfingpt.server.inference.service import InferenceServer
 
-from _shared import dev_serving_files  # benchmarks/_shared.py
+from _shared import benchmark_parser, dev_serving_files  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -318,16 +317,13 @@ def redaction_quality(gate: ComplianceGate, records: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default=None)
+    ap = benchmark_parser("serving", __doc__, config=None)
     ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint)")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--paired", type=int, default=64,
                     help="headlines for the paired gate on/off measurement at concurrency 1 (0: skip)")
     ap.add_argument("--model-rows", type=int, default=200, help="FPB test rows for the model-alone section (0: skip)")
-    ap.add_argument("--work", default="runs/benchmarks/serving")
-    ap.add_argument("--out", default=str(HERE / "results" / "serving"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work)

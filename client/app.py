@@ -18,12 +18,14 @@ from flwr.clientapp import ClientApp
 
 from ..common.adapter import (arrays_to_record, get_lora_arrays, lora_state, record_to_arrays, select_parts,
                               set_base_residual, set_lora_arrays, truncate_rank)
-from ..common.config import SHARED_LORA_PARTS, Config
+from ..common.config import Config
 from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
 from ..common.report import show_progress
-from .bank import BankState, bank_state, config_from_context
-from .privacy import DPSpec, PrivacyLedger, central_dp_mod
-from .train import train
+from ..common.runconfig import config_from_context
+from ..common.train import DPSpec, train
+from .bank import BankState, bank_state
+from .plan import RoundPlan
+from .privacy import PrivacyLedger, central_dp_mod
 
 LOCAL_B = "fedsa-local-b"  # FedSA-LoRA: the bank's own B, in the node's state and on the bank's disk
 
@@ -98,15 +100,18 @@ def _keep_local_b(state: BankState, cfg: Config, context: Context, global_round:
 
 
 def load_global(state: BankState, incoming: dict, residual: dict, cfg: Config, context: Context,
-                global_round: int | None) -> None:
+                global_round: int | None, plan: RoundPlan) -> None:
     """Put the global model into the bank's model: the shared LoRA arrays (truncated to the bank's rank), the
-    FedEx-LoRA base residual when sent, and for FedSA-LoRA the bank's own B."""
-    parts = SHARED_LORA_PARTS[cfg.federation.strategy]
+    base residual when sent (FedEx-LoRA), and the matrices the bank keeps at home (FedSA-LoRA: its own B)."""
     if state.rank < cfg.lora.r:
+        if not plan.any_rank:
+            raise ValueError(f"bank {state.bank} trains LoRA rank {state.rank} but the federation's rank is "
+                             f"{cfg.lora.r} and its strategy ({cfg.federation.strategy}) needs equal ranks; use a "
+                             "strategy that takes lower ranks (hetlora)")
         incoming = truncate_rank(incoming, state.rank)
     set_base_residual(state.model, residual, source="global base residual")
-    set_lora_arrays(state.model, incoming, source="global adapter", partial=parts != "AB")
-    if parts == "A":
+    set_lora_arrays(state.model, incoming, source="global adapter", partial=plan.shared != "AB")
+    if plan.local:
         set_lora_arrays(state.model, _local_b(state, cfg, context, global_round), source="local B", partial=True)
 
 
@@ -117,9 +122,9 @@ def proximal_term(model: torch.nn.Module, mu: float):
 
 
 @contextlib.contextmanager
-def frozen(model: torch.nn.Module, matrix: str):
-    """FFA-LoRA: keep one LoRA matrix (A) fixed while training."""
-    params = [p for k, p in lora_state(model).items() if f".lora_{matrix}." in k]
+def frozen(model: torch.nn.Module, matrices: str):
+    """Keep LoRA matrices fixed while training (FFA-LoRA: "A")."""
+    params = [p for k, p in lora_state(model).items() if any(f".lora_{m}." in k for m in matrices)]
     for p in params:
         p.requires_grad_(False)
     try:
@@ -183,20 +188,20 @@ def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residu
         show_progress(log)
     state = bank_state(cfg, context)
     global_round = int(conf.get("global-round", conf["server-round"]))
-    load_global(state, incoming, residual, cfg, context, global_round)
-    parts = SHARED_LORA_PARTS[cfg.federation.strategy]
-    mu = float(conf.get("proximal-mu", 0.0))
+    plan = RoundPlan.from_config(conf)
+    load_global(state, incoming, residual, cfg, context, global_round, plan)
+    mu = plan.proximal_mu
     tcfg = local_training_config(cfg, global_round, state.bank)
     private = private_round(state, cfg, context, global_round)
     t0 = time.perf_counter()
-    with frozen(state.model, "A") if parts == "B" else contextlib.nullcontext():
+    with frozen(state.model, plan.frozen) if plan.frozen else contextlib.nullcontext():
         result = train(
             state.model, state.train, tcfg, pad_id=state.tokenizer.pad_token_id, progress=False,
             extra_loss=proximal_term(state.model, mu) if mu > 0 else None, dp=private[0] if private else None,
             on_log=lambda s, l: log.info("round %d bank %d step %d/%d loss %.4f", global_round, state.bank, s,
                                          tcfg.max_steps, l),
         )
-    if parts == "A":
+    if plan.local:
         _keep_local_b(state, cfg, context, global_round)
     dp_metrics = {}
     if private:
@@ -212,13 +217,14 @@ def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residu
         "round-s": float(time.perf_counter() - t0), "tokens": result.tokens, "bank-id": state.bank,
         "lora-rank": state.rank, **dp_metrics,
     }
-    return select_parts(get_lora_arrays(state.model), parts), metrics
+    return select_parts(get_lora_arrays(state.model), plan.shared), metrics
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     startup_seconds()  # counts this message as served
     state = bank_state(cfg, context)
-    load_global(state, record_to_arrays(msg.content["arrays"]), _residual(msg), cfg, context, None)  # FedSA: own B
+    plan = RoundPlan.from_config(dict(msg.content["config"]) if "config" in msg.content.config_records else {})
+    load_global(state, record_to_arrays(msg.content["arrays"]), _residual(msg), cfg, context, None, plan)  # own B
     ecfg = cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False})
     metrics: dict = {"bank-id": state.bank, "num-examples": 0}
     if state.test:

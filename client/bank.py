@@ -5,20 +5,16 @@ Built once per process and reused across rounds (simulation actors and long-live
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..common.config import Config, config_from_dict, load_config
+from ..common.bank_rows import bank_training_set, forget_pools
+from ..common.config import Config
 from ..common.models import attach_lora, load_base_model
 from ..common.prompt import Encoded
-from ..common.tasks.sentiment import encode_sentiment
-from ..common.tasks.sentiment_data import SentimentExample, sentiment_splits
+from ..common.tasks.sentiment_data import SentimentExample
 
 log = logging.getLogger("fedfingpt.client")
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -34,19 +30,6 @@ class BankState:
 
 _MODELS: dict[str, tuple] = {}
 _BANKS: dict[tuple, BankState] = {}
-_POOLS: dict[tuple, tuple] = {}
-
-
-def config_from_context(context) -> Config:
-    """The run's config: `config-json` (set by fedfingpt) or `config-file` from the Flower run config."""
-    rc = dict(context.run_config or {})
-    if rc.get("config-json"):
-        return config_from_dict(json.loads(rc["config-json"]), "run_config.config-json")
-    path = rc.get("config-file") or os.environ.get("FEDFINGPT_CONFIG")
-    if path:
-        p = Path(path)
-        return load_config(p if p.is_absolute() or p.exists() else REPO / p)
-    return load_config(None)
 
 
 def _model(cfg: Config, rank: int):
@@ -62,44 +45,19 @@ def _model(cfg: Config, rank: int):
 
 
 def bank_rank(cfg: Config, bank: int, node_config: dict) -> int:
-    """node config lora-rank (a SuperNode's own), else federation.aggregation.bank_ranks, else lora.r."""
+    """node config lora-rank (a SuperNode's own), else federation.aggregation.bank_ranks, else lora.r. Whether the
+    strategy takes a lower rank is the server's to say (client/plan.py: lora-any-rank)."""
     rank = int(node_config.get("lora-rank", cfg.federation.aggregation.bank_ranks.get(bank, cfg.lora.r)))
-    if rank != cfg.lora.r and cfg.federation.strategy != "hetlora":
-        raise ValueError(f"bank {bank} asks for LoRA rank {rank} but the federation's rank is {cfg.lora.r} and its "
-                         f"strategy ({cfg.federation.strategy}) needs equal ranks; use strategy hetlora")
     if not 1 <= rank <= cfg.lora.r:
         raise ValueError(f"bank {bank}: LoRA rank {rank} must be between 1 and the global lora.r ({cfg.lora.r})")
     return rank
-
-
-def bank_rows(cfg: Config, bank: int, num_banks: int,
-              extra: str | None = None) -> tuple[list[SentimentExample], list[SentimentExample]]:
-    """This bank's local train and test rows under the scenario's partitioning (deterministic in the seed), plus
-    its own extra training rows (data.bank_extra_train or node config extra-train), which stay at the bank."""
-    from ..simulations.partition import bank_split, partition_pool, training_pool
-
-    key = (cfg.data.model_dump_json(), cfg.federation.partition.model_dump_json(), num_banks)
-    if key not in _POOLS:  # one process may serve several banks: partition once
-        splits = sentiment_splits(cfg.data.data_dir)
-        pool = training_pool(splits["train"], cfg.federation.partition)
-        _POOLS[key] = (pool, partition_pool(pool, num_banks, cfg.federation.partition))
-    pool, parts = _POOLS[key]
-    train, test = bank_split(pool, parts[bank], cfg.federation.partition, bank)
-    extra = extra or cfg.data.bank_extra_train.get(bank)
-    if extra:
-        from ..common.tasks.sentiment_data import load_instruction_jsonl
-
-        rows = load_instruction_jsonl(extra, source="bank")
-        log.info("bank %d: %d extra training rows from %s", bank, len(rows), extra)
-        train = train + rows
-    return train, test
 
 
 def forget_banks() -> None:
     """Drop every cached model, partition and bank state (a long-lived worker does so when a new run starts)."""
     _MODELS.clear()
     _BANKS.clear()
-    _POOLS.clear()
+    forget_pools()
 
 
 def bank_state(cfg: Config, context) -> BankState:
@@ -115,33 +73,3 @@ def bank_state(cfg: Config, context) -> BankState:
         train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, nc.get("extra-train"))
         _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test)
     return _BANKS[key]
-
-
-def bank_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
-                      extra: str | None = None) -> tuple[list[Encoded], list[SentimentExample], list]:
-    """The one adapter's training examples for the bank's tasks (data.tasks): its sentiment partition, its AML
-    cases (with both tasks, repeated or sampled to make up data.aml.mix of the set); and its local test rows."""
-    train: list[Encoded] = []
-    test_rows: list[SentimentExample] = []
-    aml_test: list = []
-    if "sentiment" in cfg.data.tasks:
-        train_rows, test_rows = bank_rows(cfg, bank, num_banks, extra)
-        train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
-    if "aml" in cfg.data.tasks:
-        from ..common.tasks.aml import encode_aml
-        from ..simulations.aml_scenario import aml_split, mix_to_share
-
-        split = aml_split(cfg.data, num_banks)
-        cases = split.train[bank]
-        aml = encode_aml(tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines)
-        if train:
-            aml = mix_to_share(aml, len(train), cfg.data.aml.mix, cfg.data.seed + bank,
-                               repeat=cfg.privacy.mode != "local")
-        aml_test = split.bank_test(bank)
-        log.info("bank %d (%s): %d AML cases (%d laundering; typologies %s) as %d training examples", bank,
-                 split.banks[bank], len(cases), sum(c.suspicious for c in cases),
-                 ", ".join(sorted(split.typologies(bank))) or "none", len(aml))
-        train = train + aml
-    log.info("bank %d of %d: %d training examples (%s), %d local sentiment test rows, %d local AML test cases", bank,
-             num_banks, len(train), "+".join(cfg.data.tasks), len(test_rows), len(aml_test))
-    return train, test_rows, aml_test

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.privacy import PrivacyBudgetExceeded, epsilon_of, noise_for_budget
@@ -25,16 +24,6 @@ JOURNAL = "privacy_ledger.journal.jsonl"  # append-only copy of every entry: pro
 
 class LedgerError(RuntimeError):
     """The ledger cannot be trusted (corrupted, edited, missing with its journal present, another accountant)."""
-
-
-@dataclass(frozen=True)
-class DPSpec:
-    """DP-SGD settings for one call of the training loop."""
-
-    noise_multiplier: float
-    max_grad_norm: float  # per-example clipping bound
-    sample_rate: float  # Poisson sampling: each example joins a step's batch with this probability
-    expected_batch_size: int
 
 
 def _digest(payload: dict) -> str:

@@ -13,9 +13,11 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from ..common.adapter import get_lora_arrays, select_parts
-from ..common.config import SHARED_LORA_PARTS, Config
+from ..common.config import Config
+from ..common.runconfig import config_from_context
 from .app import bank_round
-from .bank import bank_state, config_from_context
+from .bank import bank_state
+from .plan import RoundPlan
 
 
 class SecureBank(NumPyClient):
@@ -24,12 +26,12 @@ class SecureBank(NumPyClient):
     def __init__(self, cfg: Config, context) -> None:
         self.cfg, self.ctx = cfg, context
 
-    def _names(self) -> list[str]:
+    def _names(self, config: dict) -> list[str]:
         state = bank_state(self.cfg, self.ctx)
-        return list(select_parts(get_lora_arrays(state.model), SHARED_LORA_PARTS[self.cfg.federation.strategy]))
+        return list(select_parts(get_lora_arrays(state.model), RoundPlan.from_config(config).shared))
 
     def fit(self, parameters, config):
-        names = self._names()
+        names = self._names(dict(config))
         if len(parameters) != len(names):
             raise ValueError(f"received {len(parameters)} arrays, the bank's model shares {len(names)}")
         arrays, metrics = bank_round(self.cfg, self.ctx, dict(zip(names, parameters)), dict(config), {})

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,13 +54,15 @@ class Measurement:
         return hashlib.sha256("|".join((self.code, self.base_model, self.adapter, self.config)).encode()).hexdigest()
 
 
-def code_digest() -> str:
-    """SHA-256 over every .py file of the installed fedfingpt packages (what the serving process runs)."""
+def code_digest(packages: Sequence[str]) -> str:
+    """SHA-256 over every .py file of the given installed packages: the host names what it runs (the inference
+    service: server/inference/model_server.py SERVED_CODE)."""
     import importlib
 
+    if not packages:
+        raise EnclaveError("code_digest: name the packages the enclave runs (an empty list would measure no code)")
     files = []
-    for mod in ("fedfingpt", "fedfingpt.common", "fedfingpt.client", "fedfingpt.server", "fedfingpt.enclave",
-                "fedfingpt.simulations"):
+    for mod in packages:
         root = Path(importlib.import_module(mod).__file__).parent
         files += [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
     h = hashlib.sha256()

@@ -1,7 +1,7 @@
 """The enclave hook applied to the inference service: which backend, what it measures, and the adapter sealed at
 rest (a .sealed file that only the serving enclave can open, unsealed in memory and never written out in clear).
 
-Measurement = code (every .py of the installed package) | base model (weights hash) | adapter (weights hash) |
+Measurement = code (every .py of the packages the host names: the service passes SERVED_CODE) | base model (weights hash) | adapter (weights hash) |
 config (model, LoRA, gate and serving sections). Sealing binds to code + base model, like SGX's MRENCLAVE policy
 binds to the enclave build: the same build can open the adapter, another build or another identity cannot.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..common.config import Config
@@ -18,26 +19,27 @@ from .base import Enclave, EnclaveError, Measurement, code_digest, config_digest
 SEALED_SUFFIX = ".sealed"
 
 
-def seal_binding(base_sha256: str) -> str:
-    return hashlib.sha256(f"{code_digest()}|{base_sha256}".encode()).hexdigest()
+def seal_binding(base_sha256: str, code: Sequence[str]) -> str:
+    return hashlib.sha256(f"{code_digest(code)}|{base_sha256}".encode()).hexdigest()
 
 
 def serving_config_digest(cfg: Config) -> str:
     return config_digest({k: cfg.model_dump(mode="json")[k] for k in ("model", "lora", "gate", "serving")})
 
 
-def serving_measurement(cfg: Config, base_sha256: str, adapter_sha256: str) -> Measurement:
-    return Measurement(code_digest(), base_sha256, adapter_sha256 or "none", serving_config_digest(cfg))
+def serving_measurement(cfg: Config, base_sha256: str, adapter_sha256: str, code: Sequence[str]) -> Measurement:
+    """What the service attests to; `code`: the packages it runs."""
+    return Measurement(code_digest(code), base_sha256, adapter_sha256 or "none", serving_config_digest(cfg))
 
 
-def make_enclave(cfg: Config, base_sha256: str) -> Enclave | None:
+def make_enclave(cfg: Config, base_sha256: str, code: Sequence[str]) -> Enclave | None:
     s = cfg.serving
     if s.enclave == "none":
         return None
     if s.enclave == "software":
         from .software import SoftwareEnclave
 
-        return SoftwareEnclave(s.enclave_identity, measurement="", seal_binding=seal_binding(base_sha256))
+        return SoftwareEnclave(s.enclave_identity, measurement="", seal_binding=seal_binding(base_sha256, code))
     from .gramine import GramineEnclave
 
     return GramineEnclave(s.attestation_dir)

@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     from .common.models import ModelLoadError
     from .client.privacy import LedgerError
     from .common.tasks.sentiment_data import DataFormatError
-    from .simulations.aml_scenario import AmlScenarioError
-    from .simulations.partition import PartitionError
+    from .common.tasks.aml_scenario import AmlScenarioError
+    from .common.bank_rows import PartitionError
     from .simulations.run import SimulationError
 
     try:
@@ -316,6 +316,7 @@ def _enclave(args) -> int:
     from .common.adapter import read_manifest
     from .common.models import folder_sha256, resolve_base
     from .enclave.serving import make_enclave, seal_adapter_file, serving_measurement
+    from .server.inference.model_server import SERVED_CODE
 
     cfg = _config(args)
     base_sha = folder_sha256(resolve_base(cfg.model))
@@ -323,7 +324,7 @@ def _enclave(args) -> int:
         if cfg.serving.enclave == "none":
             print("fedfingpt: error: set serving.enclave (software or gramine-sgx) to seal for it", file=sys.stderr)
             return 2
-        out = seal_adapter_file(make_enclave(cfg, base_sha), args.adapter, args.to)
+        out = seal_adapter_file(make_enclave(cfg, base_sha, SERVED_CODE), args.adapter, args.to)
         print(out, file=sys.stderr)
         # what clients should expect from the service configured to serve this sealed file
         cfg.serving.adapter = str(out)
@@ -336,14 +337,14 @@ def _enclave(args) -> int:
             return 2
         if cfg.serving.adapter:
             adapter_sha = read_manifest(cfg.serving.adapter)["weights_sha256"]
-    m = serving_measurement(cfg, base_sha, adapter_sha)
+    m = serving_measurement(cfg, base_sha, adapter_sha, SERVED_CODE)
     print(json.dumps({"combined": m.combined, "code": m.code, "base_model": m.base_model, "adapter": m.adapter,
                       "config": m.config}, indent=2))
     return 0
 
 
 def _query(args) -> int:
-    from .client.sdk import InferenceClient, InferenceError
+    from .api.sdk import InferenceClient, InferenceError
 
     token = (open(args.token_file).read().strip() if args.token_file else os.environ.get("FEDFINGPT_TOKEN", ""))
     if not token:

@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from .client.train import train
+from .common.train import train
 from .common.adapter import load_adapter, save_adapter
 from .common.config import Config
 from .common.evaluate import evaluate_tasks, sample_rows
@@ -80,14 +80,12 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
         log.info("sentiment: %d examples of %d in the mix", len(encoded), len(mix))
     aml_test = []
     if "aml" in cfg.data.tasks:  # centralized AML: every bank's training cases pooled (the federation's ceiling)
-        from .common.tasks.aml import encode_aml
-        from .simulations.aml_scenario import aml_split, held_out_sample, mix_to_share
+        from .common.bank_rows import aml_examples
+        from .common.tasks.aml_scenario import aml_split, held_out_sample
 
         split = aml_split(cfg.data, cfg.federation.num_banks)
         cases = [c for bank in split.train for c in bank]
-        aml = encode_aml(tok, cases, cfg.data.max_length, cfg.data.aml.max_lines)
-        if encoded:
-            aml = mix_to_share(aml, len(encoded), cfg.data.aml.mix, cfg.data.seed, repeat=cfg.privacy.mode != "local")
+        aml = aml_examples(cfg, tok, cases, len(encoded), cfg.data.seed)
         log.info("AML: %d cases of %d banks (%s) as %d examples", len(cases), len(split.banks), split.source, len(aml))
         encoded = encoded + aml
         aml_test = held_out_sample(cfg.data, cfg.federation.num_banks)
@@ -146,7 +144,7 @@ def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | N
         setting = "lora"
     aml_test = []
     if "aml" in cfg.data.tasks:
-        from .simulations.aml_scenario import held_out_sample
+        from .common.tasks.aml_scenario import held_out_sample
 
         aml_test = held_out_sample(cfg.data, cfg.federation.num_banks)
     sets = load_test_sets(cfg, limit=cfg.data.eval_limit) if "sentiment" in cfg.data.tasks else {}

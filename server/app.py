@@ -79,7 +79,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         tests = {n: sample_rows(splits["test"][n], f.server_eval_limit, cfg.data.seed) for n in f.server_eval_sets}
         final_tests = {n: list(splits["test"][n]) for n in f.server_eval_sets} if f.final_eval_full else tests
     if "aml" in cfg.data.tasks:
-        from ..simulations.aml_scenario import held_out_sample
+        from ..common.tasks.aml_scenario import held_out_sample
 
         aml_cases = held_out_sample(cfg.data, f.num_banks)
     strategy = build_strategy(
@@ -101,13 +101,15 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         strategy.prepare_model(model)
         due = rnd == f.rounds or (f.server_eval_every > 0 and rnd % f.server_eval_every == 0)
         sets = final_tests if rnd == f.rounds else tests  # the last round's figures are the full test sets'
+        t_eval = time.perf_counter()
         rows = [] if strategy.personalised or not due else server_eval(model, loaded.tokenizer, cfg, sets,
                                                                          aml_cases)  # personalised: banks score
+        eval_s = round(time.perf_counter() - t_eval, 2)
         scores = {f"{r['dataset']}-{k}": r[k] for r in rows for k in SCORE_KEYS[r["dataset"] == "aml"]
                   if r.get(k) is not None}
         entry = next((e for e in strategy.rounds if e["round"] == rnd), None)
         history.append({"round": rnd, "eval": [{k: v for k, v in r.items() if k != "confusion"} for r in rows],
-                        "train": entry, "t": round(time.perf_counter() - t_start, 1)})
+                        "train": entry, "server_eval_s": eval_s, "t": round(time.perf_counter() - t_start, 1)})
         if cfg.privacy.mode == "central":
             released = sum(1 for h in history if h["train"] and h["train"].get("aggregated"))
             history[-1]["dp_central_epsilon"] = central_epsilon(cfg, released)
@@ -281,7 +283,7 @@ def make_server_app(cfg: Config | None = None, run_dir: Path | None = None, grid
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from ..client.bank import config_from_context
+        from ..common.runconfig import config_from_context
 
         c = cfg or config_from_context(context)
         if c.federation.console == "banks":

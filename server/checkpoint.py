@@ -49,9 +49,10 @@ def latest_checkpoint(run_dir: Path, base_sha256: str) -> tuple[int, dict, dict]
     return None
 
 
-# Keys that may change between the runs of one federation without changing what is being trained.
+# Keys that may change between the runs of one federation without changing what is being trained: how the run
+# is hosted, and the sections that belong to serving (the gate and the service read them, training never does).
 RESUMABLE_CHANGES = ("federation.rounds", "federation.resume", "federation.round_timeout_s", "federation.client_cpus",
-                     "output_dir", "data.data_dir")
+                     "federation.console", "output_dir", "data.data_dir", "gate.", "serving.")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

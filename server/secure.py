@@ -21,19 +21,19 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from ..common.adapter import arrays_nbytes, arrays_to_record
 from ..common.config import Config
+from .strategies import check_strategy
 
 log = logging.getLogger("fedfingpt.server")
 
 
 def legacy_strategy(cfg: Config, shared: "OrderedDict", evaluate, rounds_log: list, round_offset: int):
-    """The legacy Flower strategy matching federation.strategy, recording each round like LoraFedAvg does."""
-    f, a = cfg.federation, cfg.federation.aggregation
+    """The legacy Flower strategy the chosen strategy names (its `legacy_base`), recording each round like
+    LoraFedAvg does."""
+    f = cfg.federation
     names = list(shared)
-    base = {"fedavgm": legacy.FedAvgM, "fedadam": legacy.FedAdam, "fedyogi": legacy.FedYogi}.get(f.strategy,
-                                                                                               legacy.FedAvg)
-    adaptive = {"eta": a.adaptive_lr, "beta_1": a.beta_1, "beta_2": a.beta_2, "tau": a.tau}
-    extra = {"fedavgm": {"server_learning_rate": a.server_lr, "server_momentum": a.server_momentum},
-             "fedadam": adaptive, "fedyogi": adaptive}.get(f.strategy, {})
+    chosen = check_strategy(cfg)
+    base = getattr(legacy, chosen.legacy_base)
+    extra = chosen.legacy_options(cfg)
     size = arrays_nbytes(shared)
 
     class Recorded(base):
@@ -59,10 +59,8 @@ def legacy_strategy(cfg: Config, shared: "OrderedDict", evaluate, rounds_log: li
         return (0.0, dict(metrics)) if metrics is not None else None
 
     def fit_config(server_round: int) -> dict:
-        cfg_round = {"global-round": server_round + round_offset, "server-round": server_round}
-        if f.strategy == "fedprox":
-            cfg_round["proximal-mu"] = a.proximal_mu
-        return cfg_round
+        return {"global-round": server_round + round_offset, "server-round": server_round, **chosen.client_config(),
+                **chosen.legacy_round_config(cfg)}
 
     return Recorded(
         fraction_fit=f.fraction_train, fraction_evaluate=0.0, min_fit_clients=max(2, f.min_banks),

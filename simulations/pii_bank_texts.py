@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from .aml_generator import iban
+from ..common.tasks.aml_generator import iban
 
 FIRST = ["Maria", "James", "Aisha", "Wei", "Olga", "Mateo", "Priya", "Kwame", "Sofia", "Hiroshi", "Fatima", "Lukas",
          "Elena", "Omar", "Chloe", "Dmitri", "Amara", "Jonas", "Ingrid", "Rahul", "Yuki", "Carlos", "Leila", "Piotr",

@@ -84,10 +84,13 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
     from flwr.simulation import run_simulation
 
     from ..client.app import make_client_app
+    from ..common.bank_rows import partition_pool, training_pool
     from ..common.tasks.sentiment_data import data_dir_from_env, sentiment_splits
     from ..server.app import default_run_dir, make_server_app
-    from .partition import partition_pool, training_pool, write_partition_report
+    from ..server.strategies import check_strategy
+    from .partition import write_partition_report
 
+    check_strategy(cfg)  # before any process starts
     f = cfg.federation
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
         parts = partition_pool(pool, f.num_banks, f.partition)
         md, png = write_partition_report(pool, parts, f.partition, run_dir)
     if "aml" in cfg.data.tasks:
-        from .aml_scenario import aml_split, write_aml_report
+        from ..common.tasks.aml_scenario import aml_split, write_aml_report
 
         aml_md = write_aml_report(aml_split(cfg.data, f.num_banks), run_dir)  # fails here, before any process
     log.info("%d banks (%s), %d rounds x %d local steps; %d training at once; ~%.1f GiB; partition report %s",

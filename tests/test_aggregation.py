@@ -12,7 +12,7 @@ from fedfingpt.common.adapter import arrays_to_record, record_to_arrays, select_
 from fedfingpt.common.config import config_from_dict
 from fedfingpt.server.aggregation import (coordinate_median, fedex_residual, hetero_rank_mean, norm_bounded_mean,
                                           trimmed_mean, update_problem, weighted_mean)
-from fedfingpt.server.strategies import STRATEGIES, build_strategy
+from fedfingpt.server.strategies import STRATEGIES, build_strategy, check_strategy
 
 A1, B1, A2, B2 = "m1.lora_A.weight", "m1.lora_B.weight", "m2.lora_A.weight", "m2.lora_B.weight"
 N = [10.0, 20.0, 30.0]
@@ -251,7 +251,7 @@ def test_bad_strategy_settings_are_refused_at_load(federation, lora, model, need
     from fedfingpt.common.config import ConfigError
 
     with pytest.raises(ConfigError, match=needle):
-        config_from_dict({"federation": federation, "lora": lora, "model": model})
+        check_strategy(config_from_dict({"federation": federation, "lora": lora, "model": model}))
 
 
 def test_fedsa_bank_b_survives_a_restart_only_from_the_previous_round(tmp_path, monkeypatch):
@@ -293,3 +293,90 @@ def test_a_reply_whose_packed_arrays_do_not_add_up_is_dropped_with_its_reason():
     (dropped,) = s.rounds[-1]["dropped"]
     assert "malformed reply" in dropped["reason"] and "past the end" in dropped["reason"]
     close(record_to_arrays(arrays), mean_of(ups[:2], N[:2]))
+
+
+TOY_STRATEGY = '''"""A toy strategy for the test: banks freeze A and share B, and the mean is halved."""
+
+from fedfingpt.server.strategies.fedavg import LoraFedAvg
+
+
+class HalfMeanB(LoraFedAvg):
+    """Parameters
+    ----------
+    halve : float (default: 0.5)
+        Factor on the mean.
+    """
+
+    name = "toy_half_b"
+    parts = "B"
+    frozen = "A"
+    refuses = {"secure_aggregation": "halving needs the updates' count in clear"}
+
+    def __init__(self, *, halve: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.halve = halve
+
+    @classmethod
+    def options(cls, cfg):
+        return {"halve": 0.5}
+
+    def combine(self, updates, weights, entry):
+        return {k: v * self.halve for k, v in super().combine(updates, weights, entry).items()}
+'''
+
+
+def test_a_new_strategy_is_one_file_the_server_finds_and_the_bank_follows(tmp_path, monkeypatch):
+    """Adding a strategy touches its own file only: the registry finds it, the config check knows what it refuses,
+    and the round config tells the bank what to freeze and send (the bank has no code for it)."""
+    import fedfingpt.server.strategies as strategies
+    from fedfingpt.client.plan import RoundPlan
+    from fedfingpt.common.config import ConfigError
+
+    (tmp_path / "toy_half_b.py").write_text(TOY_STRATEGY)
+    monkeypatch.setattr(strategies, "__path__", [*strategies.__path__, str(tmp_path)])
+    found = strategies._discover()
+    assert set(found) == set(STRATEGIES) | {"toy_half_b"}
+    monkeypatch.setattr(strategies, "STRATEGIES", found)
+    s = make("toy_half_b")
+    assert type(s).__name__ == "HalfMeanB" and s.halve == 0.5
+    with pytest.raises(ConfigError, match="secure_aggregation with federation.strategy toy_half_b: halving"):
+        check_strategy(config_from_dict({"privacy": {"secure_aggregation": True},
+                                         "federation": {"strategy": "toy_half_b"}}))
+    ref = select_parts(reference(), "B")
+    updates = bank_updates(ref)
+    msgs, new = one_round(s, ref, updates)
+    plan = RoundPlan.from_config(dict(msgs[0].content["config"]))
+    assert (plan.shared, plan.frozen, plan.local) == ("B", "A", "")
+    np.testing.assert_allclose(new[B1], 0.5 * mean_of(updates)[B1], atol=1e-6)
+
+
+def test_an_unknown_strategy_names_the_ones_there_are():
+    from fedfingpt.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'krum' is not a strategy; choose one of fedadam, fedavg"):
+        check_strategy(config_from_dict({"federation": {"strategy": "krum"}}))
+
+
+@pytest.mark.parametrize("conf, needle", [
+    ({"lora-shared": "C"}, "lora-shared='C'"),
+    ({"lora-shared": ""}, "would send nothing"),
+    ({"lora-shared": "A", "lora-local": "A"}, "keeps only its own B"),
+    ({"lora-shared": "AB", "lora-local": "B"}, "overlaps"),
+    ({"proximal-mu": -1.0}, "proximal-mu"),
+])
+def test_a_bank_refuses_a_round_config_it_cannot_follow(conf, needle):
+    from fedfingpt.client.plan import RoundPlan
+
+    with pytest.raises(ValueError, match=needle):
+        RoundPlan.from_config(conf)
+
+
+def test_every_strategy_tells_the_bank_what_it_shares():
+    from fedfingpt.client.plan import RoundPlan
+
+    plans = {n: RoundPlan.from_config(c.client_config()) for n, c in STRATEGIES.items()}
+    assert (plans["ffa_lora"].shared, plans["ffa_lora"].frozen) == ("B", "A")
+    assert (plans["fedsa_lora"].shared, plans["fedsa_lora"].local) == ("A", "B")
+    assert plans["hetlora"].any_rank and not plans["fedavg"].any_rank
+    assert all(p.shared == "AB" and not p.frozen and not p.local for n, p in plans.items()
+               if n not in ("ffa_lora", "fedsa_lora"))

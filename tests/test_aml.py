@@ -14,7 +14,7 @@ from fedfingpt.common.tasks.aml_data import (assign_banks, build_cases, load_aml
                                              load_amlsim_nodes, load_amlworld)
 from fedfingpt.common.tasks.aml_rules import rules_answer, rules_score
 from fedfingpt.common.tasks.sentiment_data import DataFormatError
-from fedfingpt.simulations.aml_generator import GeneratorConfig, default_banks, generate, iban_valid
+from fedfingpt.common.tasks.aml_generator import GeneratorConfig, default_banks, generate, iban_valid
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from fedfingpt.common.config import ConfigError, config_from_dict
-from fedfingpt.simulations.aml_scenario import AmlScenarioError, aml_split, mix_to_share
+from fedfingpt.common.tasks.aml_scenario import AmlScenarioError, aml_split, mix_to_share
 from fedfingpt.simulations.run import simulate
 
 from test_simulation import sim_config

@@ -70,6 +70,9 @@ def test_embedded_default_is_the_written_out_federated_scenario():
 
     from fedfingpt.common.config import load_config
 
+    from fedfingpt.common.config import DEFAULT_JOB
+
     path = Path(__file__).resolve().parents[1] / "configs" / "federated.yaml"
+    assert path.resolve() == DEFAULT_JOB  # one file: the configs folder links to the packaged default job
     assert load_config(path).model_dump() == load_config(None).model_dump()
     assert load_config(None).data.tasks == ["sentiment", "aml"]  # the default scenario trains both tasks

@@ -21,6 +21,7 @@ from fedfingpt import deploy
 from fedfingpt.cli import main as cli
 from fedfingpt.common.certs import make_dev_certs, make_node_key_pair
 from fedfingpt.deploy import free_port, start_process, stop_process
+from loopback import LoopbackFederation  # tests/loopback.py
 
 FEDFINGPT = [sys.executable, "-m", "fedfingpt"]
 BANKS = 3
@@ -35,7 +36,7 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def scenario(fed: deploy.LoopbackFederation, name: str, **federation) -> Path:
+def scenario(fed: LoopbackFederation, name: str, **federation) -> Path:
     cfg = {
         "name": name, "output_dir": str(fed.root / "runs"),
         "model": {"base": "tiny-random", "cache_dir": os.environ["FEDFINGPT_TEST_CACHE"]},
@@ -52,14 +53,14 @@ def scenario(fed: deploy.LoopbackFederation, name: str, **federation) -> Path:
     return path
 
 
-def report(fed: deploy.LoopbackFederation, name: str) -> dict:
+def report(fed: LoopbackFederation, name: str) -> dict:
     return json.loads((fed.root / "runs" / name / "federated.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, data_dir):
     """The coordinator's SuperLink (TLS, node authentication) with three banks' keys registered; no bank yet."""
-    fed = deploy.LoopbackFederation(tmp_path_factory.mktemp("deploy"), BANKS, data_dir,
+    fed = LoopbackFederation(tmp_path_factory.mktemp("deploy"), BANKS, data_dir,
                                     bank_env={"OMP_NUM_THREADS": "1"})
     try:
         fed.start_superlink()

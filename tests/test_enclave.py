@@ -140,3 +140,14 @@ def test_gramine_manifest_content():
     sealed = [x for x in m["fs"]["mounts"] if x.get("type") == "encrypted"]
     assert sealed == [{"type": "encrypted", "path": "/sealed", "uri": "file:/sealed", "key_name": "_sgx_mrenclave"}]
     assert json.dumps(m)  # plain data all the way down
+
+
+def test_the_code_measured_is_what_the_host_names():
+    from fedfingpt.enclave.base import code_digest
+    from fedfingpt.server.inference.model_server import SERVED_CODE
+
+    assert code_digest(SERVED_CODE) == code_digest(SERVED_CODE)
+    assert code_digest(SERVED_CODE) != code_digest((*SERVED_CODE, "fedfingpt.client"))  # another package: another build
+    assert "fedfingpt.client" not in SERVED_CODE and "fedfingpt.simulations" not in SERVED_CODE
+    with pytest.raises(EnclaveError, match="name the packages"):
+        code_digest(())

@@ -8,9 +8,8 @@ import pytest
 from fedfingpt.common.config import PartitionConfig
 from fedfingpt.common.tasks.sentiment_data import fingpt_sentiment_splits
 from fedfingpt.server.aggregation import update_problem, weighted_mean
-from fedfingpt.simulations.partition import (
-    PartitionError, bank_split, partition_pool, partition_table, training_pool, write_partition_report,
-)
+from fedfingpt.common.bank_rows import PartitionError, bank_split, partition_pool, training_pool
+from fedfingpt.simulations.partition import partition_table, write_partition_report
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,7 @@ def test_update_problems_are_named():
 def test_a_bank_adds_its_own_rows_and_bad_rows_are_named(tiny_config, data_dir, tmp_path):
     import json
 
-    from fedfingpt.client.bank import bank_rows
+    from fedfingpt.common.bank_rows import bank_rows
     from fedfingpt.common.config import config_from_dict
     from fedfingpt.common.tasks.sentiment_data import DataFormatError
 

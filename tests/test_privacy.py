@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedfingpt.client.privacy import DPSpec, LedgerError, PrivacyLedger
+from fedfingpt.client.privacy import LedgerError, PrivacyLedger
 from fedfingpt.common.privacy import PrivacyBudgetExceeded, epsilon_of, noise_for_budget
-from fedfingpt.client.train import collate, example_mean_loss, make_optimizer, make_private, train
+from fedfingpt.server.strategies import check_strategy
+from fedfingpt.common.train import DPSpec, collate, example_mean_loss, make_optimizer, make_private, train
 from fedfingpt.common.adapter import get_lora_arrays, lora_state
 from fedfingpt.common.config import ConfigError, config_from_dict
 from fedfingpt.common.models import attach_lora, load_base_model
@@ -136,7 +137,8 @@ def test_bad_privacy_settings_are_refused_at_load(privacy, needle):
 
 def test_fedprox_under_local_dp_is_refused():
     with pytest.raises(ConfigError, match="not a per-example gradient"):
-        config_from_dict({"privacy": {"mode": "local", "epsilon": 8}, "federation": {"strategy": "fedprox"}})
+        check_strategy(config_from_dict({"privacy": {"mode": "local", "epsilon": 8},
+                                         "federation": {"strategy": "fedprox"}}))
 
 
 def test_dp_banks_in_simulation_keep_ledgers_and_a_bank_past_its_budget_skips(tiny_config, data_dir, tmp_path):
@@ -343,14 +345,15 @@ def test_secure_aggregation_hides_each_update_and_keeps_the_mean(tiny_config, da
 @pytest.mark.parametrize("strategy", ["median", "trimmed_mean", "norm_bound", "fedex_lora", "hetlora"])
 def test_secure_aggregation_refuses_strategies_that_need_updates_in_clear(strategy):
     with pytest.raises(ConfigError, match="secure_aggregation with federation.strategy"):
-        config_from_dict({"privacy": {"secure_aggregation": True}, "federation": {"strategy": strategy}})
+        check_strategy(config_from_dict({"privacy": {"secure_aggregation": True},
+                                         "federation": {"strategy": strategy}}))
 
 
 def test_secure_aggregation_with_the_default_strategy_names_the_ones_that_compose():
     # the default (norm_bound) bounds each update on the server, which secure aggregation hides: the refusal says
     # what to choose instead, and offers only strategies that need the sum alone
     with pytest.raises(ConfigError, match="federation.strategy norm_bound") as err:
-        config_from_dict({"privacy": {"secure_aggregation": True}})
+        check_strategy(config_from_dict({"privacy": {"secure_aggregation": True}}))
     offered = str(err.value).split("only the sum:")[1]
     assert "fedavg" in offered and "ffa_lora" in offered
     assert not any(s in offered for s in ("median", "trimmed_mean", "norm_bound", "fedex_lora", "hetlora"))
@@ -359,7 +362,7 @@ def test_secure_aggregation_with_the_default_strategy_names_the_ones_that_compos
 def test_per_example_gradients_with_the_head_only_at_answer_positions_equal_full_logits(tiny):
     """Opacus's per-example gradients (before clipping and noise) are the same whether the head runs over the whole
     vocabulary at every position or only where the answer is predicted."""
-    from fedfingpt.client.train import answer_loss
+    from fedfingpt.common.train import answer_loss
 
     model, tok, enc, cfg = tiny
     for n, p in model.named_parameters():

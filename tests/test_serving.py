@@ -16,13 +16,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedfingpt.client.sdk import InferenceClient, InferenceError, case_message
+from fedfingpt.api.sdk import InferenceClient, InferenceError, case_message
 from fedfingpt.common.certs import make_dev_certs
 from fedfingpt.common.config import config_from_dict
 from fedfingpt.server.inference.audit import verify
-from fedfingpt.server.inference.model_server import ModelServer
+from fedfingpt.server.inference.model_server import SERVED_CODE, ModelServer
 from fedfingpt.server.inference.service import InferenceServer, ServeError
-from fedfingpt.server.inference.v1 import inference_pb2 as pb
+from fedfingpt.api.v1 import inference_pb2 as pb
 
 TOKENS = {"analyst": "tok-analyst-0123456789", "auditor": "tok-auditor-0123456789", "dev": "tok-develop-0123456789"}
 
@@ -253,7 +253,7 @@ def test_output_scan_catches_pii_the_model_emits(tiny_config, tmp_path, certs, g
 
 def test_screening_passes_narratives_through_the_gate(running, certs):
     from fedfingpt.common.tasks.aml_data import build_cases
-    from fedfingpt.simulations.aml_generator import generate
+    from fedfingpt.common.tasks.aml_generator import generate
 
     cases = build_cases(generate())[:3]
     running.server.model.seen_prompts = []
@@ -272,7 +272,7 @@ def test_an_oversized_account_name_is_refused_before_the_gate_and_frees_its_slot
     raise between taking a slot and giving it back; 33 of them left every method RESOURCE_EXHAUSTED. Now it is
     refused by name before the gate reads it, audited, and its slot is free again."""
     from fedfingpt.common.tasks.aml_data import build_cases
-    from fedfingpt.simulations.aml_generator import generate
+    from fedfingpt.common.tasks.aml_generator import generate
 
     case = case_message(build_cases(generate())[0])
     case.accounts[0].name = "A" * 1_000_100
@@ -484,12 +484,12 @@ def test_health_and_reflection(running, certs):
 
 
 def test_generated_stubs_match_the_proto(tmp_path):
-    from fedfingpt.server.inference import stubs
+    from fedfingpt.api import stubs
 
     for path in stubs.generate(tmp_path):
         committed = stubs.OUT / path.name
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run python -m " \
-                                                          "fedfingpt.server.inference.stubs"
+                                                          "fedfingpt.api.stubs"
 
 
 def _sealed_setup(tiny_config, tmp_path, certs):
@@ -504,12 +504,12 @@ def _sealed_setup(tiny_config, tmp_path, certs):
     folder = save_adapter(model, tmp_path / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256)
     cfg = serving_config(tiny_config, tmp_path, certs, enclave="software",
                          enclave_identity=str(tmp_path / "enclave.identity"), adapter=str(tmp_path / "a.sealed"))
-    sealed = seal_adapter_file(make_enclave(cfg, loaded.base_sha256), folder, tmp_path / "a.sealed")
+    sealed = seal_adapter_file(make_enclave(cfg, loaded.base_sha256, SERVED_CODE), folder, tmp_path / "a.sealed")
     return cfg, folder, sealed, loaded.base_sha256
 
 
 def test_attested_server_with_a_sealed_adapter(tiny_config, tmp_path, certs, gate):
-    from fedfingpt.client.sdk import AttestationError
+    from fedfingpt.api.sdk import AttestationError
     from fedfingpt.common.adapter import read_manifest
     from fedfingpt.enclave.base import Policy
     from fedfingpt.enclave.serving import serving_measurement
@@ -519,7 +519,7 @@ def test_attested_server_with_a_sealed_adapter(tiny_config, tmp_path, certs, gat
     weights = (folder / "adapter_model.safetensors").read_bytes()
     assert weights[-64:] not in sealed.read_bytes(), "sealed at rest: the weights are not in the file"
     adapter_sha = read_manifest(folder)["weights_sha256"]
-    expected = serving_measurement(cfg, base_sha, adapter_sha).combined
+    expected = serving_measurement(cfg, base_sha, adapter_sha, SERVED_CODE).combined
     key = SoftwareEnclave(tmp_path / "enclave.identity", "").public_key
     good = Policy((expected,), allow_software=True, trusted_keys=(key,))
     r = Running(cfg, gate)
@@ -541,7 +541,7 @@ def test_attested_server_with_a_sealed_adapter(tiny_config, tmp_path, certs, gat
 
 
 def test_unattested_or_foreign_sealed_servers_are_refused(tiny_config, tmp_path, certs, gate):
-    from fedfingpt.client.sdk import AttestationError
+    from fedfingpt.api.sdk import AttestationError
     from fedfingpt.enclave.base import EnclaveError, Policy
 
     cfg, folder, sealed, _ = _sealed_setup(tiny_config, tmp_path, certs)

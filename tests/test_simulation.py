@@ -109,6 +109,12 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
                        partition={"kind": "iid", "max_rows": 240})
     with pytest.raises(ResumeError, match="federation.partition.kind"):  # refused before any process starts
         simulate(other, run_dir)
+    from fedfingpt.server.checkpoint import resume_conflicts
+
+    served = cfg1.model_copy(update={"gate": cfg1.gate.model_copy(update={"min_score": 0.9}),
+                                     "serving": cfg1.serving.model_copy(update={"port": 50999})})
+    assert resume_conflicts(run_dir, served.model_dump(mode="json")) == []  # serving's sections are not training's
+    assert resume_conflicts(run_dir, other.model_dump(mode="json"))
 
     cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg",
                       final_eval_full=True)  # same folder: resumes at round 2

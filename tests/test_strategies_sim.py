@@ -12,7 +12,8 @@ from flwr.clientapp import ClientApp
 
 from fedfingpt.client.app import handle_evaluate, handle_train
 from fedfingpt.common.adapter import arrays_to_record, effective_delta, load_adapter, record_to_arrays
-from fedfingpt.common.config import STRATEGY_NAMES, config_from_dict
+from fedfingpt.common.config import config_from_dict
+from fedfingpt.server.strategies import STRATEGY_NAMES
 from fedfingpt.common.models import load_base_model
 from fedfingpt.server.aggregation import lora_pairs
 from fedfingpt.simulations.run import simulate

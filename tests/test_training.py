@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedfingpt.client.train import batch_order, collate, train
+from fedfingpt.common.train import batch_order, collate, train
 from fedfingpt.common.adapter import get_lora_arrays
 from fedfingpt.common.models import attach_lora, load_base_model
 from fedfingpt.common.predict import generate, label_logprobs, label_token_ids
@@ -245,7 +245,7 @@ def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(
     """The head applied only where an answer token is predicted: the same loss and LoRA gradients as the model's own
     forward over the whole vocabulary at every position (token mean, and the per-example mean DP uses), and the head
     sees only those positions."""
-    from fedfingpt.client.train import answer_loss
+    from fedfingpt.common.train import answer_loss
 
     loaded = load_base_model(tiny_config.model)
     torch.manual_seed(0)
@@ -277,7 +277,7 @@ def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(
 def test_label_loss_is_a_softmax_over_the_label_rows_at_the_first_answer_token(tiny_config):
     """training.loss=labels: a classification row's loss is -log softmax over its label words' logits at the position
     that chooses the label; a free-answer row keeps its answer tokens' loss over the whole vocabulary."""
-    from fedfingpt.client.train import answer_loss
+    from fedfingpt.common.train import answer_loss
 
     loaded = load_base_model(tiny_config.model)
     model = attach_lora(loaded.model, tiny_config.lora)

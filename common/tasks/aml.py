@@ -2,7 +2,7 @@
 and the answer is strict JSON: {"suspicious": bool, "typology": str, "risk_score": 0-100, "reason": str}.
 
 The data model (accounts, transactions, cases) is shared by the loaders (`aml_data`), the synthetic generator
-(`simulations.aml_generator`), the rules baseline (`aml_rules`) and training; prompts go through `common.prompt`.
+(`common.tasks.aml_generator`), the rules baseline (`aml_rules`) and training; prompts go through `common.prompt`.
 """
 
 from __future__ import annotations

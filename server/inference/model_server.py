@@ -25,6 +25,9 @@ from ...common.predict import PrefixCache, generate_stream, label_logprobs
 from ...common.evaluate import task_openings
 from ...enclave.serving import is_sealed, make_enclave, serving_measurement, unseal_adapter_file
 
+# The code the serving process runs, which the enclave hook measures and binds sealed adapters to.
+SERVED_CODE = ("fedfingpt", "fedfingpt.common", "fedfingpt.server", "fedfingpt.api", "fedfingpt.enclave")
+
 log = logging.getLogger("fedfingpt.serve")
 
 
@@ -118,7 +121,7 @@ class ModelServer:
         self.base_id, self.base_sha256 = loaded.base_id, loaded.base_sha256
         self.adapter_sha256, self.round, self.epsilon, self.delta = "", 0, 0.0, 0.0
         s = cfg.serving
-        self.enclave = make_enclave(cfg, loaded.base_sha256)
+        self.enclave = make_enclave(cfg, loaded.base_sha256, SERVED_CODE)
         if s.adapter and is_sealed(s.adapter):  # unsealed in memory only, inside the enclave's process
             data = unseal_adapter_file(self.enclave, s.adapter)
             self.model, manifest = load_adapter_archive(loaded.model, data, base_sha256=loaded.base_sha256,
@@ -141,7 +144,7 @@ class ModelServer:
         self.model.eval()
         self.prefix = PrefixCache(self.model, self.tokenizer, task_openings(), bf16=cfg.eval.bf16_autocast) \
             if s.prefix_cache else None
-        self.measurement = serving_measurement(cfg, self.base_sha256, self.adapter_sha256)
+        self.measurement = serving_measurement(cfg, self.base_sha256, self.adapter_sha256, SERVED_CODE)
         if self.enclave is not None and self.enclave.name == "software":
             self.enclave.measurement = self.measurement.combined
         self.seen_prompts: list[str] | None = None  # set to [] to record what reaches the model (tests)

@@ -32,8 +32,8 @@ from ...common.tasks.sentiment_data import LABELS
 from .audit import AuditLog
 from .gate import ComplianceGate, GateResult
 from .model_server import DeadlineExceeded, ModelServer
-from .v1 import inference_pb2 as pb
-from .v1 import inference_pb2_grpc as pb_grpc
+from ...api.v1 import inference_pb2 as pb
+from ...api.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fedfingpt.serve")
 SERVICE = "fedfingpt.v1.Inference"

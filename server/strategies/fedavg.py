@@ -1,9 +1,17 @@
 """FedAvg of LoRA arrays weighted by example counts, on Flower's FedAvg, dropping unusable bank updates.
 
 Flower's FedAvg skips a whole round when one reply is inconsistent; a bank's bad update must cost only that update.
-This class is also the base of every other LoRA strategy: they change what is shared (`parts`), how the usable
-updates are combined (`combine`), and what travels or is checkpointed beside the adapter (`extra_content`,
-`state_arrays`).
+This class is also the base of every other LoRA strategy. A strategy is one file holding one subclass that says:
+- its `name` (federation.strategy) and its `options` (constructor arguments read from the config);
+- what the federation shares (`parts`), what banks keep fixed (`frozen`) or keep at home (`local`), and whether
+  banks may train a lower rank (`lower_rank`); the server sends these in every round's config (`client_config`),
+  so the bank needs no knowledge of strategies (client/app.py: `RoundPlan`);
+- what it refuses to compose with and why (`refuses`: secure_aggregation, central_dp, local_dp) and any other
+  check of the config (`check`); the legacy Flower class the SecAgg+ path wraps (`legacy_base`, `legacy_options`);
+- how the usable updates are combined (`combine`) and what travels or is checkpointed beside the adapter
+  (`extra_content`, `state_arrays`).
+The registry (server/strategies/__init__.py) finds every such subclass in the package: adding a strategy touches
+its file and its test only.
 """
 
 from __future__ import annotations
@@ -40,9 +48,50 @@ class LoraFedAvg(FedAvg):
         Passed to Flower's FedAvg (fraction_train, min_train_nodes, min_available_nodes, ...).
     """
 
+    name = "fedavg"
     parts = "AB"  # the LoRA matrices the federation shares
+    frozen = ""  # matrices the banks keep fixed while training (FFA-LoRA: A)
+    local = ""  # matrices each bank keeps across rounds instead of taking the global ones (FedSA-LoRA: B)
     lower_rank = False  # accept updates of a lower LoRA rank (HetLoRA)
     personalised = False  # no single global model (FedSA-LoRA): the server does not score one
+    refuses: dict[str, str] = {}  # "secure_aggregation" | "central_dp" | "local_dp" -> why it does not compose
+    legacy_base = "FedAvg"  # flwr.server.strategy class the SecAgg+ path (server/secure.py) runs
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        """Constructor arguments this strategy takes from the config (beyond the common ones)."""
+        return {}
+
+    @classmethod
+    def legacy_options(cls, cfg) -> dict:
+        """Arguments of `legacy_base` under secure aggregation."""
+        return {}
+
+    @classmethod
+    def legacy_round_config(cls, cfg) -> dict:
+        """Keys the SecAgg+ path sends to banks each round beyond `client_config`."""
+        return {}
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Refuse a config this strategy cannot run (ValueError naming the key and what to do)."""
+
+    @classmethod
+    def client_config(cls) -> dict:
+        """What a bank does differently under this strategy, sent in every round's config (client/app.py)."""
+        return {"lora-shared": cls.parts, "lora-frozen": cls.frozen, "lora-local": cls.local,
+                "lora-any-rank": cls.lower_rank}
+
+    def settings(self) -> dict:
+        """This strategy's own settings, logged at start (`summary`)."""
+        return {}
+
+    def summary(self) -> None:
+        shared = {"AB": "A and B", "A": "A only", "B": "B only"}[self.parts]
+        extra = ", ".join(f"{k}={v}" for k, v in self.settings().items())
+        log.info("strategy %s: shares %s%s%s%s", self.name, shared, f", banks keep {self.local}" if self.local else "",
+                 f", {self.frozen} frozen" if self.frozen else "", f"; {extra}" if extra else "")
+        super().summary()
 
     def __init__(self, *, min_valid_updates: int = 1, max_examples: float = float("inf"), round_offset: int = 0,
                  **kwargs) -> None:
@@ -61,12 +110,14 @@ class LoraFedAvg(FedAvg):
         self._reference: dict[str, np.ndarray] = {}
         self._bank_of: dict[int, int] = {}  # node id -> bank id, learned from replies, to name banks in drop logs
         self._t_round = 0.0
+        self._t_eval = 0.0
 
     # -- what the server sends ------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._t_round = time.perf_counter()
         self._reference = record_to_arrays(arrays)
         config["global-round"] = server_round + self.round_offset
+        config.update(self.client_config())
         messages = list(super().configure_train(server_round, arrays, config, grid))
         extras = self.extra_content()
         for m in messages:
@@ -78,6 +129,8 @@ class LoraFedAvg(FedAvg):
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._t_eval = time.perf_counter()
+        config.update(self.client_config())
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         extras = self.extra_content()
         for m in messages:  # banks evaluate the model they would train (FedEx-LoRA: with the base residual)
@@ -208,5 +261,5 @@ class LoraFedAvg(FedAvg):
             mean["aml_f1"] = sum(b["aml_f1"] * b["aml_cases"] for b in aml) / sum(b["aml_cases"] for b in aml)
         entry = next((e for e in self.rounds if e["round"] == server_round + self.round_offset), None)
         if entry is not None:
-            entry["client_eval"] = {"banks": banks, **mean}
+            entry["client_eval"] = {"banks": banks, **mean, "wall_s": round(time.perf_counter() - self._t_eval, 2)}
         return MetricRecord({k.replace("_", "-"): v for k, v in mean.items()} | {"num-examples": n})

@@ -20,6 +20,30 @@ from .fedavg import LoraFedAvg
 
 
 class FedExLora(LoraFedAvg):
+    """Parameters
+    ----------
+    scale : float (default: lora.alpha / lora.r)
+        LoRA's scaling, which the residual carries.
+    """
+
+    name = "fedex_lora"
+    refuses = {"central_dp": "its base residual is built from the individual updates and released without noise",
+               "secure_aggregation": "its exact residual needs each bank's B_i·A_i, not only the sums of A and B"}
+    legacy_base = None
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        return {"scale": cfg.lora.alpha / cfg.lora.r}
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.model.quantization != "none":
+            raise ValueError("federation.strategy fedex_lora folds the aggregation residual into the base weights, "
+                             "which a quantized base cannot hold; use model.quantization none or another strategy")
+
+    def settings(self) -> dict:
+        return {"scale": self.scale}
+
     def __init__(self, *, scale: float, **kwargs) -> None:
         super().__init__(**kwargs)
         self.scale = scale  # LoRA alpha / r

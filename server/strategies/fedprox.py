@@ -9,7 +9,28 @@ from .fedavg import LoraFedAvg
 
 
 class LoraFedProx(FedProx, LoraFedAvg):
-    """FedAvg aggregation; the proximal weight travels in the train config as `proximal-mu`."""
+    """FedAvg aggregation; the proximal weight travels in the train config as `proximal-mu`.
+
+    Parameters
+    ----------
+    proximal_mu : float (default: federation.aggregation.proximal_mu = 0.01)
+        Weight of (mu/2)·||w − w_global||² in every bank's local loss.
+    """
+
+    name = "fedprox"
+    refuses = {"local_dp": "the proximal term's gradient is not a per-example gradient, so DP-SGD would drop it; "
+                           "use fedavg or ffa_lora under DP"}
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        return {"proximal_mu": cfg.federation.aggregation.proximal_mu}
+
+    @classmethod
+    def legacy_round_config(cls, cfg) -> dict:  # Flower's FedProx sends mu on the Message path, not on the legacy one
+        return {"proximal-mu": cfg.federation.aggregation.proximal_mu}
+
+    def settings(self) -> dict:
+        return {"proximal_mu": self.proximal_mu}
 
     def __init__(self, *, proximal_mu: float, min_valid_updates: int = 1, max_examples: float = float("inf"),
                  round_offset: int = 0, **kwargs) -> None:

@@ -11,5 +11,9 @@ from .fedavg import LoraFedAvg
 
 
 class FedSaLora(LoraFedAvg):
+    """No options: banks send A and keep their own B (node state and the bank's disk)."""
+
+    name = "fedsa_lora"
     parts = "A"
+    local = "B"
     personalised = True

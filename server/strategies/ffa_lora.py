@@ -7,4 +7,8 @@ from .fedavg import LoraFedAvg
 
 
 class FfaLora(LoraFedAvg):
+    """No options: the banks freeze A (the same seeded initial A everywhere) and send B."""
+
+    name = "ffa_lora"
     parts = "B"
+    frozen = "A"

@@ -13,7 +13,16 @@ from .fedavg import LoraFedAvg
 
 
 class HetLora(LoraFedAvg):
+    """Banks' ranks: node config lora-rank, else federation.aggregation.bank_ranks, else lora.r (the global rank)."""
+
+    name = "hetlora"
     lower_rank = True
+    refuses = {"central_dp": "updates of different ranks do not share one clipping space with the global adapter",
+               "secure_aggregation": "secure aggregation sums vectors of one shape; banks of different ranks send "
+                                     "different shapes"}
+
+    def settings(self) -> dict:
+        return {"lower ranks": "accepted"}
 
     def combine(self, updates, weights, entry):
         entry["ranks"] = sorted({next(v.shape[0] for k, v in u.items() if ".lora_A." in k) for u in updates})

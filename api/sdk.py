@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 
-from ..server.inference.v1 import inference_pb2 as pb
-from ..server.inference.v1 import inference_pb2_grpc as pb_grpc
+from .v1 import inference_pb2 as pb
+from .v1 import inference_pb2_grpc as pb_grpc
 
 
 class InferenceError(RuntimeError):

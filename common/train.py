@@ -13,17 +13,22 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from ..common.config import TrainingConfig
-from ..common.models import use_bf16
-from ..common.prompt import IGNORE_INDEX, Encoded
+from .config import TrainingConfig
+from .models import use_bf16
+from .prompt import IGNORE_INDEX, Encoded
 
-if TYPE_CHECKING:
-    from .privacy import DPSpec
+@dataclass(frozen=True)
+class DPSpec:
+    """DP-SGD settings for one call of the training loop (the bank's ledger in client/privacy.py derives them)."""
+
+    noise_multiplier: float
+    max_grad_norm: float  # per-example clipping bound
+    sample_rate: float  # Poisson sampling: each example joins a step's batch with this probability
+    expected_batch_size: int
 
 
 @dataclass
@@ -82,7 +87,7 @@ def batch_order(
     return batches
 
 
-def make_private(model: torch.nn.Module, optimizer, dp: "DPSpec", gen: torch.Generator):
+def make_private(model: torch.nn.Module, optimizer, dp: DPSpec, gen: torch.Generator):
     """Opacus around our model and optimizer: per-example gradients (trainable, i.e. LoRA, parameters only),
     per-example clipping to dp.max_grad_norm, Gaussian noise of std noise_multiplier x max_grad_norm per step."""
     from opacus import GradSampleModule
@@ -123,7 +128,7 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_e
     full_logits: the reference computation (the model's own forward over the whole vocabulary at every position),
     kept for comparisons; also what a model whose head is not a plain linear map gets.
     """
-    from ..common.predict import plain_head
+    from .predict import plain_head
 
     labels = batch["labels"]
     plain = None if full_logits else plain_head(model)
@@ -198,13 +203,13 @@ def train(
     on_log: Callable[[int, float], None] | None = None,
     progress: bool = True,
     desc: str = "train",
-    dp: "DPSpec | None" = None,
+    dp: DPSpec | None = None,
 ) -> TrainResult:
     """Train the model's trainable (LoRA) parameters on encoded examples.
 
     extra_loss: a term added to each micro-batch loss (FedProx's proximal term, for instance).
     eval_fn: called with the step number every `cfg.eval_every` steps and at the end; its dict is kept.
-    dp: DP-SGD settings (client.privacy.DPSpec); the caller accounts for the steps (client.privacy.PrivacyLedger).
+    dp: DP-SGD settings (DPSpec); the caller accounts for the steps (client.privacy.PrivacyLedger).
     """
     if not examples:
         raise ValueError("no training examples")

@@ -20,8 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.config import AmlConfig, DataConfig
-from ..common.tasks.aml import NONE, TYPOLOGIES, AmlCase, AmlDataset
+from ..config import AmlConfig, DataConfig
+from .aml import NONE, TYPOLOGIES, AmlCase, AmlDataset
 
 log = logging.getLogger("fedfingpt.aml")
 
@@ -59,7 +59,7 @@ class AmlSplit:
 def load_world(aml: AmlConfig, data_dir: str | None, num_banks: int) -> AmlDataset:
     """The AML data set of the scenario, with its banks dealt into `num_banks` members where the source has no
     natural partition."""
-    from ..common.tasks import aml_data
+    from . import aml_data
 
     if aml.source == "generated":
         from .aml_generator import GeneratorConfig, default_banks, generate
@@ -75,7 +75,7 @@ def load_world(aml: AmlConfig, data_dir: str | None, num_banks: int) -> AmlDatas
             num_banks=num_banks, accounts_per_bank=g.accounts_per_bank, days=g.days, tx_per_account=g.tx_per_account,
             laundering_rate=g.laundering_rate, reporting_threshold=g.reporting_threshold, cross_border=g.cross_border,
             banks=specs, seed=g.seed))
-    from ..common.tasks.sentiment_data import data_dir_from_env
+    from .sentiment_data import data_dir_from_env
 
     path = Path(aml.path).expanduser()
     if not path.is_absolute():
@@ -152,13 +152,13 @@ def aml_split(data: DataConfig, num_banks: int) -> AmlSplit:
 
 def held_out_sample(data: DataConfig, num_banks: int) -> list[AmlCase]:
     """The seeded sample of held-out cases (data.aml.eval_limit) that the server and `fedfingpt train/eval` score."""
-    from ..common.evaluate import sample_rows
+    from ..evaluate import sample_rows
 
     return sample_rows(aml_split(data, num_banks).test, data.aml.eval_limit, data.seed)
 
 
 def build(ds: AmlDataset, aml: AmlConfig, seed: int, members: set[str]) -> list[AmlCase]:
-    from ..common.tasks.aml_data import build_cases
+    from .aml_data import build_cases
 
     return build_cases(ds, window_days=aml.window_days, negatives_per_positive=aml.negatives_per_positive,
                        seed=seed, max_transactions=aml.max_transactions, members=members)
@@ -180,8 +180,8 @@ def mix_to_share(aml_examples: list, other: int, share: float, seed: int, repeat
 
 def write_aml_report(split: AmlSplit, run_dir: Path) -> Path:
     """aml_partition.md: what each bank trains on, and what is held out."""
-    from ..common.metrics import format_markdown_table
-    from ..common.report import write_text_atomic
+    from ..metrics import format_markdown_table
+    from ..report import write_text_atomic
 
     held = Counter(c.typology for c in split.test)
     text = (f"# AML cases per bank ({split.source})\n\n{format_markdown_table(split.table())}\n\n"

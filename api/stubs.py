@@ -1,6 +1,6 @@
-"""Python stubs of the versioned .proto, generated with grpc_tools.protoc into `server/inference/v1/`.
+"""Python stubs of the versioned .proto, generated with grpc_tools.protoc into `api/v1/`.
 
-`python -m fedfingpt.server.inference.stubs` regenerates them; a test regenerates them into a temporary folder
+`python -m fedfingpt.api.stubs` regenerates them; a test regenerates them into a temporary folder
 and fails when the committed stubs differ from what the .proto gives (so the two never drift apart).
 """
 
@@ -38,7 +38,7 @@ def generate(out_dir: Path = OUT) -> list[Path]:
             written.append(dst)
         init = out_dir / "__init__.py"
         if not init.exists():
-            init.write_text('"""Generated gRPC stubs of fedfingpt.v1 (server/inference/stubs.py)."""\n')
+            init.write_text('"""Generated gRPC stubs of fedfingpt.v1 (api/stubs.py)."""\n')
         return written
 
 

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..common.tasks.aml import TYPOLOGIES, Account, AmlDataset, Transaction
+from .aml import TYPOLOGIES, Account, AmlDataset, Transaction
 
 FIRST = ["James", "Maria", "Wei", "Fatima", "Olga", "Carlos", "Aisha", "Liam", "Sofia", "Hiroshi", "Elena", "Omar",
          "Priya", "Lucas", "Anna", "Mateo", "Chloe", "Ivan", "Leila", "Noah", "Grace", "Ahmed", "Mia", "Jonas"]

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of fedfingpt.v1 (api/stubs.py)."""

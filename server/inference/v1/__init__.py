@@ -1,1 +1,0 @@
-"""Generated gRPC stubs of fedfingpt.v1 (server/inference/stubs.py)."""
