@@ -20,6 +20,7 @@ from ..common.adapter import (arrays_to_record, get_lora_arrays, lora_state, rec
                               set_base_residual, set_lora_arrays, truncate_rank)
 from ..common.config import Config
 from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
+from ..common.nodeconfig import NodeConfig
 from ..common.report import show_progress
 from ..common.runconfig import config_from_context
 from ..common.train import DPSpec, train
@@ -65,9 +66,9 @@ def local_training_config(cfg: Config, global_round: int, bank: int):
 def local_state_dir(cfg: Config, context: Context, bank: int) -> Path:
     """Where a bank keeps what never leaves it: node config state-dir, else $FEDFINGPT_BANK_STATE_DIR/bank-<id>
     (set by `fedfingpt simulate` to <run dir>/banks), else <run dir>/banks/bank-<id>."""
-    nc, rc = dict(context.node_config or {}), dict(context.run_config or {})
-    if nc.get("state-dir"):
-        return Path(str(nc["state-dir"]))
+    node, rc = NodeConfig.from_flower(context.node_config, cfg.federation.num_banks), dict(context.run_config or {})
+    if node.state_dir:
+        return Path(node.state_dir)
     if os.environ.get("FEDFINGPT_BANK_STATE_DIR"):
         return Path(os.environ["FEDFINGPT_BANK_STATE_DIR"]) / f"bank-{bank}"
     run_dir = rc.get("run-dir") or Path(cfg.output_dir) / cfg.name
@@ -159,12 +160,9 @@ def private_round(state: BankState, cfg: Config, context: Context, global_round:
 
 def bank_budget(cfg: Config, context: Context, bank: int) -> float:
     """The bank's privacy budget: node config privacy-epsilon, else privacy.bank_epsilon[bank], else epsilon."""
-    nc = dict(context.node_config or {})
-    if "privacy-epsilon" in nc:
-        eps = float(nc["privacy-epsilon"])
-        if not 0 < eps <= 100:
-            raise ValueError(f"bank {bank}: node config privacy-epsilon={eps:g} must be > 0 and at most 100")
-        return eps
+    node = NodeConfig.from_flower(context.node_config, cfg.federation.num_banks)
+    if node.privacy_epsilon is not None:
+        return node.privacy_epsilon
     return float(cfg.privacy.bank_epsilon.get(bank, cfg.privacy.epsilon))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..common.bank_rows import bank_training_set, forget_pools
 from ..common.config import Config
 from ..common.models import attach_lora, load_base_model
+from ..common.nodeconfig import NodeConfig
 from ..common.prompt import Encoded
 from ..common.tasks.sentiment_data import SentimentExample
 
@@ -44,10 +45,11 @@ def _model(cfg: Config, rank: int):
     return _MODELS[key]
 
 
-def bank_rank(cfg: Config, bank: int, node_config: dict) -> int:
+def bank_rank(cfg: Config, node: NodeConfig) -> int:
     """node config lora-rank (a SuperNode's own), else federation.aggregation.bank_ranks, else lora.r. Whether the
     strategy takes a lower rank is the server's to say (client/plan.py: lora-any-rank)."""
-    rank = int(node_config.get("lora-rank", cfg.federation.aggregation.bank_ranks.get(bank, cfg.lora.r)))
+    bank = node.bank_id
+    rank = node.lora_rank or cfg.federation.aggregation.bank_ranks.get(bank, cfg.lora.r)
     if not 1 <= rank <= cfg.lora.r:
         raise ValueError(f"bank {bank}: LoRA rank {rank} must be between 1 and the global lora.r ({cfg.lora.r})")
     return rank
@@ -61,15 +63,14 @@ def forget_banks() -> None:
 
 
 def bank_state(cfg: Config, context) -> BankState:
-    nc = dict(context.node_config or {})
-    if nc.get("data-dir"):  # a SuperNode's own data folder (node config) instead of the scenario's data.data_dir
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(nc["data-dir"])})})
-    bank = int(nc.get("bank-id", nc.get("partition-id", 0)))
-    num_banks = int(nc.get("num-partitions", cfg.federation.num_banks))
-    rank = bank_rank(cfg, bank, nc)
+    node = NodeConfig.from_flower(context.node_config, cfg.federation.num_banks)
+    if node.data_dir:  # a SuperNode's own data folder instead of the scenario's data.data_dir
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": node.data_dir})})
+    bank, num_banks = node.bank_id, node.num_banks
+    rank = bank_rank(cfg, node)
     key = (cfg.model_dump_json(), bank, num_banks, rank)
     if key not in _BANKS:
         model, loaded = _model(cfg, rank)
-        train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, nc.get("extra-train"))
+        train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, node.extra_train)
         _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test)
     return _BANKS[key]

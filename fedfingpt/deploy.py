@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .common.nodeconfig import NodeConfig, NodeConfigError
+
 REPO = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml with [tool.flwr.app]
 CONNECTION = "fedfingpt"  # the name of the SuperLink connection in the coordinator's flwr config.toml
 NO_RUNTIME_INSTALL = "--disable-runtime-dependency-installation"  # STACK.md: else `flwr run` installs a CUDA torch
@@ -255,39 +257,27 @@ RUN_ID = re.compile(r"Successfully started run (\d+)")
 def node_config(bank_id: int, num_banks: int, *, data_dir: str | None = None, privacy_epsilon: float | None = None,
                 lora_rank: int | None = None, extra_train: str | None = None,
                 state_dir: str | None = None) -> str:
-    """The SuperNode's node config, as the ClientApp reads it (client/app.py, client/bank.py)."""
+    """The SuperNode's node config (common/nodeconfig.py), checked on this machine: its folders and files exist."""
     if bank_id < 0 or num_banks < 1 or bank_id >= num_banks:
         raise DeployError(f"--bank-id {bank_id} must be between 0 and --num-banks - 1 ({num_banks - 1})")
-    items: list[tuple[str, object]] = [("bank-id", bank_id), ("num-partitions", num_banks)]
     if data_dir is not None:
         d = Path(data_dir).expanduser()
         if not d.is_dir():
             raise DeployError(f"--data-dir {d} is not a folder; pass the folder holding this bank's data")
-        items.append(("data-dir", str(d.resolve())))
-    if privacy_epsilon is not None:
-        if not 0 < privacy_epsilon <= 100:
-            raise DeployError(f"--privacy-epsilon {privacy_epsilon:g} must be > 0 and at most 100")
-        items.append(("privacy-epsilon", float(privacy_epsilon)))
-    if lora_rank is not None:
-        if lora_rank < 1:
-            raise DeployError(f"--lora-rank {lora_rank} must be at least 1")
-        items.append(("lora-rank", int(lora_rank)))
+        data_dir = str(d.resolve())
+    if privacy_epsilon is not None and not 0 < privacy_epsilon <= 100:
+        raise DeployError(f"--privacy-epsilon {privacy_epsilon:g} must be > 0 and at most 100")
+    if lora_rank is not None and lora_rank < 1:
+        raise DeployError(f"--lora-rank {lora_rank} must be at least 1")
     if extra_train is not None:
-        items.append(("extra-train", str(require_file(extra_train, "--extra-train", "pass this bank's "
-                                                      "instruction JSONL"))))
+        extra_train = str(require_file(extra_train, "--extra-train", "pass this bank's instruction JSONL"))
     if state_dir is not None:
-        items.append(("state-dir", str(Path(state_dir).expanduser().resolve())))
-    parts = []
-    for key, value in items:
-        if isinstance(value, str):  # Flower splits the node config on spaces outside quotes
-            if '"' not in value and "\\" not in value:
-                value = f'"{value}"'
-            elif "'" not in value:
-                value = f"'{value}'"  # a TOML literal string: backslashes stay as they are
-            else:
-                raise DeployError(f"{key} {value!r} holds both quote kinds; use a path without them")
-        parts.append(f"{key}={value}")
-    return " ".join(parts)
+        state_dir = str(Path(state_dir).expanduser().resolve())
+    try:
+        return NodeConfig(bank_id, num_banks, data_dir=data_dir, privacy_epsilon=privacy_epsilon,
+                          lora_rank=lora_rank, extra_train=extra_train, state_dir=state_dir).to_flower()
+    except NodeConfigError as err:
+        raise DeployError(str(err)) from None
 
 
 def supernode_command(*, superlink: str, node_cfg: str, runtime_host: str, runtime_port: int,

@@ -76,3 +76,27 @@ def test_embedded_default_is_the_written_out_federated_scenario():
     assert path.resolve() == DEFAULT_JOB  # one file: the configs folder links to the packaged default job
     assert load_config(path).model_dump() == load_config(None).model_dump()
     assert load_config(None).data.tasks == ["sentiment", "aml"]  # the default scenario trains both tasks
+
+
+def test_a_node_config_reads_back_as_it_was_written_through_flowers_parser(tmp_path):
+    from flwr.common.config import parse_config_args
+
+    from fedfingpt.common.nodeconfig import NodeConfig
+
+    odd = tmp_path / "bank data's folder"  # a space and a quote, as paths on a bank's machine may have
+    node = NodeConfig(2, 4, data_dir=str(odd), privacy_epsilon=3.0, lora_rank=4, state_dir="C:\\bank\\state")
+    assert NodeConfig.from_flower(parse_config_args([node.to_flower()]), num_banks=9) == node
+    # Flower's simulation names a bank partition-id; an unset key leaves the scenario's value
+    assert NodeConfig.from_flower({"partition-id": 1}, num_banks=3) == NodeConfig(1, 3)
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"bank-id": 3, "num-partitions": 3}, "bank-id=3 must be between 0 and num-partitions - 1 (2)"),
+    ({"bank-id": 0, "privacy-epsilon": 0}, "privacy-epsilon=0 must be > 0"),
+    ({"bank-id": 0, "lora-rank": "four"}, "lora-rank='four' is not an integer"),
+])
+def test_a_bad_node_config_names_the_key(raw, needle):
+    from fedfingpt.common.nodeconfig import NodeConfig, NodeConfigError
+
+    with pytest.raises(NodeConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        NodeConfig.from_flower(raw, num_banks=3)
