@@ -29,6 +29,18 @@ def benchmark_parser(name: str, doc: str | None, config: str | None = "federated
     return ap
 
 
+def federation_args(ap: argparse.ArgumentParser, *, banks: int, rounds: int, local_steps: int,
+                    lr: float | None = None, eval_rows: int = 150) -> None:
+    """The federation a benchmark runs: --banks, --rounds, --local-steps, --eval-rows (seeded rows of FPB test and
+    TFNS valid the server scores) and, where the benchmark sets it, --lr."""
+    ap.add_argument("--banks", type=int, default=banks)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--local-steps", type=int, default=local_steps)
+    if lr is not None:
+        ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--eval-rows", type=int, default=eval_rows, help="rows of FPB test and TFNS valid (seeded sample)")
+
+
 def fresh_model(cfg):
     """Base model with LoRA at the seeded initialisation every bank and the server start from."""
     loaded = load_base_model(cfg.model)

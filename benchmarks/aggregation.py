@@ -30,7 +30,7 @@ from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, federation_args, fresh_model# benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -95,11 +95,7 @@ def federated(cfg, run_dir: Path, tests) -> dict:
 
 def main() -> None:
     ap = benchmark_parser("aggregation", __doc__, config="federated.yaml")
-    ap.add_argument("--banks", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-rows", type=int, default=150, help="rows of FPB test and TFNS valid (seeded sample)")
+    federation_args(ap, banks=5, rounds=4, local_steps=3, lr=1e-3)
     ap.add_argument("--partitions", default=",".join(PARTITIONS))
     ap.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     ap.add_argument("--client-cpus", type=float, default=2.0, help="2: banks train one at a time with 2 threads")

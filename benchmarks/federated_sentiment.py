@@ -24,7 +24,7 @@ from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import benchmark_parser, fresh_model  # benchmarks/_shared.py
+from _shared import benchmark_parser, federation_args, fresh_model# benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -39,11 +39,8 @@ def score(model, tok, tests, cfg) -> dict:
 
 def main() -> None:
     ap = benchmark_parser("federated_sentiment", __doc__, config="federated.yaml", work=False)
-    ap.add_argument("--banks", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--local-steps", type=int, default=8)
+    federation_args(ap, banks=5, rounds=3, local_steps=8)
     ap.add_argument("--alphas", default="0.5,0.1")
-    ap.add_argument("--eval-rows", type=int, default=150, help="rows of FPB test and TFNS valid (seeded sample)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)

@@ -41,7 +41,7 @@ from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample, sent
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, federation_args, fresh_model# benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -156,11 +156,7 @@ def cost_cell(base, dp: bool, steps: int) -> dict:
 
 def main() -> None:
     ap = benchmark_parser("privacy", __doc__, config="federated.yaml")
-    ap.add_argument("--banks", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--local-steps", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-rows", type=int, default=150)
+    federation_args(ap, banks=5, rounds=4, local_steps=3, lr=1e-3)
     ap.add_argument("--epsilons", default="1,3,8")
     ap.add_argument("--strategies", default="fedavg,ffa_lora")
     ap.add_argument("--audit-rows", type=int, default=500, help="pool rows of the audit federation (small banks)")

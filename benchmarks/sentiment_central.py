@@ -170,7 +170,8 @@ def final_cell(args, splits, mix) -> dict:
 
     c0 = time.process_time()
     res = train(model, encoded, t, pad_id=tok.pad_token_id, eval_fn=periodic, progress=not args.quiet)
-    adapter = save_adapter(model, Path(args.work) / "final_adapter", base_id=loaded.base_id,
+    adapter = save_adapter(model, Path(args.work) / final_key(args.final_set).replace(":", "_").replace("=", "-")
+                           .replace(",", "+").replace("final", "final_adapter", 1), base_id=loaded.base_id,
                            base_sha256=loaded.base_sha256, extra={"config": cfg.model_dump(mode="json")})
     t0 = time.perf_counter()
     tests = {n: splits["test"][n] for n in cfg.data.eval_sets}
@@ -181,6 +182,16 @@ def final_cell(args, splits, mix) -> dict:
             "s_per_step": round(res.wall_s / res.steps, 3), "final_loss": res.final_loss,
             "curve": [e for _, e in res.evals], "eval_wall_min": round((time.perf_counter() - t0) / 60, 1),
             "rows": [{k: v for k, v in r.items() if k != "confusion"} for r in rows_out], "adapter": str(adapter)}
+
+
+def final_key(final_set: list[str]) -> str:
+    """The cache key of a final run: 'final' for the chosen recipe as written, else with its overrides."""
+    return "final" if not final_set else "final:" + ",".join(sorted(final_set))
+
+
+def finals(cells: dict) -> list[tuple[str, dict]]:
+    return sorted(((k, c) for k, c in cells.items() if k == "final" or k.startswith("final:")),
+                  key=lambda kc: kc[1]["steps"])
 
 
 def plot(cells: dict, path: Path) -> None:
@@ -196,11 +207,11 @@ def plot(cells: dict, path: Path) -> None:
         for ax, ds in zip(axes[row], ("fpb", "tfns")):
             for c in curves:
                 ax.plot([p[xkey] for p in c["points"]], [p[ds] for p in c["points"]], marker="o", label=c["recipe"])
-            if "final" in cells:
-                f = cells["final"]
+            for (_, f), mark in zip(finals(cells), ("k*", "kP", "kX")):
                 full = next(r for r in f["rows"] if r["dataset"] == ds)
                 x = f["examples"] if xkey == "examples" else f["train_cpu_min"]
-                ax.errorbar([x], [full["weighted_f1"]], fmt="k*", ms=12, label="chosen recipe, full test set",
+                ax.errorbar([x], [full["weighted_f1"]], fmt=mark, ms=12,
+                            label=f"chosen recipe, {f['steps']} steps, full test set",
                             yerr=[[full["weighted_f1"] - full["weighted_f1_ci95"][0]],
                                   [full["weighted_f1_ci95"][1] - full["weighted_f1"]]])
             ax.set(title=f"{ds.upper()} weighted F1 (200-row seeded sample)", xlabel=xlabel)
@@ -221,10 +232,10 @@ def write(cells: dict, args, t_all: float) -> None:
                      "train_wall_min": last["train_wall_min"], "train_cpu_min": last["train_cpu_min"],
                      "s_per_step": c["s_per_step"],
                      "fpb_sample": last["fpb"], "tfns_sample": last["tfns"]})
-    if "final" in cells:
-        f = cells["final"]
+    for _, f in finals(cells):
         for r in f["rows"]:
-            rows.append({"section": "final (full test set)", "recipe": "chosen", "dataset": r["dataset"], "n": r["n"],
+            rows.append({"section": "final (full test set)", "recipe": f"chosen, {f['steps']} steps",
+                         "dataset": r["dataset"], "n": r["n"], "steps": f["steps"],
                          "weighted_f1": round(r["weighted_f1"], 4), "weighted_f1_ci95": r["weighted_f1_ci95"],
                          "accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
                          "train_wall_min": f["train_wall_min"], "train_cpu_min": f["train_cpu_min"],
@@ -291,8 +302,8 @@ def main() -> None:
             if f"curve:{name}" not in cache.cells:
                 cache.save(f"curve:{name}", curve_cell(name, RECIPES[name], args, splits, mix, quick))
                 write(cache.cells, args, t_all)
-    if "final" in sections and "final" not in cache.cells:
-        cache.save("final", final_cell(args, splits, mix))
+    if "final" in sections and final_key(args.final_set) not in cache.cells:
+        cache.save(final_key(args.final_set), final_cell(args, splits, mix))
     write(cache.cells, args, t_all)
     log.info("wrote %s.{json,md,png}", args.out)
 

@@ -166,18 +166,29 @@ def label_logprobs(
     labels only the labels' rows of the output head are computed.
 
     When every label is one distinct token (SmolLM2: " negative", " neutral", " positive"), one forward pass over
-    the prompt gives all of them from the last position; otherwise each label is scored as a continuation.
+    the prompt gives all of them from the last position. When the labels share their first tokens and differ only
+    in their last one (AML: '{"suspicious": true' / '... false'), one pass over prompt + the shared tokens gives
+    them all (the shared tokens' log-probs added to each). Otherwise each label is scored as a continuation.
     """
     model.eval()
     label_ids = label_token_ids(tokenizer, labels)
     single = all(len(t) == 1 for t in label_ids) and len({t[0] for t in label_ids}) == len(label_ids)
+    shared = _shared_opening(label_ids) if not single else []
     longest_label = max(len(t) for t in label_ids)
     encoded = [encode_prompt(tokenizer, p, max_length - longest_label) for p in prompts]
     order = np.argsort([len(e) for e in encoded])  # similar lengths together: less padding
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        if single:
+        if shared:
+            # prompt + shared tokens, once per prompt: the last len(shared) + 1 positions predict the shared tokens
+            # and then each label's own last token
+            lasts = [t[-1] for t in label_ids]
+            logp = torch.log_softmax(_last_logits(model, [encoded[i] + shared for i in idx], tokenizer.pad_token_id,
+                                                  len(shared) + 1, bf16, prefix), dim=-1)
+            opening = logp[:, torch.arange(len(shared)), torch.tensor(shared)].sum(dim=1, keepdim=True)
+            out[idx] = (opening + logp[:, -1, lasts]).double().numpy()
+        elif single:
             firsts = [t[0] for t in label_ids]
             logits = _last_logits(model, [encoded[i] for i in idx], tokenizer.pad_token_id, 1, bf16, prefix,
                                   rows=firsts if among_labels else None)
@@ -200,6 +211,14 @@ def label_logprobs(
     if among_labels and not single:
         out -= np.logaddexp.reduce(out, axis=1, keepdims=True)
     return out
+
+
+def _shared_opening(label_ids: list[list[int]]) -> list[int]:
+    """The labels' common first tokens when each label is those plus one distinct last token, else []."""
+    n = len(label_ids[0]) - 1
+    if n < 1 or any(len(t) != n + 1 or t[:n] != label_ids[0][:n] for t in label_ids):
+        return []
+    return label_ids[0][:n] if len({t[-1] for t in label_ids}) == len(label_ids) else []
 
 
 def softmax(logp: np.ndarray) -> np.ndarray:

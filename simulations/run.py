@@ -81,6 +81,25 @@ def quiet_flower(console: str) -> None:
 
 def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, progress: bool = True,
              grid_hook=None) -> dict:
+    """Run the federation of `cfg` through Flower's Simulation Engine; the report's paths and history. With
+    federation.console 'rounds' the console holds the round table only (our INFO lines and the model loaders'
+    progress bars are left out; warnings and errors still show)."""
+    from transformers.utils import logging as hf_logging
+
+    ours = logging.getLogger("fedfingpt")
+    level, bars = ours.level, hf_logging.is_progress_bar_enabled()
+    if cfg.federation.console == "rounds":
+        ours.setLevel(logging.WARNING)
+        hf_logging.disable_progress_bar()
+    try:
+        return _simulate(cfg, run_dir, client_app, progress, grid_hook)
+    finally:
+        ours.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _simulate(cfg: Config, run_dir: str | Path | None, client_app, progress: bool, grid_hook) -> dict:
     from flwr.simulation import run_simulation
 
     from ..client.app import make_client_app
@@ -110,10 +129,10 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
         from ..common.tasks.aml_scenario import aml_split, write_aml_report
 
         aml_md = write_aml_report(aml_split(cfg.data, f.num_banks), run_dir)  # fails here, before any process
-    log.info("%d banks (%s), %d rounds x %d local steps; %d training at once; ~%.1f GiB; partition report %s",
-             f.num_banks, "+".join(cfg.data.tasks), f.rounds, f.local_steps, concurrency(cfg), need / 2**30,
-             ", ".join(str(p) for p in (png, aml_md) if p))
+    print(f"{f.num_banks} banks ({'+'.join(cfg.data.tasks)}), {concurrency(cfg)} training at once, ~{need / 2**30:.1f} "
+          f"GiB; run folder {run_dir}; partition report {', '.join(str(p) for p in (png, aml_md) if p)}", flush=True)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here: Ray's notice about them is noise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Ray workers inherit this process's environment (Ray itself sets OMP_NUM_THREADS from num_cpus).
     os.environ["FEDFINGPT_BANK_STATE_DIR"] = str((run_dir / "banks").resolve())  # what banks keep (FedSA-LoRA's B)

@@ -480,7 +480,15 @@ def test_health_and_reflection(running, certs):
         replies = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = [s.name for s in next(replies).list_services_response.service]
+        # grpc.reflection.v1 (grpcurl's first choice): the same messages on the v1 method path
+        v1 = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                              request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                              response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        found = next(v1(iter([reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="fedfingpt.v1.Inference")]))).file_descriptor_response.file_descriptor_proto
     assert "fedfingpt.v1.Inference" in names and "grpc.health.v1.Health" in names
+    assert "grpc.reflection.v1.ServerReflection" in names and "grpc.reflection.v1alpha.ServerReflection" in names
+    assert found and b"ClassifySentiment" in found[0]
 
 
 def test_generated_stubs_match_the_proto(tmp_path):

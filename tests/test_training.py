@@ -126,23 +126,40 @@ def _hand_logprob(model, tok, prompt, label):
     return sum(lp[len(ids) - 1 + k, t].item() for k, t in enumerate(lab))
 
 
-@pytest.mark.parametrize("labels, multi", [(LABELS, False), (("bullish", "bearish", "sideways"), True)])
-def test_label_scoring_matches_a_hand_computation_on_both_paths(tiny_config, labels, multi):
-    """One forward pass when every label is one token; a continuation per label otherwise. Both must equal
+SHARED_OPENING = ("answer: negative", "answer: neutral", "answer: positive")  # tiny vocab: 2 shared tokens + 1
+
+
+@pytest.mark.parametrize("labels, path", [(LABELS, "single"), (("bullish", "bearish", "sideways"), "continuations"),
+                                          (SHARED_OPENING, "shared opening")])
+def test_label_scoring_matches_a_hand_computation_on_every_path(tiny_config, labels, path):
+    """One forward pass when every label is one token, or when the labels share all but a distinct last token
+    (one pass over prompt + the shared tokens); a continuation per label otherwise. Each must equal
     log P(label tokens | prompt) computed by hand."""
+    from fedfingpt.common.predict import _shared_opening
+
     loaded = load_base_model(tiny_config.model)
     model, tok = loaded.model, loaded.tokenizer
-    assert any(len(t) > 1 for t in label_token_ids(tok, labels)) == multi, "the case exercises the intended path"
+    ids = label_token_ids(tok, labels)
+    found = "single" if all(len(t) == 1 for t in ids) else "shared opening" if _shared_opening(ids) else \
+        "continuations"
+    assert found == path, "the case exercises the intended path"
     prompts = [sentiment_prompt(e) for e in EXAMPLES]
-    logp = label_logprobs(model, tok, prompts, labels, max_length=96, batch_size=3, bf16=False)
-    assert logp.shape == (4, 3) and np.all(logp < 0)
+    seen = []
+    hook = model.register_forward_hook(lambda mod, args, out: seen.append(args or out))
+    try:
+        logp = label_logprobs(model, tok, prompts, labels, max_length=96, batch_size=3, bf16=False)
+    finally:
+        hook.remove()
+    assert logp.shape == (4, len(labels)) and np.all(logp < 0)
+    if path == "shared opening":
+        assert len(seen) == 2  # 4 prompts in batches of 3, one sequence per prompt: not one per label
     for i, p in enumerate(prompts):
         for j, lab in enumerate(labels):
             assert abs(logp[i, j] - _hand_logprob(model, tok, p, lab)) < 1e-4
 
 
 
-@pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways")])
+@pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways"), SHARED_OPENING])
 def test_label_scoring_sends_only_the_needed_positions_through_the_output_head(tiny_config, labels):
     """A (batch, length, vocab) logits tensor is what made AML scoring hold gigabytes; only the positions that
     predict label tokens may come out of the model."""
@@ -155,8 +172,12 @@ def test_label_scoring_sends_only_the_needed_positions_through_the_output_head(t
                        bf16=False)
     finally:
         hook.remove()
-    longest = max(len(t) for t in label_token_ids(tok, labels))
-    assert widths and all(w[1] == (1 if longest == 1 else longest + 1) for w in widths), widths
+    from fedfingpt.common.predict import _shared_opening
+
+    ids = label_token_ids(tok, labels)
+    longest = max(len(t) for t in ids)
+    need = 1 if longest == 1 else longest if _shared_opening(ids) else longest + 1
+    assert widths and all(w[1] == need for w in widths), widths
 
 @pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways")])
 def test_scoring_among_the_labels_renormalises_and_reads_only_the_labels_head_rows(tiny_config, labels):

@@ -362,6 +362,23 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return info
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.Server, services: tuple[str, ...]) -> None:
+    """Server reflection as both grpc.reflection.v1 (what current grpcurl and Postman ask first) and v1alpha.
+    grpcio-reflection ships only v1alpha; v1's messages are the same fields under another package, so the one
+    servicer answers both, v1 through a handler that reads and writes the same wire format."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+    servicer = reflection.ReflectionServicer((*services, reflection.SERVICE_NAME, REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
+
+
 class InferenceServer:
     """The running service: `start()` binds (port 0 picks one: see `.port`), `stop()` shuts down cleanly."""
 
@@ -383,13 +400,10 @@ class InferenceServer:
                                   maximum_concurrent_rpcs=threads)
         pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection
 
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["Inference"].full_name, reflection.SERVICE_NAME, health.SERVICE_NAME),
-            self.server)
+        enable_reflection(self.server, (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME))
         address = f"{s.host}:{s.port}"
         self.port = (self.server.add_insecure_port(address) if creds is None
                      else self.server.add_secure_port(address, creds))
