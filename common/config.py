@@ -435,6 +435,11 @@ class Config(_Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
 
+    def training_job(self) -> dict:
+        """The sections that decide what is trained (JSON): what a checkpoint stores and a resume compares. The
+        serving audience's sections (gate, serving) are left out: changing them never blocks a resume."""
+        return self.model_dump(mode="json", exclude={"gate", "serving"})
+
     @model_validator(mode="after")
     def _strategy_fits(self) -> "Config":
         f = self.federation

@@ -112,7 +112,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     }
     adapter_dir = save_adapter(
         model, out_dir / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256,
-        extra={"config": cfg.model_dump(mode="json"), "train": train_info},
+        extra={"config": cfg.training_job(), "train": train_info},
     )
     rows = evaluate_tasks(model, tok, cfg.data, load_test_sets(cfg, splits, cfg.data.eval_limit) if sentiment else {},
                           aml_test, cfg.eval, progress=progress)

@@ -47,7 +47,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
     t_start = time.perf_counter()
     loaded = load_base_model(cfg.model)
     model = attach_lora(loaded.model, cfg.lora, seed=cfg.training.seed)  # the same LoRA init the banks build
-    config_json = cfg.model_dump(mode="json")
+    config_json = cfg.training_job()
 
     history: list[dict] = []
     done = 0

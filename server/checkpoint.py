@@ -50,7 +50,7 @@ def latest_checkpoint(run_dir: Path, base_sha256: str) -> tuple[int, dict, dict]
 
 
 # Keys that may change between the runs of one federation without changing what is being trained: how the run
-# is hosted, and the sections that belong to serving (the gate and the service read them, training never does).
+# is hosted, and the serving sections (checkpoints store Config.training_job(); older ones stored these too).
 RESUMABLE_CHANGES = ("federation.rounds", "federation.resume", "federation.round_timeout_s", "federation.client_cpus",
                      "federation.console", "output_dir", "data.data_dir", "gate.", "serving.")
 

@@ -117,7 +117,7 @@ def _simulate(cfg: Config, run_dir: str | Path | None, client_app, progress: boo
     from ..server.app import ResumeError
     from ..server.checkpoint import resume_conflicts
 
-    if cfg.federation.resume and (conflicts := resume_conflicts(run_dir, cfg.model_dump(mode="json"))):
+    if cfg.federation.resume and (conflicts := resume_conflicts(run_dir, cfg.training_job())):
         raise ResumeError(run_dir, conflicts)  # before any process starts
     md = png = aml_md = None
     if "sentiment" in cfg.data.tasks:

@@ -148,3 +148,16 @@ def test_dev_certificates_chain_to_their_ca(tmp_path):
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert (paths["server.key"].stat().st_mode & 0o777) == 0o600
     assert main(["certs", "dev", str(tmp_path / "c2")]) == 0 and (tmp_path / "c2" / "client.key").is_file()
+
+
+def test_building_the_gate_logs_no_notice_about_other_languages(caplog):
+    """Presidio notes every predefined recognizer of a language the gate does not load (11 lines at each start)."""
+    import logging
+
+    from fedfingpt.server.inference.gate import ComplianceGate
+
+    with caplog.at_level(logging.INFO):
+        ComplianceGate(GateConfig())
+    notices = [r.getMessage() for r in caplog.records if r.name.startswith("presidio")]
+    assert not [m for m in notices if "language is not supported" in m], notices
+    assert logging.getLogger("presidio-analyzer").level == logging.WARNING  # its later warnings still show

