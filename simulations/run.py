@@ -92,14 +92,14 @@ def simulate(cfg: Config, run_dir: str | Path | None = None, client_app=None, pr
         ours.setLevel(logging.WARNING)
         hf_logging.disable_progress_bar()
     try:
-        return _simulate(cfg, run_dir, client_app, progress, grid_hook)
+        return _simulate(cfg, run_dir, client_app, grid_hook)
     finally:
         ours.setLevel(level)
         if bars:
             hf_logging.enable_progress_bar()
 
 
-def _simulate(cfg: Config, run_dir: str | Path | None, client_app, progress: bool, grid_hook) -> dict:
+def _simulate(cfg: Config, run_dir: str | Path | None, client_app, grid_hook) -> dict:
     from flwr.simulation import run_simulation
 
     from ..client.app import make_client_app
