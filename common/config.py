@@ -163,7 +163,11 @@ class TrainingConfig(_Strict):
         "(free-answer rows such as AML keep the answer loss).")
     full_logits: bool = Field(False, description="Apply the output head at every position, as the model's own forward "
                               "does (slower; the loss is the same): for comparisons only.")
-    group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
+    shared_opening: bool = Field(True, description="Run a batch's common opening (a task's instruction) once and "
+                                 "share its keys and values across the rows: the same loss and gradients for less "
+                                 "work. Plain (non-DP) training only; off is the reference computation.")
+    group_by_length: bool = Field(True, description="Batch examples of similar length (and the same opening) to cut "
+                                  "padding.")
     shuffle: bool = Field(True, description="Shuffle every epoch; off keeps the given order (exact comparisons).")
     log_every: int = Field(10, gt=0, description="Steps between loss lines.")
     eval_every: int | None = Field(None, gt=0, description="Steps between periodic evaluations; None = at the end.")

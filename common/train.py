@@ -69,18 +69,30 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
+OPENING_KEY_TOKENS = 16  # rows whose first 16 tokens agree share an instruction: batched together when grouping
+
+
+def opening_groups(examples: Sequence[Encoded]) -> list[int]:
+    """A group number per example: the same for examples that start with the same OPENING_KEY_TOKENS tokens."""
+    seen: dict[tuple[int, ...], int] = {}
+    return [seen.setdefault(tuple(e.input_ids[:OPENING_KEY_TOKENS]), len(seen)) for e in examples]
+
+
 def batch_order(
-    lengths: Sequence[int], batch_size: int, rng: random.Random, group_by_length: bool, shuffle: bool = True
+    lengths: Sequence[int], batch_size: int, rng: random.Random, group_by_length: bool, shuffle: bool = True,
+    groups: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """One epoch of index batches. Grouping sorts within shuffled windows of 50 batches (about a third of each
-    batch was padding otherwise) and then shuffles the batches, so the order stays random across windows."""
+    batch was padding otherwise) and then shuffles the batches, so the order stays random across windows. With
+    `groups` (opening_groups), a window is sorted by group first, so a batch's rows share their instruction."""
     idx = list(range(len(lengths)))
     if not shuffle:
         return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     rng.shuffle(idx)
     if group_by_length:
         window = batch_size * 50
-        idx = [i for s in range(0, len(idx), window) for i in sorted(idx[s : s + window], key=lengths.__getitem__)]
+        key = lengths.__getitem__ if groups is None else (lambda i: (groups[i], lengths[i]))
+        idx = [i for s in range(0, len(idx), window) for i in sorted(idx[s : s + window], key=key)]
     batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     if group_by_length:
         rng.shuffle(batches)
@@ -114,8 +126,45 @@ def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
+MIN_SHARED_TOKENS = 8  # a shorter common opening is not worth a second decoder call
+
+
+def shared_opening_length(batch: dict[str, torch.Tensor]) -> int:
+    """How many leading tokens every row of a (right-padded) batch shares and no loss reads: the tokens
+    before the first position that predicts an answer token, in the longest common start of the rows."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if ids.shape[0] < 2:
+        return 0
+    width = int(mask.sum(1).min())
+    same = (ids[:, :width] == ids[:1, :width]).all(0)
+    common = width if bool(same.all()) else int((~same).nonzero()[0, 0])
+    answered = (labels != IGNORE_INDEX).any(0).nonzero()
+    first_answer = int(answered[0, 0]) if len(answered) else ids.shape[1]
+    n = min(common, first_answer - 1)  # the position before the first answer token must be computed per row
+    return n if n >= MIN_SHARED_TOKENS else 0
+
+
+def decoder_hidden(decoder: torch.nn.Module, batch: dict[str, torch.Tensor], shared: int) -> torch.Tensor:
+    """The decoder's last hidden states (batch, length, hidden). With `shared` > 0, the first `shared` tokens,
+    the same in every row, run once and their keys and values are repeated for the rows (whose gradients then sum
+    into that one pass); the rows run only their own tokens. Causal attention makes the states of the rows' own
+    tokens those of a full forward; the shared positions' states are returned as zeros (no loss reads them)."""
+    if not shared:
+        return decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    from .predict import cache_kwarg, output_cache
+
+    ids = batch["input_ids"]
+    n, width = ids.shape
+    cache = output_cache(decoder(input_ids=ids[:1, :shared], use_cache=True))
+    cache.batch_repeat_interleave(n)
+    pos = torch.arange(shared, width).expand(n, -1)
+    own = decoder(input_ids=ids[:, shared:], attention_mask=batch["attention_mask"], position_ids=pos,
+                  use_cache=True, **{cache_kwarg(decoder): cache})[0]
+    return torch.cat([own.new_zeros(n, shared, own.shape[-1]), own], dim=1)
+
+
 def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_example: bool = False,
-                label_loss: bool = False, full_logits: bool = False) -> torch.Tensor:
+                label_loss: bool = False, full_logits: bool = False, shared_opening: bool = False) -> torch.Tensor:
     """The training loss of a batch, with the output head applied only where the loss reads it.
 
     The decoder runs over every token; the head (SmolLM2's is 49,152 x 576, a fifth of a forward's arithmetic)
@@ -127,6 +176,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_e
     the label words' rows of the head (a 3-way softmax for sentiment); free-answer rows (AML) keep the answer loss.
     full_logits: the reference computation (the model's own forward over the whole vocabulary at every position),
     kept for comparisons; also what a model whose head is not a plain linear map gets.
+    shared_opening: run the rows' common opening once (`decoder_hidden`); not with `per_example`, whose
+    per-example gradients (Opacus) need every row's own activations.
     """
     from .predict import plain_head
 
@@ -140,7 +191,8 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_e
                                            attention_mask=batch["attention_mask"]).logits, labels)
         return model(**{k: v for k, v in batch.items() if k != "choices"}).loss
     decoder, head = plain
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0][:, :-1]
+    shared = shared_opening_length(batch) if shared_opening and not per_example else 0
+    hidden = decoder_hidden(decoder, batch, shared)[:, :-1]
     target = labels[:, 1:]
     answer = target != IGNORE_INDEX  # (batch, length - 1): positions that predict an answer token
     choices = batch.get("choices") if label_loss else None
@@ -217,6 +269,8 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     lengths = [len(e) for e in examples]
+    share = cfg.shared_opening and dp is None and not cfg.full_logits
+    groups = opening_groups(examples) if share else None
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(cfg.bf16_autocast) else contextlib.nullcontext()
     forward = model
@@ -229,7 +283,7 @@ def train(
             while True:
                 yield poisson_batch(len(examples), dp.sample_rate, gen)
         while True:  # epochs until the step budget is spent
-            yield from batch_order(lengths, cfg.batch_size, rng, cfg.group_by_length, cfg.shuffle)
+            yield from batch_order(lengths, cfg.batch_size, rng, cfg.group_by_length, cfg.shuffle, groups)
 
     result = TrainResult(steps=0, examples=0, tokens=0, wall_s=0.0)
     batches = micro_batches()
@@ -250,7 +304,7 @@ def train(
                     # under DP the hooks Opacus put on the LoRA layers record each example's activations and
                     # gradients whichever way the decoder is called; its loss is a mean over examples
                     loss = answer_loss(model, batch, per_example=dp is not None, label_loss=cfg.loss == "labels",
-                                       full_logits=cfg.full_logits)
+                                       full_logits=cfg.full_logits, shared_opening=share)
                     if extra_loss is not None:
                         loss = loss + extra_loss(model)
                 (loss / cfg.grad_accum).backward()

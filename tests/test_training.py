@@ -295,6 +295,69 @@ def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(
         assert losses[1] == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("label_loss", [False, True])
+def test_a_shared_opening_runs_once_and_gives_the_same_loss_and_gradients(tiny_config, label_loss):
+    """Rows that share their instruction: the opening runs once (one row of it reaches the decoder) and its keys and
+    values serve every row; the loss and every LoRA gradient equal the forward that runs each row whole."""
+    from fedfingpt.common.train import answer_loss, shared_opening_length
+
+    loaded = load_base_model(tiny_config.model)
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, tiny_config.lora.model_copy(update={"target_modules": ["q_proj", "v_proj",
+                                                                                              "down_proj"]}))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    news = [e for e in EXAMPLES if e.kind == "news"]
+    batch = collate(encode_sentiment(loaded.tokenizer, news, 96), loaded.tokenizer.pad_token_id)
+    shared = shared_opening_length(batch)
+    opening = len(loaded.tokenizer(build_prompt(INSTRUCTIONS["news"], ""))["input_ids"])
+    assert opening - 6 <= shared < opening  # the instruction, up to where the rows' own text starts
+    rows_in = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_in.append(tuple(a[0].shape)))
+    grads, losses = [], []
+    for share in (False, True):
+        model.zero_grad()
+        rows_in.clear()
+        loss = answer_loss(model, batch, label_loss=label_loss, shared_opening=share)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    hook.remove()
+    width = batch["input_ids"].shape[1]
+    assert rows_in == [(1, shared), (len(news), width - shared)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
+
+
+def test_no_opening_is_shared_by_rows_of_other_instructions_or_before_an_answer(tiny_config):
+    """Rows that part within the first tokens share nothing; nor is the token before an answer ever shared."""
+    from fedfingpt.common.train import shared_opening_length
+
+    tok = load_base_model(tiny_config.model).tokenizer
+    assert shared_opening_length(_mixed_batch(tok)) == 0  # sentiment rows beside an AML case
+    batch = collate(encode_sentiment(tok, [EXAMPLES[2], EXAMPLES[2]], 96), tok.pad_token_id)  # identical rows
+    first_answer = int((batch["labels"][0] != IGNORE_INDEX).nonzero()[0, 0])
+    assert shared_opening_length(batch) == first_answer - 1
+
+
+def test_grouping_by_opening_batches_rows_of_one_instruction():
+    import random
+
+    from fedfingpt.common.train import batch_order
+
+    rng = random.Random(3)
+    lengths = [rng.randint(20, 80) for _ in range(800)]
+    groups = [rng.randrange(3) for _ in range(800)]
+    batches = batch_order(lengths, 8, random.Random(0), group_by_length=True, groups=groups)
+    assert sorted(i for b in batches for i in b) == list(range(800))
+    mixed = sum(len({groups[i] for i in b}) > 1 for b in batches)
+    assert mixed <= 2 * 2  # at most a batch per group boundary in each of the two windows
+    plain = batch_order(lengths, 8, random.Random(0), group_by_length=True)
+    assert sum(len({groups[i] for i in b}) > 1 for b in plain) > 50
+
+
 def test_label_loss_is_a_softmax_over_the_label_rows_at_the_first_answer_token(tiny_config):
     """training.loss=labels: a classification row's loss is -log softmax over its label words' logits at the position
     that chooses the label; a free-answer row keeps its answer tokens' loss over the whole vocabulary."""
