@@ -41,6 +41,14 @@ def federation_args(ap: argparse.ArgumentParser, *, banks: int, rounds: int, loc
     ap.add_argument("--eval-rows", type=int, default=eval_rows, help="rows of FPB test and TFNS valid (seeded sample)")
 
 
+def federation_overrides(args) -> dict:
+    """Config overrides for the federation of `federation_args`: banks, rounds and local steps as given, one bank
+    may be missing from a round, no client-side evaluation, a fresh run (never a resume of an older one)."""
+    return {"federation.num_banks": args.banks, "federation.rounds": args.rounds,
+            "federation.local_steps": args.local_steps, "federation.client_eval": False, "federation.resume": False,
+            "federation.min_banks": max(1, args.banks - 1)}
+
+
 def fresh_model(cfg):
     """Base model with LoRA at the seeded initialisation every bank and the server start from."""
     loaded = load_base_model(cfg.model)

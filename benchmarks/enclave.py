@@ -74,11 +74,12 @@ def main() -> None:
     rows.append({"step": "verify evidence", **stats(ver)})
 
     # 3 (first, it builds what 2 serves). start-up: seal, unseal, build the served model
-    base_cfg = load_config(args.config, {
+    job = load_config(args.config, {
         "serving.port": 0, "serving.tokens_file": str(tokens), "serving.tls_cert": str(certs["server.pem"]),
         "serving.tls_key": str(certs["server.key"]), "serving.audit_log": str(work / "audit.jsonl"),
         "serving.enclave": "software", "serving.enclave_identity": str(work / "serve.identity"),
         "serving.adapter": str(work / "adapter.sealed")})
+    base_cfg = job.service()  # what the service reads
     loaded = load_base_model(base_cfg.model)
     server_enclave = make_enclave(base_cfg, loaded.base_sha256, SERVED_CODE)
     t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def main() -> None:
     for r in rows:
         log.info("%s", r)
     write_results(Path(args.out), benchmark="enclave", config=base_cfg.model_dump(mode="json"),
-                  seed=base_cfg.training.seed, rows=rows, columns=["step", "mean_ms", "p50_ms", "p95_ms", "n"],
+                  seed=job.training.seed, rows=rows, columns=["step", "mean_ms", "p50_ms", "p95_ms", "n"],
                   title=f"Enclave hook costs (software backend), {base_cfg.model.base} adapter",
                   extra={"adapter": args.adapter, "attestation_overhead_ms_p50": round(
                       stats(attested)["p50_ms"] - stats(plain)["p50_ms"], 2), "peak_rss_mb": peak_rss_mb(),

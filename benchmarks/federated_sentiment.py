@@ -24,7 +24,7 @@ from fedfingpt.common.tasks.sentiment_data import sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import benchmark_parser, federation_args, fresh_model# benchmarks/_shared.py
+from _shared import benchmark_parser, federation_args, federation_overrides, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -46,9 +46,7 @@ def main() -> None:
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     base = load_config(args.config, {
-        "federation.num_banks": args.banks, "federation.rounds": args.rounds,
-        "federation.local_steps": args.local_steps, "federation.client_eval": False, "federation.resume": False,
-        "federation.min_banks": max(1, args.banks - 1), "federation.server_eval_limit": 100,
+        **federation_overrides(args), "federation.server_eval_limit": 100,
         "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
         "federation.strategy": "fedavg",  # the baseline against local and centralized training
     })

@@ -41,7 +41,7 @@ from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample, sent
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, federation_args, fresh_model# benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, federation_args, federation_overrides, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -170,9 +170,7 @@ def main() -> None:
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     base = load_config(args.config, {
-        "federation.num_banks": args.banks, "federation.rounds": args.rounds,
-        "federation.local_steps": args.local_steps, "federation.client_eval": False, "federation.resume": False,
-        "federation.min_banks": args.banks - 1,
+        **federation_overrides(args),
         "federation.server_eval_limit": args.eval_rows, "federation.server_eval_every": 0, "training.lr": args.lr,
         "federation.client_cpus": 2.0, "federation.partition.alpha": 0.5,
         "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)

@@ -148,8 +148,8 @@ def label_scorer(cfg, model, tokenizer):
     prefix = PrefixCache(model, tokenizer, task_openings())
 
     def score(prompts: list[str]):
-        return label_logprobs(model, tokenizer, prompts, LABELS, max_length=cfg.data.max_length, batch_size=16,
-                              bf16=cfg.eval.bf16_autocast, prefix=prefix, among_labels=True)
+        return label_logprobs(model, tokenizer, prompts, LABELS, max_length=cfg.serving.max_length, batch_size=16,
+                              bf16=cfg.serving.bf16_autocast, prefix=prefix, among_labels=True)
 
     return score
 
@@ -169,7 +169,7 @@ def model_alone(cfg, served, rows) -> list[dict]:
     decoder_params = sum(p.numel() for p in served.model.get_decoder().parameters()) - \
         served.model.get_input_embeddings().weight.numel()
     opening = len(served.tokenizer(build_prompt(INSTRUCTIONS["news"], ""))["input_ids"])
-    new_tokens = [max(1, len(encode_prompt(served.tokenizer, p, cfg.data.max_length)) - opening) for p in prompts]
+    new_tokens = [max(1, len(encode_prompt(served.tokenizer, p, cfg.serving.max_length)) - opening) for p in prompts]
     int8 = copy.deepcopy(served.model)
     int8.model = torch.ao.quantization.quantize_dynamic(int8.model, {torch.nn.Linear}, dtype=torch.qint8)
     out = []
@@ -328,11 +328,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work)
     certs, tokens = dev_serving_files(work, TOKEN)
-    base = load_config(args.config, {"serving.adapter": args.adapter, "serving.port": 0,
+    job = load_config(args.config, {"serving.adapter": args.adapter, "serving.port": 0,
                                      "serving.tokens_file": str(tokens), "serving.tls_cert": str(certs["server.pem"]),
                                      "serving.tls_key": str(certs["server.key"]),
                                      "serving.audit_log": str(work / "audit.jsonl"), "serving.max_concurrent": 64})
-    headlines = [r.text for r in sentiment_splits(base.data.data_dir)["test"]["fpb"][:200]]
+    base = job.service()  # what the service reads
+    headlines = [r.text for r in sentiment_splits(job.data.data_dir)["test"]["fpb"][:200]]
     gate = ComplianceGate(base.gate)
     rows: list[dict] = []
     paired = None
@@ -364,17 +365,17 @@ def main() -> None:
             server.stop(1.0)
     callers.shutdown()
     served = served_model(base)  # sections 2 and 4
-    alone = model_alone(base, served, sentiment_splits(base.data.data_dir)["test"]["fpb"][:args.model_rows]) \
+    alone = model_alone(base, served, sentiment_splits(job.data.data_dir)["test"]["fpb"][:args.model_rows]) \
         if args.model_rows else []
     scan_times = gate_scan_times(gate, headlines)
     gemm = round(matmul_gflops(), 1)
     log.info("one large fp32 matrix product: %.1f GFLOP/s", gemm)
-    records = research_records(base.data.data_dir)
+    records = research_records(job.data.data_dir)
     quality = redaction_quality(gate, records)
     for q in quality:
         log.info("%s", q)
-    splits = sentiment_splits(base.data.data_dir)["test"]
-    nano = json.loads((data_dir_from_env(base.data.data_dir) / "pii" / "nannigalaxy_pii_nano" /
+    splits = sentiment_splits(job.data.data_dir)["test"]
+    nano = json.loads((data_dir_from_env(job.data.data_dir) / "pii" / "nannigalaxy_pii_nano" /
                        "pii_syn_nano_en.json").read_text())
     without = base.gate.model_copy(update={"person_names": False})
     lists_effect = name_lists_effect(
@@ -384,7 +385,7 @@ def main() -> None:
     for r in rows:
         by[r["setting"]][r["concurrency"]] = r
     write_results(
-        Path(args.out), benchmark="serving", config=base.model_dump(mode="json"), seed=base.training.seed,
+        Path(args.out), benchmark="serving", config=base.model_dump(mode="json"), seed=job.training.seed,
         rows=rows, columns=["setting", "concurrency", "p50_ms", "p95_ms", "p99_ms", "requests_per_s", "mean_batch",
                             "requests"],
         title=f"Serving {base.model.base} + adapter over gRPC/TLS on 127.0.0.1, one headline per request",

@@ -414,6 +414,16 @@ class ServingConfig(_Strict):
                                  "gate reads anything.")
     max_message_bytes: int = Field(1 << 20, gt=0, description="Largest request message.")
     max_new_tokens: int = Field(64, gt=0, le=1024, description="Cap on Generate's tokens.")
+    max_length: int = Field(400, ge=32, description="Tokens of a scored prompt (a longer input is cut inside the "
+                            "input, keeping the instruction and the answer cue): 400 holds a screening narrative.")
+    bf16_autocast: bool | Literal["auto"] = Field("auto", description="bf16 where the CPU has it natively (auto): "
+                                                  "the torch engine casts the merged model to bf16 once.")
+    engine: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="What computes the label scores (server/inference/engines.py): torch; onnx (ONNX "
+        "Runtime, fp32, the same function, exported in memory at start); onnx-int8 (weight-only block int8). "
+        "Measured side by side in benchmarks/results/serving.md.")
+    response_cache: int = Field(0, ge=0, description="Label scores of this many recent prompts kept, keyed on the "
+                                "redacted prompt, the adapter hash and the labels; hits are audited; 0 = off.")
     workers: int = Field(8, gt=0, description="gRPC worker threads; at least max_concurrent + 1 run, so that every "
                          "request in flight can join a batch and one beyond the limit is refused, not queued.")
     audit_log: str = Field("runs/serving/audit.jsonl", description="Hash-chained audit trail (JSONL).")
@@ -422,6 +432,21 @@ class ServingConfig(_Strict):
     enclave_identity: str = Field("runs/serving/enclave.identity",
                                   description="software enclave: its 32-byte identity secret (created if missing).")
     attestation_dir: str = Field("/dev/attestation", description="gramine-sgx: Gramine's attestation files.")
+
+
+SERVICE_SECTIONS = ("model", "lora", "gate", "serving")
+
+
+class ServiceConfig(_Strict):
+    """What the inference service reads (`fedfingpt serve`, the application teams' side): the base model, the LoRA
+    shape a service without an adapter attaches (zero B: the base model's function), the compliance gate and the
+    service's own settings. It is also what the service attests to (enclave/serving.py). A training job's file can
+    serve as one: its other sections are the training side's and are not read (`load_service_config`)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfigModel = Field(default_factory=LoraConfigModel)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
 
 class Config(_Strict):
@@ -438,6 +463,10 @@ class Config(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+
+    def service(self) -> ServiceConfig:
+        """The serving side's sections of this job (a test or a benchmark that trains and then serves)."""
+        return ServiceConfig.model_validate({k: getattr(self, k) for k in SERVICE_SECTIONS})
 
     def training_job(self) -> dict:
         """The sections that decide what is trained (JSON): what a checkpoint stores and a resume compares. The
@@ -489,9 +518,28 @@ DEFAULT_JOB = Path(__file__).resolve().parent / "default_job.yaml"
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate a YAML config; None gives the default job (DEFAULT_JOB). `overrides` are dotted keys.
     Keys a file leaves out take the schema's defaults."""
+    data, source = _read_yaml(DEFAULT_JOB if path is None else path, overrides)
+    return config_from_dict(data, source)
+
+
+def load_service_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServiceConfig:
+    """The service's config from a YAML file (configs/serving.yaml, or a training job's file, whose training-side
+    sections are left unread); None: the defaults. `overrides` are dotted keys (serving.port=0). A section that is
+    neither the service's nor a training job's is refused, as a misspelt one would otherwise be ignored."""
+    data, source = _read_yaml(path, overrides)
+    unknown = sorted(set(data) - set(Config.model_fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; a serving config has "
+                          f"{', '.join(SERVICE_SECTIONS)}")
+    try:
+        return ServiceConfig.model_validate({k: data[k] for k in SERVICE_SECTIONS if k in data})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def _read_yaml(path: str | Path | None, overrides: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     data: dict[str, Any] = {}
     source = "<default>"
-    path = DEFAULT_JOB if path is None else path
     if path is not None:
         p = Path(path)
         source = str(p)
@@ -512,7 +560,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return config_from_dict(data, source)
+    return data, source
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -168,7 +168,8 @@ def label_logprobs(
     When every label is one distinct token (SmolLM2: " negative", " neutral", " positive"), one forward pass over
     the prompt gives all of them from the last position. When the labels share their first tokens and differ only
     in their last one (AML: '{"suspicious": true' / '... false'), one pass over prompt + the shared tokens gives
-    them all (the shared tokens' log-probs added to each). Otherwise each label is scored as a continuation.
+    them all (the shared tokens' log-probs added to each). Otherwise (AML's typologies) the prompt and the labels'
+    common first tokens run once and each label's remaining tokens continue from their keys and values.
     """
     model.eval()
     label_ids = label_token_ids(tokenizer, labels)
@@ -195,22 +196,58 @@ def label_logprobs(
             logp = torch.log_softmax(logits[:, -1], dim=-1)
             out[idx] = (logp if among_labels else logp[:, firsts]).numpy()
         else:
-            # prompt + label, left-padded: label token k of a label of length m sits at column width - m + k and is
-            # predicted from column width - m + k - 1, i.e. kept position longest - m + k of the last longest + 1
-            seqs = [encoded[i] + lab for i in idx for lab in label_ids]
-            keep = longest_label + 1
-            logp = torch.log_softmax(_last_logits(model, seqs, tokenizer.pad_token_id, keep, bf16, prefix), dim=-1)
-            scores = []
-            for row in range(len(seqs)):
-                lab = label_ids[row % len(labels)]
-                pos = torch.arange(longest_label - len(lab), longest_label)
-                scores.append(logp[row, pos, torch.tensor(lab)].sum().item())
-            out[idx] = np.asarray(scores).reshape(len(idx), len(labels))
+            out[idx] = _continuations(model, [encoded[i] for i in idx], label_ids, tokenizer.pad_token_id, bf16,
+                                      prefix)
         if progress is not None:
             progress.update(len(idx))
     if among_labels and not single:
         out -= np.logaddexp.reduce(out, axis=1, keepdims=True)
     return out
+
+
+def _continuations(model, seqs: list[list[int]], label_ids: list[list[int]], pad_id: int, bf16,
+                   prefix: PrefixCache | None) -> np.ndarray:
+    """log P(label tokens | sequence) for every sequence and label, (n, k): one pass over each sequence plus the
+    labels' common first tokens (their log-probs, and each label's next token, read from its last positions),
+    then the labels' remaining tokens for all n x k pairs at once from that pass's keys and values, right-padded."""
+    common = 0
+    while all(len(t) > common + 1 for t in label_ids) and len({t[common] for t in label_ids}) == 1:
+        common += 1
+    shared, rests = label_ids[0][:common], [t[common:] for t in label_ids]
+    n, k = len(seqs), len(label_ids)
+    start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
+    ids, mask, pos = _pad_left([s[start:] + shared for s in seqs], pad_id)
+    kwargs = {}
+    if past is not None:
+        mask = torch.cat([torch.ones((n, start), dtype=mask.dtype), mask], dim=1)
+        pos = pos + start
+        kwargs[cache_kwarg(model)] = past
+    with _autocast(bf16):
+        first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                      logits_to_keep=common + 1, **kwargs)
+    logp = torch.log_softmax(first.logits[:, -(common + 1):].float(), dim=-1)
+    score = logp[:, torch.arange(common), torch.tensor(shared, dtype=torch.long)].sum(1, keepdim=True) \
+        + logp[:, -1, [r[0] for r in rests]]  # (n, k): the common tokens and each label's next one
+    width = max(len(r) for r in rests) - 1
+    if width > 0:  # the labels' further tokens, every (sequence, label) pair a row: r[:-1] in, r[1:] predicted
+        cache = output_cache(first)
+        cache.batch_repeat_interleave(k)
+        cont = torch.full((n * k, width), pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((n * k, width), dtype=mask.dtype)
+        for row in range(n * k):
+            r = rests[row % k][:-1]
+            cont[row, : len(r)] = torch.tensor(r, dtype=torch.long)
+            cont_mask[row, : len(r)] = 1
+        cont_pos = pos[:, -1:].repeat_interleave(k, dim=0) + 1 + torch.arange(width)
+        with _autocast(bf16):
+            more = model(input_ids=cont, attention_mask=torch.cat([mask.repeat_interleave(k, dim=0), cont_mask], 1),
+                         position_ids=cont_pos, **{cache_kwarg(model): cache}).logits.float()
+        more = torch.log_softmax(more, dim=-1)
+        for row in range(n * k):
+            r = rests[row % k]
+            if len(r) > 1:
+                score[row // k, row % k] += more[row, torch.arange(len(r) - 1), torch.tensor(r[1:])].sum()
+    return score.double().numpy()
 
 
 def _shared_opening(label_ids: list[list[int]]) -> list[int]:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..common.config import Config
+from ..common.config import SERVICE_SECTIONS, ServiceConfig
 from .base import Enclave, EnclaveError, Measurement, code_digest, config_digest
 
 SEALED_SUFFIX = ".sealed"
@@ -23,16 +23,16 @@ def seal_binding(base_sha256: str, code: Sequence[str]) -> str:
     return hashlib.sha256(f"{code_digest(code)}|{base_sha256}".encode()).hexdigest()
 
 
-def serving_config_digest(cfg: Config) -> str:
-    return config_digest({k: cfg.model_dump(mode="json")[k] for k in ("model", "lora", "gate", "serving")})
+def serving_config_digest(cfg: ServiceConfig) -> str:
+    return config_digest({k: cfg.model_dump(mode="json")[k] for k in SERVICE_SECTIONS})
 
 
-def serving_measurement(cfg: Config, base_sha256: str, adapter_sha256: str, code: Sequence[str]) -> Measurement:
+def serving_measurement(cfg: ServiceConfig, base_sha256: str, adapter_sha256: str, code: Sequence[str]) -> Measurement:
     """What the service attests to; `code`: the packages it runs."""
     return Measurement(code_digest(code), base_sha256, adapter_sha256 or "none", serving_config_digest(cfg))
 
 
-def make_enclave(cfg: Config, base_sha256: str, code: Sequence[str]) -> Enclave | None:
+def make_enclave(cfg: ServiceConfig, base_sha256: str, code: Sequence[str]) -> Enclave | None:
     s = cfg.serving
     if s.enclave == "none":
         return None

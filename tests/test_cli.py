@@ -61,3 +61,26 @@ def test_errors_exit_2_with_the_reason(tmp_path, capsys, monkeypatch):
     ok.write_text("model:\n  base: tiny-random\n")
     assert main(["-q", "eval", str(ok), "--out", str(tmp_path / "x")]) == 2
     assert "FEDFINGPT_DATA_DIR" in capsys.readouterr().err
+
+
+def test_enclave_measure_reads_the_service_sections_of_a_job_file(tiny_config, tmp_path, capsys):
+    """`fedfingpt enclave measure` (and `serve`) read the serving side of a file: a job's training sections change
+    no measured byte, a gate setting does, and a section of neither kind stops it with the section's name."""
+    def measure(cfg: dict) -> dict:
+        p = tmp_path / "svc.yaml"
+        p.write_text(yaml.safe_dump(cfg))
+        assert main(["-q", "enclave", "measure", str(p), "--set", "serving.enclave=software"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    job = tiny_config.model_dump(mode="json")
+    first = measure(job)
+    job["training"]["max_steps"] = 99
+    job["data"]["max_length"] = 64
+    assert measure(job) == first
+    job["gate"] = {"min_score": 0.7}
+    changed = measure(job)
+    assert changed["config"] != first["config"] and changed["code"] == first["code"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": job["model"], "gatee": {}}))
+    assert main(["-q", "enclave", "measure", str(bad)]) == 2
+    assert "unknown section(s) gatee" in capsys.readouterr().err

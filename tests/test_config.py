@@ -100,3 +100,33 @@ def test_a_bad_node_config_names_the_key(raw, needle):
 
     with pytest.raises(NodeConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         NodeConfig.from_flower(raw, num_banks=3)
+
+
+def test_the_service_reads_its_own_sections_of_a_job_file_and_refuses_a_stranger(tmp_path):
+    """A serving config has model, lora, gate and serving; a training job's file serves too, its training sections
+    unread (changing them changes nothing the service attests to); a section of neither kind is refused by name."""
+    from fedfingpt.common.config import ServiceConfig, load_service_config
+    from fedfingpt.enclave.serving import serving_config_digest
+
+    from pathlib import Path
+
+    shipped = load_service_config(Path(__file__).resolve().parents[1] / "configs" / "serving.yaml")
+    assert isinstance(shipped, ServiceConfig) and shipped.gate.policy.roles == {"analyst": {"PERSON": "hash"}}
+    job = tmp_path / "job.yaml"
+    job.write_text("model: {base: tiny-random}\ndata: {max_length: 96}\ntraining: {max_steps: 5}\n"
+                   "serving: {port: 0, max_length: 128}\n")
+    a = load_service_config(job, {"serving.max_items": 3})
+    assert (a.model.base, a.serving.port, a.serving.max_length, a.serving.max_items) == ("tiny-random", 0, 128, 3)
+    assert not hasattr(a, "training") and not hasattr(a, "data")
+    job.write_text(job.read_text().replace("max_steps: 5", "max_steps: 50").replace("max_length: 96", "max_length: 64"))
+    assert serving_config_digest(load_service_config(job, {"serving.max_items": 3})) == serving_config_digest(a)
+    assert serving_config_digest(a.model_copy(update={"gate": a.gate.model_copy(update={"min_score": 0.5})})) != \
+        serving_config_digest(a)
+    stray = tmp_path / "stray.yaml"
+    stray.write_text("serving: {port: 0}\nservng: {port: 1}\n")
+    with pytest.raises(ConfigError, match="unknown section.*servng"):
+        load_service_config(stray)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("serving: {max_length: 8}\n")
+    with pytest.raises(ConfigError, match="serving.max_length"):
+        load_service_config(bad)

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,8 +49,8 @@ def serving_config(tiny_config, tmp_path, certs, **serving):
     cfg = tiny_config.model_dump(mode="json")
     cfg["serving"] = {"port": 0, "tokens_file": str(tokens), "tls_cert": str(certs["server.pem"]),
                       "tls_key": str(certs["server.key"]), "audit_log": str(tmp_path / "audit.jsonl"),
-                      "max_wait_ms": 2, **serving}
-    return config_from_dict(cfg)
+                      "max_wait_ms": 2, "max_length": tiny_config.data.max_length, "bf16_autocast": False, **serving}
+    return config_from_dict(cfg).service()  # the serving side's sections: what the service reads
 
 
 class Running:
@@ -92,7 +93,7 @@ def test_redaction_happens_before_the_model_and_the_audit_holds_no_pii(running, 
 
     m = running.server.model
     want = softmax(label_logprobs(m.model, m.tokenizer, m.seen_prompts[-1:], LABELS, max_length=96,
-                                  bf16=running.cfg.eval.bf16_autocast))[0]  # the served dtype, pinned to fp32
+                                  bf16=running.cfg.serving.bf16_autocast))[0]  # the served dtype, pinned to fp32
     got = [out.results[1].probabilities[lab] for lab in LABELS]
     assert np.allclose(got, want, atol=1e-4), (got, want)
     trail = Path(running.cfg.serving.audit_log)
@@ -448,7 +449,8 @@ def hypothesis_server(tmp_path_factory, gate, certs):
     tokens.write_text(yaml.safe_dump({TOKENS["analyst"]: {"caller": "fuzz", "role": "analyst"},
                                       TOKENS["dev"]: {"caller": "fuzz-dev", "role": "developer"}}))
     cfg = cfd({**base, "serving": {"port": 0, "insecure": True, "tokens_file": str(tokens), "max_new_tokens": 4,
-                                   "audit_log": str(tmp / "audit.jsonl"), "max_message_bytes": 1 << 16}})
+                                   "audit_log": str(tmp / "audit.jsonl"), "max_message_bytes": 1 << 16,
+                                   "max_length": 96, "bf16_autocast": False}}).service()
     server = InferenceServer(cfg, gate=gate).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     yield channel, f"127.0.0.1:{server.port}"
@@ -639,3 +641,68 @@ def test_query_command_takes_its_texts_after_the_options(running, certs, monkeyp
                  "Profits rose sharply.", "Sales fell."]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[0].split()[0] in ("negative", "neutral", "positive") and "Sales fell." in out[1]
+
+
+@pytest.mark.parametrize("engine", ["onnx", "onnx-int8"])
+def test_the_onnx_engines_score_what_the_torch_engine_scores(tiny_config, tmp_path, certs, engine):
+    """serving.engine onnx: the merged decoder in ONNX Runtime gives the torch engine's sentiment log-probabilities
+    (fp32: to float rounding; weight-only int8: close); label sets of several tokens (AML's openings) go to the
+    torch path of the same model and so match it exactly."""
+    from fedfingpt.common.tasks.aml import LABEL_OPENINGS
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+
+    ref = ModelServer(serving_config(tiny_config, tmp_path, certs))
+    served = ModelServer(serving_config(tiny_config, tmp_path, certs, engine=engine))
+    try:
+        assert served.engine.name == engine and ref.engine.name == "torch"
+        prompts = ["Instruction: What is the sentiment of this news?\nInput: Profits rose.\nAnswer:",
+                   "Instruction: What is the sentiment of this news?\nInput: The bank cut 200 jobs after the "
+                   "quarter's loss widened.\nAnswer:", "Sales were flat."]
+        want = ref.engine.score(prompts, LABELS)
+        got = served.engine.score(prompts, LABELS)
+        assert got.shape == (3, 3) and np.allclose(np.exp(got).sum(1), 1.0)
+        np.testing.assert_allclose(got, want, atol=1e-4 if engine == "onnx" else 0.05)
+        np.testing.assert_array_equal(served.engine.score(prompts, LABEL_OPENINGS),
+                                      ref.engine.score(prompts, LABEL_OPENINGS))
+    finally:
+        ref.close()
+        served.close()
+
+
+def test_the_response_cache_answers_a_repeated_redacted_prompt_without_the_model(tiny_config, tmp_path, certs, gate):
+    """serving.response_cache: a text that redacts to a prompt already scored is answered from the cache (no new
+    forward), with the same probabilities, and the audit line counts the hit; the key holds no raw PII."""
+    cfg = serving_config(tiny_config, tmp_path, certs, response_cache=4)
+    r = Running(cfg, gate)
+    try:
+        with r.client(certs=certs) as c:
+            first = c.classify(["Maria Garcia said profits rose."]).results[0]
+            second = c.classify(["John Smith said profits rose."]).results[0]  # the same prompt after redaction
+            third = c.classify(["Sales fell."]).results[0]
+        assert dict(first.probabilities) == pytest.approx(dict(second.probabilities), abs=0)
+        assert r.server.model.batcher.batches == [1, 1]  # two forwards for three requests
+        keys = [k[0] for k in r.server.model.cache._d]
+        assert len(keys) == 2 and not any("Garcia" in k or "Smith" in k for k in keys)
+        assert third.label in ("negative", "neutral", "positive")
+    finally:
+        r.stop()
+    lines = [json.loads(x) for x in Path(cfg.serving.audit_log).read_text().splitlines()]
+    assert [x.get("cache_hits", 0) for x in lines if x["method"] == "ClassifySentiment"] == [0, 1, 0]
+    assert verify(cfg.serving.audit_log).ok
+
+
+def test_the_torch_engine_casts_the_merged_model_to_bf16_once_when_asked(tiny_config, tmp_path, certs):
+    """serving.bf16_autocast on (auto turns it on where the CPU has native bf16): the merged weights become bf16
+    once, no autocast runs on top, and the scores stay close to fp32's."""
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+
+    fp32 = ModelServer(serving_config(tiny_config, tmp_path, certs))
+    bf16 = ModelServer(serving_config(tiny_config, tmp_path, certs, bf16_autocast=True))
+    try:
+        assert bf16.cast_bf16 and bf16.bf16 is False and not fp32.cast_bf16
+        assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+        prompts = ["Instruction: What is the sentiment of this news?\nInput: Profits rose.\nAnswer:"]
+        np.testing.assert_allclose(bf16.engine.score(prompts, LABELS), fp32.engine.score(prompts, LABELS), atol=0.05)
+    finally:
+        fp32.close()
+        bf16.close()

@@ -129,8 +129,11 @@ def _hand_logprob(model, tok, prompt, label):
 SHARED_OPENING = ("answer: negative", "answer: neutral", "answer: positive")  # tiny vocab: 2 shared tokens + 1
 
 
+SHARED_THEN_APART = ("answer: bullish", "answer: bearish trend ahead", "answer: sideways")  # as AML's typologies
+
+
 @pytest.mark.parametrize("labels, path", [(LABELS, "single"), (("bullish", "bearish", "sideways"), "continuations"),
-                                          (SHARED_OPENING, "shared opening")])
+                                          (SHARED_THEN_APART, "continuations"), (SHARED_OPENING, "shared opening")])
 def test_label_scoring_matches_a_hand_computation_on_every_path(tiny_config, labels, path):
     """One forward pass when every label is one token, or when the labels share all but a distinct last token
     (one pass over prompt + the shared tokens); a continuation per label otherwise. Each must equal
@@ -159,7 +162,7 @@ def test_label_scoring_matches_a_hand_computation_on_every_path(tiny_config, lab
 
 
 
-@pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways"), SHARED_OPENING])
+@pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways"), SHARED_THEN_APART, SHARED_OPENING])
 def test_label_scoring_sends_only_the_needed_positions_through_the_output_head(tiny_config, labels):
     """A (batch, length, vocab) logits tensor is what made AML scoring hold gigabytes; only the positions that
     predict label tokens may come out of the model."""
@@ -176,8 +179,11 @@ def test_label_scoring_sends_only_the_needed_positions_through_the_output_head(t
 
     ids = label_token_ids(tok, labels)
     longest = max(len(t) for t in ids)
-    need = 1 if longest == 1 else longest if _shared_opening(ids) else longest + 1
-    assert widths and all(w[1] == need for w in widths), widths
+    if longest == 1 or _shared_opening(ids):
+        assert widths and all(w[1] == longest for w in widths), widths
+    else:  # the prompts once (their last position), then every (prompt, label) pair's further label tokens
+        common = next(i for i in range(longest) if len({t[i] if i < len(t) else None for t in ids}) > 1)
+        assert [w[:2] for w in widths] == [(4, common + 1), (4 * len(labels), longest - common - 1)], widths
 
 @pytest.mark.parametrize("labels", [LABELS, ("bullish", "bearish", "sideways")])
 def test_scoring_among_the_labels_renormalises_and_reads_only_the_labels_head_rows(tiny_config, labels):
@@ -261,29 +267,43 @@ def _mixed_batch(tok):
     return collate(enc, tok.pad_token_id)
 
 
-@pytest.mark.parametrize("per_example", [False, True])
-def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(tiny_config, per_example):
-    """The head applied only where an answer token is predicted: the same loss and LoRA gradients as the model's own
-    forward over the whole vocabulary at every position (token mean, and the per-example mean DP uses), and the head
-    sees only those positions."""
-    from fedfingpt.common.train import answer_loss
-
+def _trained_looking_lora(tiny_config):
+    """The tiny model with LoRA on attention and MLP matrices whose B is not zero (B = 0 would make every gradient
+    but B's vanish), seeded."""
     loaded = load_base_model(tiny_config.model)
     torch.manual_seed(0)
     model = attach_lora(loaded.model, tiny_config.lora.model_copy(update={"target_modules": ["q_proj", "v_proj",
                                                                                               "down_proj"]}))
     for n, p in model.named_parameters():
         if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.05)  # B = 0 would make every gradient but B's vanish
+            torch.nn.init.normal_(p, std=0.05)
+    return loaded, model
+
+
+def _loss_and_grads(model, batch, **how) -> tuple[float, dict]:
+    """answer_loss(model, batch, **how) and the gradient of every trainable parameter."""
+    from fedfingpt.common.train import answer_loss
+
+    model.zero_grad()
+    loss = answer_loss(model, batch, **how)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(tiny_config, per_example):
+    """The head applied only where an answer token is predicted: the same loss and LoRA gradients as the model's own
+    forward over the whole vocabulary at every position (token mean, and the per-example mean DP uses), and the head
+    sees only those positions."""
+
+    loaded, model = _trained_looking_lora(tiny_config)
     batch = _mixed_batch(loaded.tokenizer)
     grads, losses, head_rows = [], [], []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: head_rows.append(a[0].shape))
     for full in (True, False):
-        model.zero_grad()
-        loss = answer_loss(model, batch, per_example=per_example, full_logits=full)
-        loss.backward()
-        losses.append(loss.item())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        loss, g = _loss_and_grads(model, batch, per_example=per_example, full_logits=full)
+        losses.append(loss)
+        grads.append(g)
     hook.remove()
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-6)
     for n in grads[0]:
@@ -299,15 +319,9 @@ def test_head_only_at_answer_positions_gives_the_full_logits_loss_and_gradients(
 def test_a_shared_opening_runs_once_and_gives_the_same_loss_and_gradients(tiny_config, label_loss):
     """Rows that share their instruction: the opening runs once (one row of it reaches the decoder) and its keys and
     values serve every row; the loss and every LoRA gradient equal the forward that runs each row whole."""
-    from fedfingpt.common.train import answer_loss, shared_opening_length
+    from fedfingpt.common.train import shared_opening_length
 
-    loaded = load_base_model(tiny_config.model)
-    torch.manual_seed(0)
-    model = attach_lora(loaded.model, tiny_config.lora.model_copy(update={"target_modules": ["q_proj", "v_proj",
-                                                                                              "down_proj"]}))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.05)
+    loaded, model = _trained_looking_lora(tiny_config)
     news = [e for e in EXAMPLES if e.kind == "news"]
     batch = collate(encode_sentiment(loaded.tokenizer, news, 96), loaded.tokenizer.pad_token_id)
     shared = shared_opening_length(batch)
@@ -317,12 +331,10 @@ def test_a_shared_opening_runs_once_and_gives_the_same_loss_and_gradients(tiny_c
     hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_in.append(tuple(a[0].shape)))
     grads, losses = [], []
     for share in (False, True):
-        model.zero_grad()
         rows_in.clear()
-        loss = answer_loss(model, batch, label_loss=label_loss, shared_opening=share)
-        loss.backward()
-        losses.append(loss.item())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        loss, g = _loss_and_grads(model, batch, label_loss=label_loss, shared_opening=share)
+        losses.append(loss)
+        grads.append(g)
     hook.remove()
     width = batch["input_ids"].shape[1]
     assert rows_in == [(1, shared), (len(news), width - shared)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 GENESIS = "0" * 64
 FIELDS = {"request_id", "caller", "role", "method", "entities", "decision", "model_sha256", "adapter_sha256",
-          "latency_ms", "status"}
+          "latency_ms", "status", "cache_hits"}
 
 
 def _digest(prev: str, record: dict) -> str:

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from ...common.adapter import load_adapter, load_adapter_archive, read_manifest
-from ...common.config import Config
-from ...common.models import attach_lora, load_base_model
-from ...common.predict import PrefixCache, generate_stream, label_logprobs
+from ...common.config import ServiceConfig
+from ...common.models import attach_lora, load_base_model, use_bf16
+from ...common.predict import PrefixCache, generate_stream
 from ...common.evaluate import task_openings
+from .engines import ResponseCache, make_engine
 from ...enclave.serving import is_sealed, make_enclave, serving_measurement, unseal_adapter_file
 
 # The code the serving process runs, which the enclave hook measures and binds sealed adapters to.
@@ -114,7 +115,7 @@ class MicroBatcher:
 class ModelServer:
     """Base model + adapter, verified at start; label scoring through the micro-batcher, streamed generation."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         loaded = load_base_model(cfg.model)
         self.tokenizer = loaded.tokenizer
@@ -137,13 +138,22 @@ class ModelServer:
                 self.epsilon, self.delta = float(manifest.get("privacy_epsilon", 0.0)), float(dp.get("delta", 0.0))
         else:
             log.warning("serving.adapter is not set: serving the base model without an adapter")
-            torch.manual_seed(cfg.training.seed)
-            self.model = attach_lora(loaded.model, cfg.lora)  # zero B: exactly the base model
+            self.model = attach_lora(loaded.model, cfg.lora, seed=0)  # zero B: exactly the base model
         if s.merge_adapter:
             self.model = self.model.merge_and_unload()  # the served function stays; the adapter's matmuls go
         self.model.eval()
-        self.prefix = PrefixCache(self.model, self.tokenizer, task_openings(), bf16=cfg.eval.bf16_autocast) \
+        # bf16 where native: cast once (autocast would re-cast every weight at every call); ONNX exports fp32
+        self.cast_bf16 = s.engine == "torch" and s.merge_adapter and use_bf16(s.bf16_autocast)
+        if self.cast_bf16:
+            self.model = self.model.to(torch.bfloat16)
+        self.bf16 = False if self.cast_bf16 else s.bf16_autocast  # autocast on top of the model's own dtype
+        self.prefix = PrefixCache(self.model, self.tokenizer, task_openings(), bf16=self.bf16) \
             if s.prefix_cache else None
+        self.engine = make_engine(s.engine, self.model, self.tokenizer, s.max_length, s.max_batch_size, self.bf16,
+                                  self.prefix)
+        self.cache = ResponseCache(s.response_cache, self.adapter_sha256)
+        log.info("serving engine %s%s, response cache %s", self.engine.name, " (bf16 weights)" if self.cast_bf16
+                 else "", f"{s.response_cache} entries" if s.response_cache else "off")
         self.measurement = serving_measurement(cfg, self.base_sha256, self.adapter_sha256, SERVED_CODE)
         if self.enclave is not None and self.enclave.name == "software":
             self.enclave.measurement = self.measurement.combined
@@ -155,25 +165,35 @@ class ModelServer:
         with self._lock:
             if self.seen_prompts is not None:
                 self.seen_prompts.extend(prompts)
-            return label_logprobs(self.model, self.tokenizer, prompts, list(labels),
-                                  max_length=self.cfg.data.max_length, batch_size=self.cfg.serving.max_batch_size,
-                                  bf16=self.cfg.eval.bf16_autocast, prefix=self.prefix, among_labels=True)
+            return self.engine.score(prompts, labels)
 
     def score(self, prompts: list[str], labels: tuple[str, ...], deadline: float | None) -> np.ndarray:
-        fut = self.batcher.submit(prompts, labels, deadline)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return fut.result(timeout=timeout)
-        except TimeoutError:
-            raise DeadlineExceeded("the deadline passed before the model answered") from None
+        return self.score_counted(prompts, labels, deadline)[0]
+
+    def score_counted(self, prompts: list[str], labels: tuple[str, ...],
+                      deadline: float | None) -> tuple[np.ndarray, int]:
+        """Label log-probabilities of the prompts (n, len(labels)) and how many came from the response cache."""
+        cached = [self.cache.get(p, labels) for p in prompts]
+        todo = [i for i, c in enumerate(cached) if c is None]
+        if todo:
+            fut = self.batcher.submit([prompts[i] for i in todo], labels, deadline)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                fresh = fut.result(timeout=timeout)
+            except TimeoutError:
+                raise DeadlineExceeded("the deadline passed before the model answered") from None
+            for i, row in zip(todo, fresh):
+                cached[i] = row
+                self.cache.put(prompts[i], labels, row)
+        return np.stack(cached), len(prompts) - len(todo)
 
     def stream(self, prompt: str, max_new_tokens: int):
         with self._lock:
             if self.seen_prompts is not None:
                 self.seen_prompts.append(prompt)
             yield from generate_stream(self.model, self.tokenizer, prompt, max_new_tokens=max_new_tokens,
-                                       max_length=max(self.cfg.data.max_length, 2 * max_new_tokens),
-                                       bf16=self.cfg.eval.bf16_autocast)
+                                       max_length=max(self.cfg.serving.max_length, 2 * max_new_tokens),
+                                       bf16=self.bf16)
 
     def close(self) -> None:
         self.batcher.close()

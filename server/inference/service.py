@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import yaml
 
-from ...common.config import Config
+from ...common.config import ServiceConfig
 from ...common.predict import softmax
 from ...common.prompt import build_prompt
 from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, REASONS, TYPOLOGIES, TYPOLOGY_OPENINGS,
@@ -70,6 +70,7 @@ class Call:
         self.found: Counter = Counter()
         self.decision, self.status = "allow", "OK"
         self.aborted = False  # set when the service answered with a status of its own (context.abort raises)
+        self.cache_hits = 0  # items answered from the response cache
         self.t0 = time.perf_counter()
 
     def add(self, result: GateResult) -> None:
@@ -86,7 +87,7 @@ def _cert_der(path: str) -> bytes:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, cfg: Config, model: ModelServer, gate: ComplianceGate, audit: AuditLog,
+    def __init__(self, cfg: ServiceConfig, model: ModelServer, gate: ComplianceGate, audit: AuditLog,
                  tokens: dict[str, dict]) -> None:
         self.cfg, self.model, self.gate, self.audit, self.tokens = cfg, model, gate, audit, tokens
         self.cert_der = _cert_der(cfg.serving.tls_cert) if not cfg.serving.insecure and cfg.serving.tls_cert else None
@@ -136,7 +137,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.audit.append(request_id=call.id, caller=call.caller, role=call.role, method=call.method,
                           entities=dict(call.found), decision=call.decision, model_sha256=self.model.base_sha256,
                           adapter_sha256=self.model.adapter_sha256, status=status or call.status,
-                          latency_ms=round((time.perf_counter() - call.t0) * 1000, 2))
+                          latency_ms=round((time.perf_counter() - call.t0) * 1000, 2),
+                          **({"cache_hits": call.cache_hits} if call.cache_hits else {}))
 
     def _fail(self, call: Call, context, code: grpc.StatusCode, message: str):
         call.status = code.name
@@ -211,7 +213,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     def _model(self, call: Call, context, prompts: list[str], labels: tuple[str, ...]) -> np.ndarray:
         try:
-            return self.model.score(prompts, labels, self._deadline(context))
+            scores, hits = self.model.score_counted(prompts, labels, self._deadline(context))
+            call.cache_hits += hits
+            return scores
         except DeadlineExceeded as err:
             self._fail(call, context, grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
         except Exception as err:  # the error's type only: its text may quote the input
@@ -382,7 +386,7 @@ def enable_reflection(server: grpc.Server, services: tuple[str, ...]) -> None:
 class InferenceServer:
     """The running service: `start()` binds (port 0 picks one: see `.port`), `stop()` shuts down cleanly."""
 
-    def __init__(self, cfg: Config, model: ModelServer | None = None, gate: ComplianceGate | None = None) -> None:
+    def __init__(self, cfg: ServiceConfig, model: ModelServer | None = None, gate: ComplianceGate | None = None) -> None:
         s = cfg.serving
         self.cfg = cfg
         tokens = load_tokens(s.tokens_file)
@@ -412,7 +416,7 @@ class InferenceServer:
         self._health_pb2 = health_pb2
 
     @staticmethod
-    def _credentials(cfg: Config):
+    def _credentials(cfg: ServiceConfig):
         s = cfg.serving
         if s.insecure:
             log.warning("serving.insecure is on: requests and replies travel in plaintext; use TLS outside tests")

@@ -1,0 +1,178 @@
+"""The served model's engines side by side (`serving.engine`), and the response cache, on one machine in one run.
+
+For each engine (torch, onnx, onnx-int8), the real gRPC server (TLS, tokens, audit, the compliance gate on) on
+127.0.0.1 with SmolLM2-135M-Instruct and a trained adapter:
+  latency     ClassifySentiment with one FPB test headline per request from a caller process: --requests at
+              concurrency 1 (p50/p95/p99 ms) and --requests-32 at concurrency 32 (requests per second; the ratio to
+              concurrency 1's rate)
+  quality     the engine's weighted F1 (bootstrap 95 % interval) on the whole FPB test split (1,212 rows) as the
+              texts reach the model through the gate, and its agreement with the torch fp32 engine's labels
+The response cache (torch engine, serving.response_cache) under a stream of repeated headlines (drawn Zipf-like
+from --cache-pool headlines): hit rate and latency; its answers are the model's by construction (tested).
+Each cell is cached in WORK/cells.json, so an interrupted run continues where it stopped.
+
+Writes benchmarks/results/serving_engines.{json,md}.
+Usage: python benchmarks/serving_engines.py --adapter runs/benchmarks/sentiment_central/final_adapter
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from _shared import CellCache, benchmark_parser, dev_serving_files, finish_results  # benchmarks/_shared.py
+from serving import TOKEN, load_level
+
+from fedfingpt.common.config import load_config
+from fedfingpt.common.metrics import bootstrap_interval, classification_report
+from fedfingpt.common.prompt import build_prompt
+from fedfingpt.common.report import cpu_info, peak_rss_mb
+from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
+from fedfingpt.common.tasks.sentiment_data import LABELS, sentiment_splits
+from fedfingpt.server.inference.engines import ENGINES
+from fedfingpt.server.inference.gate import ComplianceGate
+from fedfingpt.server.inference.service import InferenceServer
+
+log = logging.getLogger("bench")
+
+
+def zipf_stream(pool: list[str], n: int, seed: int, s: float = 1.1) -> list[str]:
+    """n requests drawn from the pool with probability ~ 1 / rank^s: a few headlines asked often, most rarely."""
+    w = 1.0 / np.arange(1, len(pool) + 1) ** s
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in rng.choice(len(pool), size=n, p=w / w.sum())]
+
+
+def engine_cell(base, engine: str, args, callers, ca: str, headlines: list[str], fpb, gated: list[str]) -> dict:
+    cfg = base.model_copy(deep=True)
+    cfg.serving.engine = engine
+    t0 = time.perf_counter()
+    server = InferenceServer(cfg).start()
+    start_s = time.perf_counter() - t0
+    target = f"127.0.0.1:{server.port}"
+    try:
+        one = callers.submit(load_level, target, ca, headlines, 1, args.requests).result()
+        many = callers.submit(load_level, target, ca, headlines, 32, args.requests_32).result()
+        prompts = [build_prompt(INSTRUCTIONS["news"], t) for t in gated]
+        t0 = time.perf_counter()
+        scores = np.concatenate([server.model.engine.score(prompts[i: i + 16], LABELS)
+                                 for i in range(0, len(prompts), 16)])
+        score_s = time.perf_counter() - t0
+    finally:
+        server.stop(1.0)
+    preds = [LABELS[i] for i in scores.argmax(1)]
+    gold = [r.label for r in fpb]
+    report = classification_report(gold, preds, LABELS)
+    ci = bootstrap_interval(gold, preds, LABELS)
+    return {"engine": engine, "start_s": round(start_s, 1),
+            "p50_ms": one["p50_ms"], "p95_ms": one["p95_ms"], "p99_ms": one["p99_ms"],
+            "rps_1": one["requests_per_s"], "requests_1": one["requests"],
+            "rps_32": many["requests_per_s"], "p99_ms_32": many["p99_ms"], "requests_32": many["requests"],
+            "scaling_32": round(many["requests_per_s"] / one["requests_per_s"], 2),
+            "fpb_weighted_f1": round(report["weighted_f1"], 4), "fpb_weighted_f1_ci95": [round(c, 4) for c in ci],
+            "fpb_rows": len(gold), "fpb_score_s": round(score_s, 1), "preds": preds}
+
+
+def cache_cell(base, args, callers, ca: str, pool: list[str]) -> dict:
+    out = {}
+    stream = zipf_stream(pool, args.cache_requests, seed=1)
+    for size in (0, args.cache_size):
+        cfg = base.model_copy(deep=True)
+        cfg.serving.response_cache = size
+        server = InferenceServer(cfg).start()
+        try:
+            r = callers.submit(load_level, f"127.0.0.1:{server.port}", ca, stream, 1, len(stream)).result()
+            hits = server.model.cache.hits
+        finally:
+            server.stop(1.0)
+        out["cache on" if size else "cache off"] = {"p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"],
+                                                    "rps": r["requests_per_s"], "hits": hits, "requests": r["requests"]}
+    return {"pool": len(pool), "requests": len(stream), "distinct": len(set(stream)), "size": args.cache_size,
+            **out}
+
+
+def main() -> None:
+    ap = benchmark_parser("serving_engines", __doc__, config=None)
+    ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint or a train output)")
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--requests", type=int, default=1000, help="requests at concurrency 1 per engine")
+    ap.add_argument("--requests-32", type=int, default=640, help="requests at concurrency 32 per engine")
+    ap.add_argument("--cache-pool", type=int, default=300, help="distinct headlines the cache stream draws from")
+    ap.add_argument("--cache-requests", type=int, default=1000)
+    ap.add_argument("--cache-size", type=int, default=256)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    cache = CellCache(work, settings={"adapter": args.adapter, "requests": args.requests,
+                                      "requests_32": args.requests_32, "cpu": cpu_info()})
+    certs, tokens = dev_serving_files(work, TOKEN)
+    job = load_config(args.config, {"serving.adapter": args.adapter, "serving.port": 0,
+                                    "serving.tokens_file": str(tokens), "serving.tls_cert": str(certs["server.pem"]),
+                                    "serving.tls_key": str(certs["server.key"]),
+                                    "serving.audit_log": str(work / "audit.jsonl"), "serving.max_concurrent": 64,
+                                    "serving.workers": 66})
+    base = job.service()
+    fpb = sentiment_splits(job.data.data_dir)["test"]["fpb"]
+    headlines = [r.text for r in fpb]
+    t_all = time.perf_counter()
+    gate = ComplianceGate(base.gate)
+    gated = [gate.scan(t, "analyst").text for t in headlines]  # the texts as the model sees them
+    callers = ProcessPoolExecutor(1, mp_context=get_context("spawn"))  # the load is not the server's to carry
+    try:
+        for engine in args.engines.split(","):
+            if f"engine:{engine}" not in cache.cells:
+                cache.save(f"engine:{engine}", engine_cell(base, engine, args, callers, str(certs["ca.pem"]),
+                                                           headlines, fpb, gated))
+                log.info("%s: %s", engine, {k: v for k, v in cache.cells[f"engine:{engine}"].items() if k != "preds"})
+        if "cache" not in cache.cells:
+            pool = random.Random(0).sample(headlines, args.cache_pool)
+            cache.save("cache", cache_cell(base, args, callers, str(certs["ca.pem"]), pool))
+    finally:
+        callers.shutdown()
+    ref = cache.cells.get("engine:torch")
+    rows = []
+    for engine in ENGINES:
+        c = cache.cells.get(f"engine:{engine}")
+        if not c:
+            continue
+        row = {k: v for k, v in c.items() if k != "preds"}
+        if ref:
+            row["agree_with_torch"] = round(float(np.mean([a == b for a, b in zip(c["preds"], ref["preds"])])), 4)
+            row["f1_ratio_to_torch"] = round(c["fpb_weighted_f1"] / ref["fpb_weighted_f1"], 4)
+        rows.append(row)
+    missing = [e for e in ENGINES if f"engine:{e}" not in cache.cells] + ([] if "cache" in cache.cells else ["cache"])
+    md = []
+    if c := cache.cells.get("cache"):
+        md.append(f"## Response cache (torch engine, {c['size']} entries)\n\n{c['requests']} requests at concurrency 1 "
+                  f"drawn Zipf-like (s = 1.1) from {c['pool']} FPB headlines ({c['distinct']} distinct):\n\n"
+                  "| setting | hits | p50 ms | p95 ms | p99 ms | requests/s |\n|---|---|---|---|---|---|")
+        for k in ("cache off", "cache on"):
+            r = c[k]
+            md.append(f"| {k} | {r['hits']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['rps']} |")
+    if missing:
+        md.append("\nNot yet measured: " + ", ".join(missing))
+    finish_results(Path(args.out), benchmark="serving_engines", config=base.model_dump(mode="json"),
+                   seed=job.training.seed, rows=rows,
+                   columns=["engine", "p50_ms", "p95_ms", "p99_ms", "rps_1", "rps_32", "scaling_32", "p99_ms_32",
+                            "fpb_weighted_f1", "fpb_weighted_f1_ci95", "agree_with_torch", "f1_ratio_to_torch",
+                            "start_s"],
+                   title=f"Serving engines: {base.model.base} + adapter, gate on, gRPC/TLS on 127.0.0.1, one FPB "
+                         "headline per request",
+                   extra={"cells": {k: v for k, v in cache.cells.items()}, "adapter": args.adapter,
+                          "sections_missing": missing, "wall_s": round(time.perf_counter() - t_all, 1),
+                          "peak_rss_mb": peak_rss_mb()},
+                   md_extra="\n".join(md))
+    log.info("wrote %s.{json,md}", args.out)
+
+
+if __name__ == "__main__":
+    main()
