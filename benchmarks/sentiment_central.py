@@ -2,6 +2,8 @@
 against CPU-minutes, and the chosen recipe scored on the full test sets.
 
 Sections (each cell cached in WORK/cells.json, so an interrupted run continues where it stopped):
+  order       the chosen recipe on the shuffled mix, batched by length with tasks mixed and batched by instruction
+              then length (the shared opening's batching), the same seed and steps: the curves of both
   throughput  this machine's GEMM peak in the training dtype, then our loop (output head only where an answer token
               is predicted, each batch's common opening run once) against the same loop without the shared opening
               and with full logits, on identical batches, alternating runs
@@ -48,6 +50,11 @@ RECIPES = {
     "rank 16": {"lora.r": 16, "lora.alpha": 32},
     "batch 16": {"training.batch_size": 16},
     "label loss": {"training.loss": "labels"},
+}
+# How the loop batches the shuffled mix, with the chosen recipe: the same examples, seed and steps for both.
+ORDERS = {
+    "batches by length (tasks mixed)": {"training.group_by_opening": False},
+    "batches by instruction, then length": {"training.group_by_opening": True},
 }
 CURVE_BASE = {"training.lr": 1e-3, "lora.r": 8, "lora.alpha": 16, "lora.dropout": 0.0, "training.batch_size": 8,
               "training.loss": "answer", "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
@@ -130,9 +137,12 @@ def throughput(cfg, encoded, pad_id, steps: int = 8, reps: int = 5) -> dict:
     return out
 
 
-def curve_cell(name: str, overrides: dict, args, splits, mix, quick) -> dict:
-    cfg = load_config(args.config, {**CURVE_BASE, **overrides, "training.max_steps": args.curve_steps,
-                                    "training.seed": args.seed})
+def curve_cell(name: str, overrides: dict, args, splits, mix, quick, base: dict | None = None) -> dict:
+    """One recipe's curve. With `base` None: from CURVE_BASE, on the mix's prefix read once in order (recipes);
+    with a `base` of overrides (the chosen recipe's file and ORDERS): shuffled and batched as the loop batches."""
+    ordered = base is not None
+    cfg = load_config(args.config, {**(CURVE_BASE if not ordered else base), **overrides,
+                                    "training.max_steps": args.curve_steps, "training.seed": args.seed})
     t = cfg.training
     loaded = load_base_model(cfg.model)
     tok = loaded.tokenizer
@@ -141,7 +151,7 @@ def curve_cell(name: str, overrides: dict, args, splits, mix, quick) -> dict:
     rows = mix[: args.curve_steps * examples_per_step]
     encoded = encode_sentiment(tok, rows, cfg.data.max_length)
     model = attach_lora(loaded.model, cfg.lora, seed=args.seed)
-    t = t.model_copy(update={"shuffle": False, "group_by_length": False,
+    t = t.model_copy(update={**({} if ordered else {"shuffle": False, "group_by_length": False}),
                              "eval_every": max(1, args.curve_steps // args.curve_points)})
     clock = {"start": time.perf_counter(), "cpu": time.process_time(), "eval_s": 0.0, "eval_cpu": 0.0}
 
@@ -240,9 +250,9 @@ def plot(cells: dict, path: Path) -> None:
 
 def write(cells: dict, args, t_all: float) -> None:
     rows = []
-    for c in (c for k, c in cells.items() if k.startswith("curve:")):
+    for key, c in ((k, c) for k, c in cells.items() if k.startswith(("curve:", "order:"))):
         last = c["points"][-1]
-        rows.append({"section": "curve", "recipe": c["recipe"], "steps": last["step"], "examples": last["examples"],
+        rows.append({"section": key.split(":")[0], "recipe": c["recipe"], "steps": last["step"], "examples": last["examples"],
                      "train_wall_min": last["train_wall_min"], "train_cpu_min": last["train_cpu_min"],
                      "s_per_step": c["s_per_step"],
                      "fpb_sample": last["fpb"], "tfns_sample": last["tfns"]})
@@ -317,6 +327,12 @@ def main() -> None:
         for name in wanted:
             if f"curve:{name}" not in cache.cells:
                 cache.save(f"curve:{name}", curve_cell(name, RECIPES[name], args, splits, mix, quick))
+                write(cache.cells, args, t_all)
+    if "order" in sections:
+        quick = {k: sample_rows(splits["test"][k], args.curve_eval_rows, cfg.data.seed) for k in ("fpb", "tfns")}
+        for name, overrides in ORDERS.items():
+            if f"order:{name}" not in cache.cells:
+                cache.save(f"order:{name}", curve_cell(name, overrides, args, splits, mix, quick, base={}))
                 write(cache.cells, args, t_all)
     if "final" in sections and final_key(args.final_set) not in cache.cells:
         cache.save(final_key(args.final_set), final_cell(args, splits, mix))

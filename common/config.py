@@ -166,8 +166,10 @@ class TrainingConfig(_Strict):
     shared_opening: bool = Field(True, description="Run a batch's common opening (a task's instruction) once and "
                                  "share its keys and values across the rows: the same loss and gradients for less "
                                  "work. Plain (non-DP) training only; off is the reference computation.")
-    group_by_length: bool = Field(True, description="Batch examples of similar length (and the same opening) to cut "
-                                  "padding.")
+    group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding.")
+    group_by_opening: bool = Field(True, description="With group_by_length, batch rows of the same instruction "
+                                   "together (news, tweets, AML cases), so that a batch shares its opening "
+                                   "(shared_opening); off, a batch mixes tasks of similar length.")
     shuffle: bool = Field(True, description="Shuffle every epoch; off keeps the given order (exact comparisons).")
     log_every: int = Field(10, gt=0, description="Steps between loss lines.")
     eval_every: int | None = Field(None, gt=0, description="Steps between periodic evaluations; None = at the end.")

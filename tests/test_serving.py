@@ -387,11 +387,28 @@ def test_malformed_requests_get_a_status_not_a_crash(hypothesis_server, payload)
     call = channel.unary_unary("/fedfingpt.v1.Inference/ClassifySentiment")
     try:
         call(payload, metadata=(("authorization", f"Bearer {TOKENS['analyst']}"),), timeout=30)
-    except grpc.RpcError as err:
+    except grpc.RpcError as err:  # bytes that are no message: INVALID_ARGUMENT too, never INTERNAL
         assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                              grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED), err
-        if err.code() == grpc.StatusCode.INTERNAL:
-            assert "deserializ" in (err.details() or "").lower(), err.details()  # only undecodable bytes
+                              grpc.StatusCode.RESOURCE_EXHAUSTED), err
+
+
+def test_undecodable_requests_are_refused_audited_and_logged_once(running, certs, caplog):
+    """Bytes that are no message: INVALID_ARGUMENT naming the type (not INTERNAL), an audit line each, and one
+    log line for a burst of them (no traceback per request for anyone to flood the log with)."""
+    creds = grpc.ssl_channel_credentials(root_certificates=certs["ca.pem"].read_bytes())
+    caplog.set_level(logging.DEBUG)
+    with grpc.secure_channel(running.target, creds) as ch:
+        call = ch.unary_unary("/fedfingpt.v1.Inference/ScreenTransactions")
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"\xff\xff\xff\x0f\x01", metadata=(("authorization", f"Bearer {TOKENS['analyst']}"),), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid fedfingpt.v1.ScreenTransactionsRequest" in err.value.details()
+    lines = [json.loads(x) for x in Path(running.cfg.serving.audit_log).read_text().splitlines()]
+    assert [x["status"] for x in lines if x["method"] == "ScreenTransactions"] == ["INVALID_ARGUMENT"] * 5
+    logged = [r for r in caplog.records if "not a fedfingpt.v1.ScreenTransactionsRequest" in r.getMessage()
+              or "deserializ" in r.getMessage().lower()]
+    assert len(logged) == 1 and not any(r.exc_info for r in logged)
 
 
 _text = st.text(max_size=40) | st.builds(lambda n: "A" * n, st.integers(0, 300_000))

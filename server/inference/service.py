@@ -37,6 +37,59 @@ from ...api.v1 import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("fedfingpt.serve")
 SERVICE = "fedfingpt.v1.Inference"
+# method -> (request type, response type, server-streaming), as in the .proto
+METHODS = {"ClassifySentiment": (pb.ClassifySentimentRequest, pb.ClassifySentimentResponse, False),
+           "ScreenTransactions": (pb.ScreenTransactionsRequest, pb.ScreenTransactionsResponse, False),
+           "Generate": (pb.GenerateRequest, pb.GenerateChunk, True),
+           "GetModelInfo": (pb.GetModelInfoRequest, pb.ModelInfo, False),
+           "GetAttestation": (pb.AttestationRequest, pb.Attestation, False)}
+
+
+class Undecodable:
+    """What a request whose bytes are not its message type decodes to: the handler answers INVALID_ARGUMENT and
+    audits it (gRPC's own decoding would log a traceback per request and answer INTERNAL, unaudited)."""
+
+    def __init__(self, type_name: str, size: int) -> None:
+        self.type_name, self.size = type_name, size
+
+
+def _tolerant(message_type):
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception:  # DecodeError and anything else the parser raises on hostile bytes
+            return Undecodable(message_type.DESCRIPTOR.full_name, len(data))
+    return decode
+
+
+class RateLimitedLog:
+    """At most one line per `every_s` for a kind of event, saying how many were not logged since the last."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s, self._last, self._skipped = every_s, float("-inf"), 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.every_s:
+                self._skipped += 1
+                return False
+            skipped, self._skipped, self._last = self._skipped, 0, now
+        log.warning("%s%s", message, f" ({skipped} more since the last such line)" if skipped else "")
+        return True
+
+
+def add_servicer(servicer, server: grpc.Server) -> None:
+    """The Inference service's handlers, with requests decoded by `_tolerant` (the generated stubs' registration
+    with each type's own decoder instead)."""
+    handlers = {}
+    for name, (req, resp, stream) in METHODS.items():
+        make = grpc.unary_stream_rpc_method_handler if stream else grpc.unary_unary_rpc_method_handler
+        handlers[name] = make(getattr(servicer, name), request_deserializer=_tolerant(req),
+                              response_serializer=resp.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 API_VERSION = "fedfingpt.v1"
 
 
@@ -92,6 +145,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.cfg, self.model, self.gate, self.audit, self.tokens = cfg, model, gate, audit, tokens
         self.cert_der = _cert_der(cfg.serving.tls_cert) if not cfg.serving.insecure and cfg.serving.tls_cert else None
         self._slots = threading.BoundedSemaphore(cfg.serving.max_concurrent)
+        self.undecodable_log = RateLimitedLog()
 
     # -- the steps every call takes ---------------------------------------------------------------
     def _authorize(self, method: str, context) -> Call:
@@ -111,11 +165,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return call
 
     @contextlib.contextmanager
-    def _request(self, method: str, context):
-        """One request's life: authenticate and authorise, take a concurrency slot, run the body, and whatever the
-        body raises, give the slot back and write one audit line. An unexpected error answers INTERNAL with the
-        request id (the log line has the id and the error's type, never its text, which may quote the input)."""
+    def _request(self, method: str, context, request=None):
+        """One request's life: authenticate and authorise, refuse bytes that are no message (INVALID_ARGUMENT, one
+        rate-limited log line), take a concurrency slot, run the body, and whatever the body raises, give the slot
+        back and write one audit line. An unexpected error answers INTERNAL with the request id (the log line has
+        the id and the error's type, never its text, which may quote the input)."""
         call = self._authorize(method, context)
+        if isinstance(request, Undecodable):
+            self._audit(call, status="INVALID_ARGUMENT")
+            self.undecodable_log.warning(f"{method}: a request of {request.size} bytes that is not a "
+                                         f"{request.type_name} refused")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.type_name} "
+                          "message; build it from api/proto/fedfingpt/v1/inference.proto")
         if not self._slots.acquire(blocking=False):
             self._audit(call, status="RESOURCE_EXHAUSTED")
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its limit of "
@@ -225,7 +286,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- methods -----------------------------------------------------------------------------------
     def ClassifySentiment(self, request, context):
-        with self._request("ClassifySentiment", context) as call:
+        with self._request("ClassifySentiment", context, request) as call:
             self._check_lengths(call, context, request)
             kind = request.kind or "news"
             if kind not in INSTRUCTIONS:
@@ -246,7 +307,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return pb.ClassifySentimentResponse(results=out, request_id=call.id)
 
     def ScreenTransactions(self, request, context):
-        with self._request("ScreenTransactions", context) as call:
+        with self._request("ScreenTransactions", context, request) as call:
             self._check_lengths(call, context, request)
             cases = list(request.cases)
             self._check_items(call, context, len(cases), [])
@@ -300,7 +361,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                        NONE)
 
     def Generate(self, request, context):
-        with self._request("Generate", context) as call:
+        with self._request("Generate", context, request) as call:
             self._check_lengths(call, context, request)
             if not request.input.strip() and not request.instruction.strip():
                 self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT, "instruction and input are both empty")
@@ -340,7 +401,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return pb.GenerateChunk(text=result.text, done=done)
 
     def GetAttestation(self, request, context):
-        with self._request("GetAttestation", context) as call:
+        with self._request("GetAttestation", context, request) as call:
             enclave = self.model.enclave
             if enclave is None:
                 self._fail(call, context, grpc.StatusCode.FAILED_PRECONDITION, "this server runs without an "
@@ -358,7 +419,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return pb.Attestation(evidence_json=evidence.to_json(), backend=evidence.backend)
 
     def GetModelInfo(self, request, context):
-        with self._request("GetModelInfo", context):
+        with self._request("GetModelInfo", context, request):
             m = self.model
             info = pb.ModelInfo(base_model=m.base_id, base_sha256=m.base_sha256, adapter_sha256=m.adapter_sha256,
                                 training_round=m.round, privacy_epsilon=m.epsilon, privacy_delta=m.delta,
@@ -402,7 +463,7 @@ class InferenceServer:
         threads = max(s.workers, s.max_concurrent + 1)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=opts,
                                   maximum_concurrent_rpcs=threads)
-        pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        add_servicer(self.servicer, self.server)
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
         self.health = health.HealthServicer()
