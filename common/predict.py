@@ -38,7 +38,7 @@ def output_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded ids, attention mask and position ids (counting from each sequence's first real token), so that
     every sequence ends at the last column and a batch of them gives the same logits as each alone."""
     width = max(len(s) for s in seqs)
@@ -118,7 +118,7 @@ def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
     only the tokens after it are run, left-padded after the cached positions. With `rows`, the head's other rows are
     never read: SmolLM2's head is 113 MB of weights, about 10 ms per forward on two CPU cores for one position."""
     start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
-    ids, mask, pos = _pad_left([s[start:] for s in seqs], pad_id)
+    ids, mask, pos = pad_left([s[start:] for s in seqs], pad_id)
     kwargs = {}
     if past is not None:
         mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
@@ -216,7 +216,7 @@ def _continuations(model, seqs: list[list[int]], label_ids: list[list[int]], pad
     shared, rests = label_ids[0][:common], [t[common:] for t in label_ids]
     n, k = len(seqs), len(label_ids)
     start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
-    ids, mask, pos = _pad_left([s[start:] + shared for s in seqs], pad_id)
+    ids, mask, pos = pad_left([s[start:] + shared for s in seqs], pad_id)
     kwargs = {}
     if past is not None:
         mask = torch.cat([torch.ones((n, start), dtype=mask.dtype), mask], dim=1)
@@ -283,7 +283,7 @@ def generate(
     order = np.argsort([len(e) for e in encoded])
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask, _ = _pad_left([encoded[i] for i in idx], tokenizer.pad_token_id)
+        ids, mask, _ = pad_left([encoded[i] for i in idx], tokenizer.pad_token_id)
         width = ids.shape[1]
         with _autocast(bf16):
             gen = model.generate(

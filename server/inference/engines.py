@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...common.predict import _pad_left, label_logprobs, label_token_ids
+from ...common.predict import label_logprobs, label_token_ids, pad_left
+from ...common.prompt import encode_prompt
 
 log = logging.getLogger("fedfingpt.serve")
 
@@ -109,8 +110,6 @@ class OnnxEngine:
         return self._labels[labels]
 
     def score(self, prompts: list[str], labels: Sequence[str]) -> np.ndarray:
-        from ...common.prompt import encode_prompt
-
         rows = self._rows(tuple(labels))
         if rows is None:
             return self.fallback.score(prompts, labels)
@@ -120,7 +119,7 @@ class OnnxEngine:
         w = self.head_w[rows]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            ids, mask, pos = _pad_left([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+            ids, mask, pos = pad_left([encoded[i] for i in idx], self.tokenizer.pad_token_id)
             hidden = self.session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
                                              "position_ids": pos.numpy()})[0]
             logits = hidden.astype(np.float64) @ w.T.astype(np.float64)
