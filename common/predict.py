@@ -93,6 +93,22 @@ class PrefixCache:
         return best, cache
 
 
+def _cached_inputs(model, seqs: list[list[int]], pad_id: int, prefix: PrefixCache | None):
+    """Left-padded ids, attention mask, position ids and forward kwargs for sequences, starting after the longest
+    opening `prefix` holds for all of them (its keys and values passed as the cache), or from the first token."""
+    start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
+    ids, mask, pos = pad_left([s[start:] for s in seqs], pad_id)
+    if past is None:
+        return ids, mask, pos, {}
+    mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
+    return ids, mask, pos + start, {cache_kwarg(model): past}
+
+
+def single_token_labels(label_ids: list[list[int]]) -> bool:
+    """Every label is one token, and no two labels share it: one position's scores give them all."""
+    return all(len(t) == 1 for t in label_ids) and len({t[0] for t in label_ids}) == len(label_ids)
+
+
 def plain_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """(decoder, output head) when logits are exactly head(decoder's last hidden state): a plain linear map, no logit
     scale or soft-capping (Gemma, Cohere) and no adapter on the head itself; None otherwise."""
@@ -117,13 +133,7 @@ def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
     `logits_to_keep` computes every position and is sliced. With a prefix cache whose opening the sequences share,
     only the tokens after it are run, left-padded after the cached positions. With `rows`, the head's other rows are
     never read: SmolLM2's head is 113 MB of weights, about 10 ms per forward on two CPU cores for one position."""
-    start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
-    ids, mask, pos = pad_left([s[start:] for s in seqs], pad_id)
-    kwargs = {}
-    if past is not None:
-        mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
-        pos = pos + start
-        kwargs[cache_kwarg(model)] = past
+    ids, mask, pos, kwargs = _cached_inputs(model, seqs, pad_id, prefix)
     plain = plain_head(model) if rows is not None else None
     with _autocast(bf16):
         if plain is not None:
@@ -173,7 +183,7 @@ def label_logprobs(
     """
     model.eval()
     label_ids = label_token_ids(tokenizer, labels)
-    single = all(len(t) == 1 for t in label_ids) and len({t[0] for t in label_ids}) == len(label_ids)
+    single = single_token_labels(label_ids)
     shared = _shared_opening(label_ids) if not single else []
     longest_label = max(len(t) for t in label_ids)
     encoded = [encode_prompt(tokenizer, p, max_length - longest_label) for p in prompts]
@@ -215,13 +225,7 @@ def _continuations(model, seqs: list[list[int]], label_ids: list[list[int]], pad
         common += 1
     shared, rests = label_ids[0][:common], [t[common:] for t in label_ids]
     n, k = len(seqs), len(label_ids)
-    start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
-    ids, mask, pos = pad_left([s[start:] + shared for s in seqs], pad_id)
-    kwargs = {}
-    if past is not None:
-        mask = torch.cat([torch.ones((n, start), dtype=mask.dtype), mask], dim=1)
-        pos = pos + start
-        kwargs[cache_kwarg(model)] = past
+    ids, mask, pos, kwargs = _cached_inputs(model, [s + shared for s in seqs], pad_id, prefix)
     with _autocast(bf16):
         first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       logits_to_keep=common + 1, **kwargs)

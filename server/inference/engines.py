@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...common.predict import label_logprobs, label_token_ids, pad_left
+from ...common.predict import label_logprobs, label_token_ids, pad_left, single_token_labels
 from ...common.prompt import encode_prompt
 
 log = logging.getLogger("fedfingpt.serve")
@@ -105,8 +105,7 @@ class OnnxEngine:
     def _rows(self, labels: tuple[str, ...]) -> list[int] | None:
         if labels not in self._labels:
             ids = label_token_ids(self.tokenizer, labels)
-            one = all(len(t) == 1 for t in ids) and len({t[0] for t in ids}) == len(ids)
-            self._labels[labels] = [t[0] for t in ids] if one else None
+            self._labels[labels] = [t[0] for t in ids] if single_token_labels(ids) else None
         return self._labels[labels]
 
     def score(self, prompts: list[str], labels: Sequence[str]) -> np.ndarray:
