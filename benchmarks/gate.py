@@ -19,7 +19,7 @@ from pathlib import Path
 from _shared import benchmark_parser, finish_results
 from fedfingpt.common.config import load_config
 from fedfingpt.common.report import peak_rss_mb
-from fedfingpt.server.inference.gate import ComplianceGate
+from fedfingpt.common.pii.gate import ComplianceGate
 from fedfingpt.simulations.pii_bank_texts import bank_pii_texts
 from serving import redaction_quality, research_records
 

@@ -44,7 +44,7 @@ from fedfingpt.api.sdk import InferenceClient
 from fedfingpt.common.config import load_config
 from fedfingpt.common.report import machine_info, peak_rss_mb, write_results, write_text_atomic
 from fedfingpt.common.tasks.sentiment_data import data_dir_from_env, sentiment_splits
-from fedfingpt.server.inference.gate import ComplianceGate
+from fedfingpt.common.pii.gate import ComplianceGate
 from fedfingpt.server.inference.service import InferenceServer
 
 from _shared import benchmark_parser, dev_serving_files  # benchmarks/_shared.py

@@ -36,7 +36,7 @@ from fedfingpt.common.report import cpu_info, peak_rss_mb
 from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
 from fedfingpt.common.tasks.sentiment_data import LABELS, sentiment_splits
 from fedfingpt.server.inference.engines import ENGINES
-from fedfingpt.server.inference.gate import ComplianceGate
+from fedfingpt.common.pii.gate import ComplianceGate
 from fedfingpt.server.inference.service import InferenceServer
 
 log = logging.getLogger("bench")

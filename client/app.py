@@ -22,7 +22,7 @@ from ..common.config import Config
 from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
 from ..common.nodeconfig import NodeConfig
 from ..common.report import show_progress
-from ..common.runconfig import config_from_context
+from ..common.runconfig import config_from_context, train_reply
 from ..common.train import DPSpec, train
 from .bank import BankState, bank_state
 from .plan import RoundPlan
@@ -175,8 +175,7 @@ def handle_train(msg: Message, context: Context, cfg: Config) -> Message:
     arrays, metrics = bank_round(cfg, context, record_to_arrays(msg.content["arrays"]), dict(msg.content["config"]),
                                  _residual(msg))
     metrics.update({"startup-s": startup, "handler-s": time.perf_counter() - t0})
-    return Message(content=RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(metrics)}),
-                   reply_to=msg)
+    return Message(content=train_reply(arrays_to_record(arrays), metrics), reply_to=msg)
 
 
 def bank_round(cfg: Config, context: Context, incoming: dict, conf: dict, residual: dict) -> tuple[dict, dict]:

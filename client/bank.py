@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..common.bank_rows import bank_training_set, forget_pools
+from ..common.bank_folder import parse_label_map
+from ..common.bank_rows import bank_training_set, folder_training_set, forget_pools
 from ..common.config import Config
 from ..common.models import attach_lora, load_base_model
 from ..common.nodeconfig import NodeConfig
@@ -64,13 +65,20 @@ def forget_banks() -> None:
 
 def bank_state(cfg: Config, context) -> BankState:
     node = NodeConfig.from_flower(context.node_config, cfg.federation.num_banks)
-    if node.data_dir:  # a SuperNode's own data folder instead of the scenario's data.data_dir
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": node.data_dir})})
+    data = {"scrub": node.scrub_policy(cfg.data.scrub)}
+    if node.data_dir:  # the public data sets' folder instead of the scenario's data.data_dir (partition mode)
+        data["data_dir"] = node.data_dir
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
     bank, num_banks = node.bank_id, node.num_banks
     rank = bank_rank(cfg, node)
-    key = (cfg.model_dump_json(), bank, num_banks, rank)
+    key = (cfg.model_dump_json(), bank, num_banks, rank, node.bank_data, node.label_map, node.accept_skips)
     if key not in _BANKS:
         model, loaded = _model(cfg, rank)
-        train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, node.extra_train)
+        if node.bank_data:  # a bank's own folder in the data contract, read whole
+            train, test_rows, aml_test, _ = folder_training_set(
+                cfg, loaded.tokenizer, bank, node.bank_data, parse_label_map(node.label_map, "node config label-map"),
+                node.accept_skips, node.extra_train)
+        else:  # a partition of the public sets (the simulation, or a loopback run that mimics it)
+            train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, node.extra_train)
         _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test)
     return _BANKS[key]

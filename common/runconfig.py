@@ -23,3 +23,38 @@ def config_from_context(context) -> Config:
         p = Path(path)
         return load_config(p if p.is_absolute() or p.exists() else REPO / p)
     return load_config(None)
+
+
+VERSIONS_KEY = "versions"  # the ConfigRecord in every bank's reply: what it runs
+
+
+def party_versions() -> dict[str, str]:
+    """fedfingpt's and Flower's versions in this process: every party of a round must run the same."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("fedfingpt", "flwr"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def version_mismatch(theirs: dict | None) -> str | None:
+    """Why a bank that reports `theirs` cannot take part in this server's round, or None."""
+    if not theirs:
+        return "sent no versions (fedfingpt before 0.1.0?): install the federation's pinned fedfingpt and flwr"
+    ours = party_versions()
+    wrong = [f"{d} {theirs.get(d, '?')} (server {v})" for d, v in ours.items() if theirs.get(d) != v]
+    if wrong:
+        return f"runs {', '.join(wrong)}: install the federation's pinned versions (constraints.txt)"
+    return None
+
+
+def train_reply(arrays, metrics: dict):
+    """The content of a bank's training reply: its shared arrays (an ArrayRecord), its metrics and its versions."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),
+                       VERSIONS_KEY: ConfigRecord(party_versions())})

@@ -90,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("out", help="folder to write ca.pem, server.pem/.key, client.pem/.key into")
     dev.add_argument("--host", action="append", help="server name or IP (default: localhost and 127.0.0.1)")
 
+    data = sub.add_parser("data", help="a bank's data folder: check it against the data contract, write a data card")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    chk = dsub.add_parser("check", help="validate FOLDER (every bad row named), print and write its data card")
+    chk.add_argument("folder", help="the bank's data folder (docs/bank-data.md)")
+    chk.add_argument("--config", help="job YAML whose gate and data.scrub sections the PII scan uses (default: "
+                     "embedded)")
+    chk.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of that config")
+    chk.add_argument("--out", help="where the data card goes (default: runs/data-check-FOLDERNAME)")
+    chk.add_argument("--label-map", help="the folder's label names, e.g. 'bearish=negative,neutral=neutral,"
+                     "bullish=positive'")
+    chk.add_argument("--accept-skips", action="store_true", help="pass although rows are bad (they are skipped and "
+                     "counted, as a bank with node config accept-skips=true trains)")
+    chk.add_argument("--scrub", help="scrub policy to report with (as node config scrub)")
+    chk.add_argument("--no-pii", action="store_true", help="skip the PII scan (fast: the card then has no PII counts)")
+    sim = dsub.add_parser("simulate-banks", help="write each simulated bank's rows as a bank folder (the contract)")
+    _add_config_args(sim)
     _add_deploy_parser(sub)
 
     demo = sub.add_parser("demo", help="the main job on its embedded default (same as `simulate` with no config)")
@@ -128,7 +144,16 @@ def _add_deploy_parser(sub) -> None:
 
     node = dsub.add_parser("supernode", help="a bank's SuperNode with its own node config")
     node.add_argument("--bank-id", type=int, required=True)
-    node.add_argument("--num-banks", type=int, required=True, help="banks in the federation (num-partitions)")
+    node.add_argument("--bank-data", help="this bank's own data folder in the data contract (docs/bank-data.md); "
+                      "check it first with `fedfingpt data check`")
+    node.add_argument("--label-map", help="the folder's label names, e.g. 'bearish=negative,neutral=neutral,"
+                      "bullish=positive'")
+    node.add_argument("--accept-skips", action="store_true", help="train although the folder has bad rows "
+                      "(skipped and counted)")
+    node.add_argument("--scrub", help="PII scrub policy of the bank's rows: an action (redact/mask/hash/drop), "
+                      "'default=redact,US_SSN=drop', or off (default: the scenario's data.scrub, redact)")
+    node.add_argument("--num-banks", type=int, help="without --bank-data: train on partition --bank-id of "
+                      "--num-banks of the public sets, as the simulation does")
     link_args(node)
     node.add_argument("--key", help="the bank's private key (BANK.key from `fedfingpt deploy keys`)")
     node.add_argument("--data-dir", help="this bank's data folder (else the scenario's data.data_dir)")
@@ -189,7 +214,8 @@ def _deploy(args) -> int:
             insecure=args.insecure, runtime_port=args.runtime_port, isolation=args.isolation,
             state_dir=args.state_dir, data_dir=args.data_dir, privacy_epsilon=args.privacy_epsilon,
             lora_rank=args.lora_rank, extra_train=args.extra_train, max_wait_s=args.max_wait_s, timings=args.timings,
-            rejoin_wait_s=args.rejoin_wait_s)
+            rejoin_wait_s=args.rejoin_wait_s, bank_data=args.bank_data, label_map=args.label_map,
+            accept_skips=args.accept_skips, scrub=args.scrub)
     elif args.deploy_command == "run":
         cfg = _config(args)
         code, _ = deploy.run_federation(cfg, superlink=args.superlink, ca=args.ca, insecure=args.insecure,
@@ -249,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(None) if args.command == "demo" else _config(args)
             _report_simulation(simulate(cfg, args.out, progress=progress))
+        elif args.command == "data":
+            return _data(args, progress)
         elif args.command == "serve":
             return _serve(args)
         elif args.command == "query":
@@ -285,6 +313,57 @@ def main(argv: list[str] | None = None) -> int:
             PartitionError, SimulationError, LedgerError, AmlScenarioError) as err:
         print(f"fedfingpt: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _data(args, progress: bool) -> int:
+    from pathlib import Path
+
+    from .common.bank_folder import BankDataError, card_markdown, data_card, parse_label_map, read_bank_folder, \
+        require_usable, write_atomic
+
+    cfg = _config(args)
+    if args.data_command == "simulate-banks":
+        from .simulations.bank_folders import write_simulated_banks
+
+        out = Path(args.out or Path(cfg.output_dir) / f"{cfg.name}-bank-folders")
+        for folder in write_simulated_banks(cfg, out):
+            print(folder)
+        return 0
+    try:
+        bf = read_bank_folder(args.folder, parse_label_map(args.label_map, "--label-map"))
+    except BankDataError as err:
+        print(f"fedfingpt: error: {err}", file=sys.stderr)
+        return 2
+    public = None
+    if cfg.data.data_dir or os.environ.get("FEDFINGPT_DATA_DIR"):
+        from .common.tasks.sentiment_data import fingpt_sentiment_splits
+
+        public = fingpt_sentiment_splits(cfg.data.data_dir)["test"]
+    scrub = None
+    if not args.no_pii:
+        from .common.nodeconfig import NodeConfig, NodeConfigError
+        from .common.pii.scrub import Scrubber
+
+        try:
+            policy = NodeConfig(0, 1, scrub=args.scrub).scrub_policy(cfg.data.scrub)
+        except NodeConfigError as err:
+            print(f"fedfingpt: error: --scrub: {err}", file=sys.stderr)
+            return 2
+        scrub = Scrubber(cfg.gate, policy.model_copy(update={"enabled": True}))
+    card = data_card(bf, public, scrub)
+    out = Path(args.out or Path(cfg.output_dir) / f"data-check-{Path(args.folder).resolve().name}")
+    write_atomic(out / "data-card.json", json.dumps(card, indent=2) + "\n")
+    write_atomic(out / "data-card.md", card_markdown(card))
+    print(card_markdown(card))
+    print(f"data card: {out / 'data-card.json'} and data-card.md")
+    try:
+        require_usable(bf, args.accept_skips)
+    except BankDataError as err:
+        print(f"fedfingpt: {err}", file=sys.stderr)
+        return 1
+    note = f" ({bf.bad_rows} bad rows accepted as skipped)" if bf.bad_rows else ""
+    print(f"{args.folder}: usable{note}")
     return 0
 
 

@@ -254,12 +254,23 @@ RUN_ID = re.compile(r"Successfully started run (\d+)")
 
 
 # -- a bank ---------------------------------------------------------------------------------------------------------
-def node_config(bank_id: int, num_banks: int, *, data_dir: str | None = None, privacy_epsilon: float | None = None,
-                lora_rank: int | None = None, extra_train: str | None = None,
-                state_dir: str | None = None) -> str:
-    """The SuperNode's node config (common/nodeconfig.py), checked on this machine: its folders and files exist."""
-    if bank_id < 0 or num_banks < 1 or bank_id >= num_banks:
-        raise DeployError(f"--bank-id {bank_id} must be between 0 and --num-banks - 1 ({num_banks - 1})")
+def node_config(bank_id: int, num_banks: int | None, *, data_dir: str | None = None,
+                privacy_epsilon: float | None = None, lora_rank: int | None = None, extra_train: str | None = None,
+                state_dir: str | None = None, bank_data: str | None = None, label_map: str | None = None,
+                accept_skips: bool = False, scrub: str | None = None) -> str:
+    """The SuperNode's node config (common/nodeconfig.py), checked on this machine: its folders and files exist.
+    A bank with its own folder (--bank-data) is no partition and needs no --num-banks."""
+    if bank_data is not None:
+        d = Path(bank_data).expanduser()
+        if not d.is_dir():
+            raise DeployError(f"--bank-data {d} is not a folder; pass the folder holding this bank's files "
+                              "(docs/bank-data.md) and check it first with `fedfingpt data check`")
+        bank_data = str(d.resolve())
+    elif num_banks is None:
+        raise DeployError("give --bank-data (this bank's own data folder) or, to train on a partition of the public "
+                          "sets as the simulation does, --num-banks")
+    if bank_id < 0 or (num_banks is not None and (num_banks < 1 or bank_id >= num_banks)):
+        raise DeployError(f"--bank-id {bank_id} must be between 0 and --num-banks - 1 ({(num_banks or 1) - 1})")
     if data_dir is not None:
         d = Path(data_dir).expanduser()
         if not d.is_dir():
@@ -274,8 +285,9 @@ def node_config(bank_id: int, num_banks: int, *, data_dir: str | None = None, pr
     if state_dir is not None:
         state_dir = str(Path(state_dir).expanduser().resolve())
     try:
-        return NodeConfig(bank_id, num_banks, data_dir=data_dir, privacy_epsilon=privacy_epsilon,
-                          lora_rank=lora_rank, extra_train=extra_train, state_dir=state_dir).to_flower()
+        return NodeConfig(bank_id, num_banks or bank_id + 1, data_dir=data_dir, privacy_epsilon=privacy_epsilon,
+                          lora_rank=lora_rank, extra_train=extra_train, state_dir=state_dir, bank_data=bank_data,
+                          label_map=label_map, accept_skips=accept_skips, scrub=scrub).to_flower()
     except NodeConfigError as err:
         raise DeployError(str(err)) from None
 
@@ -311,11 +323,13 @@ REFUSED = "Failed to activate SuperNode"  # Flower's SuperNode, when the SuperLi
 RETRY_S = 5.0
 
 
-def run_supernode(*, superlink: str, bank_id: int, num_banks: int, ca: str | None, key: str | None,
+def run_supernode(*, superlink: str, bank_id: int, num_banks: int | None, ca: str | None, key: str | None,
                   insecure: bool = False, runtime_port: int = 9094, runtime_host: str = "127.0.0.1",
                   isolation: str = "process", state_dir: str | None = None, data_dir: str | None = None,
                   privacy_epsilon: float | None = None, lora_rank: int | None = None, extra_train: str | None = None,
-                  max_wait_s: float | None = None, timings: str | None = None, rejoin_wait_s: float = 120.0) -> int:
+                  max_wait_s: float | None = None, timings: str | None = None, rejoin_wait_s: float = 120.0,
+                  bank_data: str | None = None, label_map: str | None = None, accept_skips: bool = False,
+                  scrub: str | None = None) -> int:
     """Start the bank's SuperNode (and, in process isolation, its long-lived ClientApp worker), forward their output,
     and stop both when either ends or this process is asked to stop. Returns an exit code.
 
@@ -340,7 +354,8 @@ def run_supernode(*, superlink: str, bank_id: int, num_banks: int, ca: str | Non
                               f"deploy keys --bank-id {bank_id}`") from None
     state = Path(state_dir or Path("runs") / "deploy" / f"bank-{bank_id}").expanduser().resolve()
     cfg = node_config(bank_id, num_banks, data_dir=data_dir, privacy_epsilon=privacy_epsilon, lora_rank=lora_rank,
-                      extra_train=extra_train, state_dir=str(state))
+                      extra_train=extra_train, state_dir=str(state), bank_data=bank_data, label_map=label_map,
+                      accept_skips=accept_skips, scrub=scrub)
     check_port_free(runtime_host, runtime_port, f"bank {bank_id}'s SuperNode Runtime API", "--runtime-port")
     state.mkdir(parents=True, exist_ok=True)
     cmd = supernode_command(superlink=superlink, node_cfg=cfg, runtime_host=runtime_host, runtime_port=runtime_port,

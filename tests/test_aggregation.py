@@ -4,10 +4,11 @@ configure_train/aggregate_train (exact to 1e-5), plus robustness to a scaled or 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedfingpt.client.app import proximal_term
+from fedfingpt.common.runconfig import train_reply
 from fedfingpt.common.adapter import arrays_to_record, record_to_arrays, select_parts, truncate_rank
 from fedfingpt.common.config import config_from_dict
 from fedfingpt.server.aggregation import (coordinate_median, fedex_residual, hetero_rank_mean, norm_bounded_mean,
@@ -45,8 +46,8 @@ def one_round(strategy, ref, updates, rnd=1, weights=N):
     """configure_train then aggregate_train with replies carrying `updates`; returns (messages, new arrays)."""
     msgs = sorted(strategy.configure_train(rnd, arrays_to_record(ref), ConfigRecord({}), Nodes()),
                   key=lambda m: m.metadata.dst_node_id)
-    replies = [Message(RecordDict({"arrays": arrays_to_record(u), "metrics": MetricRecord(
-        {"num-examples": w, "bank-id": i})}), reply_to=m) for i, (m, u, w) in enumerate(zip(msgs, updates, weights))]
+    replies = [Message(train_reply(arrays_to_record(u), {"num-examples": w, "bank-id": i}), reply_to=m)
+               for i, (m, u, w) in enumerate(zip(msgs, updates, weights))]
     arrays, _ = strategy.aggregate_train(rnd, replies)
     return msgs, (record_to_arrays(arrays) if arrays is not None else None)
 
@@ -258,7 +259,6 @@ def test_fedsa_bank_b_survives_a_restart_only_from_the_previous_round(tmp_path, 
     """The bank's B comes from the node state, else from its disk when saved at the previous round, else zero."""
     from types import SimpleNamespace
 
-    from flwr.app import RecordDict
 
     from fedfingpt.client.app import _keep_local_b, _local_b
 
@@ -266,13 +266,13 @@ def test_fedsa_bank_b_survives_a_restart_only_from_the_previous_round(tmp_path, 
     model = torch.nn.ModuleDict({"m": torch.nn.ModuleDict({"lora_B": torch.nn.Linear(2, 3, bias=False)})})
     state = SimpleNamespace(bank=1, model=model)
     cfg = config_from_dict({})
-    ctx = SimpleNamespace(state=RecordDict(), node_config={}, run_config={})
+    ctx = SimpleNamespace(state=RecordDict(), node_config={"partition-id": 1}, run_config={})
     with torch.no_grad():
         model["m"]["lora_B"].weight.fill_(0.25)
     _keep_local_b(state, cfg, ctx, global_round=3)
     assert (tmp_path / "bank-1" / "local_lora_B.npz").is_file()
     assert float(_local_b(state, cfg, ctx, 4)["m.lora_B.weight"].mean()) == 0.25  # node state
-    restarted = SimpleNamespace(state=RecordDict(), node_config={}, run_config={})
+    restarted = SimpleNamespace(state=RecordDict(), node_config={"partition-id": 1}, run_config={})
     assert float(_local_b(state, cfg, restarted, 4)["m.lora_B.weight"].mean()) == 0.25  # disk, saved at round 3
     assert float(np.abs(_local_b(state, cfg, restarted, 7)["m.lora_B.weight"]).max()) == 0.0  # stale: starts over
 
@@ -287,8 +287,8 @@ def test_a_reply_whose_packed_arrays_do_not_add_up_is_dropped_with_its_reason():
     records = [arrays_to_record(u) for u in ups]
     (key,) = records[2].keys()
     records[2][key] = Array(np.ones(7, np.float32))  # truncated in transit, or forged
-    replies = [Message(RecordDict({"arrays": r, "metrics": MetricRecord({"num-examples": w, "bank-id": i})}),
-                       reply_to=m) for i, (m, r, w) in enumerate(zip(msgs, records, N))]
+    replies = [Message(train_reply(r, {"num-examples": w, "bank-id": i}), reply_to=m)
+               for i, (m, r, w) in enumerate(zip(msgs, records, N))]
     arrays, _ = s.aggregate_train(1, replies)
     (dropped,) = s.rounds[-1]["dropped"]
     assert "malformed reply" in dropped["reason"] and "past the end" in dropped["reason"]
@@ -380,3 +380,44 @@ def test_every_strategy_tells_the_bank_what_it_shares():
     assert plans["hetlora"].any_rank and not plans["fedavg"].any_rank
     assert all(p.shared == "AB" and not p.frozen and not p.local for n, p in plans.items()
                if n not in ("ffa_lora", "fedsa_lora"))
+
+
+def test_two_replies_from_one_bank_id_are_both_refused_and_named():
+    """Two SuperNodes started with one bank-id (e.g. both without --node-config, once "bank 0"): the server cannot
+    tell which is that bank, so it counts neither, names both nodes, and averages the rest."""
+    s, ref = make("fedavg"), reference()
+    ups = bank_updates(ref)
+    msgs = sorted(s.configure_train(1, arrays_to_record(ref), ConfigRecord({}), Nodes()),
+                  key=lambda m: m.metadata.dst_node_id)
+    replies = [Message(train_reply(arrays_to_record(u), {"num-examples": w, "bank-id": b}), reply_to=m)
+               for m, u, w, b in zip(msgs, ups, N, [0, 0, 2])]
+    arrays, _ = s.aggregate_train(1, replies)
+    entry = s.rounds[-1]
+    assert [b["bank"] for b in entry["banks"]] == [2]
+    assert sorted(d["node_id"] for d in entry["dropped"]) == [11, 12]
+    assert all("bank id 0 replied from nodes [11, 12]" in d["reason"] for d in entry["dropped"])
+    close(record_to_arrays(arrays), ups[2])
+
+
+def test_a_bank_on_other_versions_is_refused_by_name(monkeypatch):
+    """Every reply says which fedfingpt and flwr the bank runs; one that differs from the server's is refused with
+    both versions named, and one that says nothing is refused too."""
+    from flwr.app import ConfigRecord as CR
+
+    from fedfingpt.common import runconfig
+
+    s, ref = make("fedavg"), reference()
+    ups = bank_updates(ref)
+    msgs = sorted(s.configure_train(1, arrays_to_record(ref), ConfigRecord({}), Nodes()),
+                  key=lambda m: m.metadata.dst_node_id)
+    contents = [train_reply(arrays_to_record(u), {"num-examples": w, "bank-id": i})
+                for i, (u, w) in enumerate(zip(ups, N))]
+    contents[1][runconfig.VERSIONS_KEY] = CR({**runconfig.party_versions(), "flwr": "1.0.0"})
+    del contents[2][runconfig.VERSIONS_KEY]
+    arrays, _ = s.aggregate_train(1, [Message(c, reply_to=m) for c, m in zip(contents, msgs)])
+    entry = s.rounds[-1]
+    reasons = {d["bank"]: d["reason"] for d in entry["dropped"]}
+    assert [b["bank"] for b in entry["banks"]] == [0]
+    assert f"flwr 1.0.0 (server {runconfig.party_versions()['flwr']})" in reasons[1]
+    assert "sent no versions" in reasons[2]
+    close(record_to_arrays(arrays), ups[0])

@@ -92,8 +92,8 @@ def test_a_node_config_reads_back_as_it_was_written_through_flowers_parser(tmp_p
 
 @pytest.mark.parametrize("raw, needle", [
     ({"bank-id": 3, "num-partitions": 3}, "bank-id=3 must be between 0 and num-partitions - 1 (2)"),
-    ({"bank-id": 0, "privacy-epsilon": 0}, "privacy-epsilon=0 must be > 0"),
-    ({"bank-id": 0, "lora-rank": "four"}, "lora-rank='four' is not an integer"),
+    ({"bank-id": 0, "bank-data": "x", "privacy-epsilon": 0}, "privacy-epsilon=0 must be > 0"),
+    ({"bank-id": 0, "bank-data": "x", "lora-rank": "four"}, "lora-rank='four' is not an integer"),
 ])
 def test_a_bad_node_config_names_the_key(raw, needle):
     from fedfingpt.common.nodeconfig import NodeConfig, NodeConfigError

@@ -133,12 +133,13 @@ def test_superlink_error_for_a_dead_bank_names_that_bank():
     """When a SuperNode stops sending heartbeats, the SuperLink answers for it (from node 1, the SuperLink): the round
     report names the bank's node, once, with Flower's reason."""
     import numpy as np
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord, Message
     from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedfingpt.common.adapter import arrays_to_record
     from fedfingpt.common.config import config_from_dict
+    from fedfingpt.common.runconfig import train_reply
     from fedfingpt.server.strategies import build_strategy
 
     class Nodes:
@@ -154,8 +155,8 @@ def test_superlink_error_for_a_dead_bank_names_that_bank():
                   key=lambda m: m.metadata.dst_node_id)
     for m in msgs:  # what the Grid does when it sends them
         m.metadata.__dict__["_message_id"] = m.object_id
-    replies = [Message(RecordDict({"arrays": arrays_to_record(ref), "metrics": MetricRecord(
-        {"num-examples": 5, "bank-id": i})}), reply_to=m) for i, m in enumerate(msgs[:2])]
+    replies = [Message(train_reply(arrays_to_record(ref), {"num-examples": 5, "bank-id": i}), reply_to=m)
+               for i, m in enumerate(msgs[:2])]
     replies.append(create_message_error_unavailable_res_message(msgs[2].metadata, "node_unavail"))
     arrays, _ = strategy.aggregate_train(1, replies)
     entry = strategy.rounds[-1]

@@ -15,7 +15,7 @@ from fedfingpt.server.inference.audit import AuditError, AuditLog, verify
 
 @pytest.fixture(scope="module")
 def gate():
-    from fedfingpt.server.inference.gate import ComplianceGate
+    from fedfingpt.common.pii.gate import ComplianceGate
 
     return ComplianceGate(GateConfig())
 
@@ -55,7 +55,7 @@ def test_numbers_without_context_and_company_news_pass_unchanged(gate):
 
 
 def test_policy_actions_and_roles(tmp_path):
-    from fedfingpt.server.inference.gate import ComplianceGate
+    from fedfingpt.common.pii.gate import ComplianceGate
 
     key = tmp_path / "key"
     key.write_bytes(b"k" * 32)
@@ -154,7 +154,7 @@ def test_building_the_gate_logs_no_notice_about_other_languages(caplog):
     """Presidio notes every predefined recognizer of a language the gate does not load (11 lines at each start)."""
     import logging
 
-    from fedfingpt.server.inference.gate import ComplianceGate
+    from fedfingpt.common.pii.gate import ComplianceGate
 
     with caplog.at_level(logging.INFO):
         ComplianceGate(GateConfig())

@@ -11,7 +11,7 @@ from fedfingpt.simulations.pii_bank_texts import bank_pii_texts, entity_types
 
 @pytest.fixture(scope="module")
 def gate():
-    from fedfingpt.server.inference.gate import ComplianceGate
+    from fedfingpt.common.pii.gate import ComplianceGate
 
     return ComplianceGate(GateConfig())
 

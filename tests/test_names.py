@@ -1,4 +1,4 @@
-"""The name-list recognizer of PERSON beside spaCy's NER (server/inference/names.py): real Presidio, the real
+"""The name-list recognizer of PERSON beside spaCy's NER (common/pii/names.py): real Presidio, the real
 spaCy model and the real name lists, against a gate without it."""
 
 import json
@@ -13,7 +13,7 @@ from fedfingpt.server.inference import names
 
 @pytest.fixture(scope="module")
 def gates():
-    from fedfingpt.server.inference.gate import ComplianceGate
+    from fedfingpt.common.pii.gate import ComplianceGate
 
     return ComplianceGate(GateConfig()), ComplianceGate(GateConfig(person_names=False))
 

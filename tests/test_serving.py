@@ -31,7 +31,7 @@ TOKENS = {"analyst": "tok-analyst-0123456789", "auditor": "tok-auditor-012345678
 @pytest.fixture(scope="module")
 def gate():
     from fedfingpt.common.config import GateConfig
-    from fedfingpt.server.inference.gate import ComplianceGate
+    from fedfingpt.common.pii.gate import ComplianceGate
 
     return ComplianceGate(GateConfig())
 

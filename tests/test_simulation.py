@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from fedfingpt.client.app import handle_evaluate, handle_train
+from fedfingpt.common.runconfig import train_reply
 from fedfingpt.common.adapter import arrays_to_record, record_to_arrays
 from fedfingpt.common.config import config_from_dict
 from fedfingpt.server.app import ResumeError
@@ -59,7 +60,7 @@ def recording_app(cfg, record_dir: str, faults: dict | None = None) -> ClientApp
         elif fault == "count":
             metrics["num-examples"] = 10**12
         np.savez(Path(record_dir) / f"r{rnd}-b{bank}.npz", __n=metrics["num-examples"], **arrays)
-        return Message(RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(metrics)}),
+        return Message(train_reply(arrays_to_record(arrays), metrics),
                        reply_to=msg)
 
     @app.evaluate()

@@ -11,6 +11,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedfingpt.client.app import handle_evaluate, handle_train
+from fedfingpt.common.runconfig import train_reply
 from fedfingpt.common.adapter import arrays_to_record, effective_delta, load_adapter, record_to_arrays
 from fedfingpt.common.config import config_from_dict
 from fedfingpt.server.strategies import STRATEGY_NAMES
@@ -151,7 +152,7 @@ def attacking_app(cfg, record_dir: Path, attacker: int, attack: str) -> ClientAp
         if bank == attacker:
             factor = 50.0 if attack == "scaled" else -20.0
             arrays = {k: start[k] + factor * (v - start[k]) for k, v in arrays.items()}
-        return Message(RecordDict({"arrays": arrays_to_record(arrays), "metrics": MetricRecord(m)}), reply_to=msg)
+        return Message(train_reply(arrays_to_record(arrays), m), reply_to=msg)
 
     return app
 

@@ -55,6 +55,7 @@ class AmlDataset:
     accounts: dict[str, Account]
     transactions: list[Transaction]
     skipped: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # each skipped row, by file and line (never a value of it)
 
     def banks(self) -> list[str]:
         return sorted({a.bank for a in self.accounts.values()})
@@ -191,9 +192,17 @@ LABEL_OPENINGS = ('{"suspicious": true', '{"suspicious": false')
 TYPOLOGY_OPENINGS = tuple(f'{{"suspicious": true, "typology": "{t}"' for t in TYPOLOGIES)  # given suspicious
 
 
-def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: int = MAX_LINES) -> list[Encoded]:
-    return [encode_example(tokenizer, aml_prompt(c, max_lines), format_answer(gold_answer(c)), max_length)
-            for c in cases]
+def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: int = MAX_LINES,
+               scrub=None) -> list[Encoded]:
+    """Cases as training examples; `scrub` (text -> text, or None to leave the case out) runs over each prompt
+    before tokenisation (a bank's own cases: common/pii/scrub.py)."""
+    out = []
+    for c in cases:
+        prompt = aml_prompt(c, max_lines)
+        if scrub is not None and (prompt := scrub(prompt)) is None:
+            continue
+        out.append(encode_example(tokenizer, prompt, format_answer(gold_answer(c)), max_length))
+    return out
 
 
 __all__ = ["Account", "Transaction", "AmlDataset", "AmlCase", "AmlAnswer", "TYPOLOGIES", "NONE", "INSTRUCTION",

@@ -44,6 +44,7 @@ class _Rows:
         if on_bad not in ("error", "skip"):
             raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
         self.on_bad, self.skipped = on_bad, skipped
+        self.problems: list[str] = []  # each skipped row: "file:line: reason. fix" (a data check lists them)
 
     def read(self, path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
         if not path.is_file():
@@ -62,6 +63,7 @@ class _Rows:
             raise DataFormatError(f"{path}:{line}: {reason}. {fix}, or load with on_bad='skip' to skip and count "
                                   "such rows")
         self.skipped[reason.split(":")[0]] += 1
+        self.problems.append(f"{path}:{line}: {reason}. {fix}")
 
 
 def _amount(text: str) -> float | None:
@@ -158,7 +160,7 @@ def load_amlsim_export(folder: str | Path, on_bad: OnBad = "error") -> AmlDatase
                          pattern=f"alert-{alert}" if sar and alert not in ("", "-1") else None)
         if t:
             txs.append(t)
-    return AmlDataset("amlsim_export", accounts, txs, dict(skipped))
+    return AmlDataset("amlsim_export", accounts, txs, dict(skipped), rows.problems)
 
 
 def load_amlsim_nodes(folder: str | Path, num_banks: int = 4, typology: str | None = None,
@@ -187,7 +189,7 @@ def load_amlsim_nodes(folder: str | Path, num_banks: int = 4, typology: str | No
                          typology=(typology or "random") if bad else None)
         if t:
             txs.append(t)
-    return AmlDataset(f"amlsim:{folder.name}", accounts, txs, dict(skipped))
+    return AmlDataset(f"amlsim:{folder.name}", accounts, txs, dict(skipped), rows.problems)
 
 
 def load_amlsim_alerts(folder: str | Path, num_banks: int = 4, on_bad: OnBad = "error") -> AmlDataset:
@@ -211,7 +213,7 @@ def load_amlsim_alerts(folder: str | Path, num_banks: int = 4, on_bad: OnBad = "
                          pattern=f"alert-{r['ALERT_ID']}")
         if t:
             txs.append(t)
-    return AmlDataset(f"amlsim_alerts:{folder.name}", accounts, txs, dict(skipped))
+    return AmlDataset(f"amlsim_alerts:{folder.name}", accounts, txs, dict(skipped), rows.problems)
 
 
 def _amlworld_time(text: str) -> datetime | None:
@@ -266,7 +268,7 @@ def load_amlworld(folder: str | Path, on_bad: OnBad = "error") -> AmlDataset:
                              seen=seen, payment_format=r["payment_format"], laundering=_bool(r["is_laundering"]))
             if t:
                 txs.append(t)
-    return AmlDataset("amlworld_hi_small", accounts, txs, dict(skipped))
+    return AmlDataset("amlworld_hi_small", accounts, txs, dict(skipped), rows.problems)
 
 
 # ------------------------------------------------------------------------------------------ cases
@@ -278,7 +280,7 @@ def assign_banks(ds: AmlDataset, num_banks: int) -> AmlDataset:
 
     mapping = {b: f"bank_{zlib.crc32(b.encode()) % num_banks}" for b in ds.banks()}
     accounts = {k: Account(a.id, mapping[a.bank], a.name, a.country, a.laundering) for k, a in ds.accounts.items()}
-    return AmlDataset(ds.source, accounts, ds.transactions, dict(ds.skipped))
+    return AmlDataset(ds.source, accounts, ds.transactions, dict(ds.skipped), list(ds.problems))
 
 
 def build_cases(ds: AmlDataset, *, window_days: int = 30, negatives_per_positive: float = 2.0,
@@ -327,3 +329,61 @@ def _case(ds: AmlDataset, cid: str, focus: str, txs: list[Transaction], suspicio
         typology = "random"
     return AmlCase(cid, ds.accounts[focus].bank, focus, txs, {a: ds.accounts[a] for a in ids if a in ds.accounts},
                    suspicious, typology)
+
+
+# ------------------------------------------------------------------------------------------ a bank's own export
+
+BANK_TRANSACTION_COLUMNS = ("id", "timestamp", "from_account", "to_account", "amount", "currency")
+BANK_TRANSACTION_OPTIONAL = ("payment_format", "from_bank", "to_bank", "from_name", "to_name", "from_country",
+                             "to_country", "laundering")
+BANK_ALERT_COLUMNS = ("alert_id", "transaction_id", "typology")
+
+
+def load_bank_transactions(folder: str | Path, on_bad: OnBad = "error", bank: str = "bank") -> AmlDataset:
+    """A bank's transaction export in fedfingpt's documented schema (docs/bank-data.md): transactions.csv with
+    BANK_TRANSACTION_COLUMNS (timestamp ISO 8601, amount >= 0, an ISO currency) and any of BANK_TRANSACTION_OPTIONAL;
+    optional alerts.csv (alert_id, transaction_id, typology) marks the transactions of each laundering alert.
+    Accounts are the ones the transactions name; an account without from_bank/to_bank is held at `bank`."""
+    folder = Path(folder)
+    skipped: Counter = Counter()
+    rows = _Rows(on_bad, skipped)
+    path = folder / "transactions.csv"
+    raw = []
+    accounts: dict[str, Account] = {}
+    for n, r in rows.read(path, BANK_TRANSACTION_COLUMNS):
+        for end in ("from", "to"):
+            aid = (r.get(f"{end}_account") or "").strip()
+            if not aid:
+                rows.bad(path, n, f"empty {end}_account", "Fill in the account id")
+                break
+            if aid not in accounts:
+                accounts[aid] = Account(aid, (r.get(f"{end}_bank") or "").strip() or bank,
+                                        (r.get(f"{end}_name") or "").strip(), (r.get(f"{end}_country") or "").strip())
+        else:
+            raw.append((n, r))
+    alerts: dict[str, tuple[str, str]] = {}
+    apath = folder / "alerts.csv"
+    if apath.is_file():
+        for n, r in rows.read(apath, BANK_ALERT_COLUMNS):
+            typ = r["typology"].strip().lower().replace("-", "_")
+            if typ not in TYPOLOGIES:
+                rows.bad(apath, n, f"unknown typology: {r['typology']!r}", f"Use one of {', '.join(TYPOLOGIES)}")
+                continue
+            alerts[r["transaction_id"].strip()] = (r["alert_id"].strip(), typ)
+    txs, seen = [], set()
+    for n, r in raw:
+        tid = r["id"].strip()
+        alert = alerts.get(tid)
+        flagged = alert is not None or _bool(r.get("laundering") or "")
+        t = _transaction(rows, path, n, tid=tid, src=r["from_account"].strip(), dst=r["to_account"].strip(),
+                         amount=r["amount"], currency=r["currency"].strip(), time=_iso(r["timestamp"].strip()),
+                         accounts=accounts, seen=seen, payment_format=(r.get("payment_format") or "").strip(),
+                         laundering=flagged, typology=(alert[1] if alert else "random") if flagged else None,
+                         pattern=f"alert-{alert[0]}" if alert else None)
+        if t:
+            txs.append(t)
+    unknown = sorted(set(alerts) - seen)
+    for tid in unknown[:1]:
+        rows.bad(apath, 0, f"alerts name {len(unknown)} transaction id(s) not in transactions.csv (first: {tid})",
+                 "Remove those alert rows or add the transactions")
+    return AmlDataset(f"bank:{folder.name}", accounts, txs, dict(skipped), rows.problems)

@@ -30,7 +30,7 @@ from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, REASONS, TYP
 from ...common.tasks.sentiment import INSTRUCTIONS
 from ...common.tasks.sentiment_data import LABELS
 from .audit import AuditLog
-from .gate import ComplianceGate, GateResult
+from ...common.pii.gate import ComplianceGate, GateResult
 from .model_server import DeadlineExceeded, ModelServer
 from ...api.v1 import inference_pb2 as pb
 from ...api.v1 import inference_pb2_grpc as pb_grpc

@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from ...common.adapter import arrays_nbytes, arrays_to_record, record_to_arrays
+from ...common.runconfig import VERSIONS_KEY, version_mismatch
 from ..aggregation import update_problem, weighted_mean
 
 log = logging.getLogger("fedfingpt.server")
@@ -174,6 +175,7 @@ class LoraFedAvg(FedAvg):
         # an error the SuperLink writes for a bank (e.g. its node stopped sending heartbeats) comes from the SuperLink:
         # name the bank it stands for by the message it answers
         dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in self._outbox if m.metadata.message_id}
+        claimed = _claimed_banks(replies)  # bank id -> the nodes whose replies say they are that bank
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -193,6 +195,15 @@ class LoraFedAvg(FedAvg):
             bank = metrics.get("bank-id")
             if bank is not None:
                 self._bank_of[node] = bank
+            if len(claimed.get(bank, ())) > 1:
+                self._drop(entry, node, bank, f"bank id {bank} replied from nodes {sorted(claimed[bank])} in one "
+                           "round: every such reply is refused; give each SuperNode its own bank-id")
+                continue
+            vrec = msg.content.config_records.get(VERSIONS_KEY)
+            wrong = version_mismatch(dict(vrec) if vrec is not None else None)
+            if wrong:
+                self._drop(entry, node, bank, wrong)
+                continue
             n = float(metrics.get(self.weighted_by_key, float("nan")))
             problem = update_problem(arrays, self._reference, n, self.max_examples, lower_rank=self.lower_rank)
             if problem:
@@ -263,3 +274,18 @@ class LoraFedAvg(FedAvg):
         if entry is not None:
             entry["client_eval"] = {"banks": banks, **mean, "wall_s": round(time.perf_counter() - self._t_eval, 2)}
         return MetricRecord({k.replace("_", "-"): v for k, v in mean.items()} | {"num-examples": n})
+
+
+def _claimed_banks(replies: list[Message]) -> dict:
+    """bank id -> the nodes whose successful replies name it (two SuperNodes started with one bank-id, or none)."""
+    out: dict = {}
+    for msg in replies:
+        if msg.has_error():
+            continue
+        try:
+            metrics = dict(msg.content.metric_records[next(iter(msg.content.metric_records))])
+        except (StopIteration, KeyError, TypeError, ValueError):
+            continue
+        if metrics.get("bank-id") is not None:
+            out.setdefault(metrics["bank-id"], set()).add(msg.metadata.src_node_id)
+    return out

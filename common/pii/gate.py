@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...common.config import GateConfig
+from ..config import GateConfig
 
 log = logging.getLogger("fedfingpt.gate")
 
@@ -118,11 +118,12 @@ class ComplianceGate:
             return GateResult("", dict(found), blocked, actions)
         out = text
         for r in sorted(results, key=lambda r: r.start, reverse=True):  # right to left keeps offsets valid
-            replacement = self._apply(actions[r.entity_type], r.entity_type, text[r.start: r.end])
+            replacement = self.replacement(actions[r.entity_type], r.entity_type, text[r.start: r.end])
             out = out[: r.start] + replacement + out[r.end:]
         return GateResult(out, dict(found), [], actions)
 
-    def _apply(self, action: str, entity: str, value: str) -> str:
+    def replacement(self, action: str, entity: str, value: str) -> str:
+        """What stands in place of `value` under `action` (redact, mask or hash)."""
         if action == "mask":
             keep = 4 if len(value) > 6 else 0
             return "*" * (len(value) - keep) + value[len(value) - keep:]
@@ -132,7 +133,7 @@ class ComplianceGate:
         return f"<{entity}>"
 
 
-# Our recognizers (server/inference/recognizers.py, names.py): each reads a structure (a checksum, a code's shape, a
+# Our recognizers (common/pii/recognizers.py, names.py): each reads a structure (a checksum, a code's shape, a
 # street form, a date tied to a birth) or a list (names, cities). Where one of them and spaCy's statistical NER (or a
 # generic Presidio pattern) claim overlapping text under different types, ours is taken: on the bank-style set the
 # small spaCy model reads cities as people, people as places, a BIC or a date as a person, at 0.85.
