@@ -22,7 +22,7 @@ from ..common.config import Config
 from ..common.evaluate import evaluate_aml, evaluate_sentiment, sample_rows
 from ..common.nodeconfig import NodeConfig
 from ..common.report import show_progress
-from ..common.runconfig import config_from_context, train_reply
+from ..common.runconfig import config_for_message, train_reply
 from ..common.train import DPSpec, train
 from .bank import BankState, bank_state
 from .plan import RoundPlan
@@ -242,15 +242,16 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
 def make_client_app(cfg: Config | None = None, outer_mods: list | None = None) -> ClientApp:
     """A ClientApp bound to `cfg`; without one, the config comes from the run config (flwr run). `outer_mods` run
     around everything else (they see what the bank finally sends, after client-side DP clipping)."""
-    app = ClientApp(mods=[*(outer_mods or []), central_dp_mod(lambda ctx: cfg or config_from_context(ctx))])
+    dp_mod = central_dp_mod(lambda msg, ctx: cfg or config_for_message(msg, ctx))
+    app = ClientApp(mods=[*(outer_mods or []), dp_mod])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        return handle_train(msg, context, cfg or config_from_context(context))
+        return handle_train(msg, context, cfg or config_for_message(msg, context))
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        return handle_evaluate(msg, context, cfg or config_from_context(context))
+        return handle_evaluate(msg, context, cfg or config_for_message(msg, context))
 
     return app
 

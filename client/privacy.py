@@ -135,7 +135,7 @@ def central_dp_mod(get_config):
     from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
     def mod(msg, ctx, call_next):
-        cfg = get_config(ctx)
+        cfg = get_config(msg, ctx)
         p = cfg.privacy
         if p.mode == "central" and p.clipping_side == "client" and msg.metadata.message_type == MessageType.TRAIN:
             return (fixedclipping_mod if p.clipping == "fixed" else adaptiveclipping_mod)(msg, ctx, call_next)

@@ -299,3 +299,24 @@ def pseudonymise(ds, scrubber):
     txs = [Transaction(t.id, alias(t.src), alias(t.dst), t.amount, t.currency, t.time, t.payment_format,
                        t.laundering, t.typology, t.pattern) for t in ds.transactions]
     return AmlDataset(ds.source, accounts, txs, dict(ds.skipped), list(ds.problems))
+
+
+def write_transactions(folder: str | Path, ds) -> Path:
+    """An AmlDataset as FOLDER/transactions.csv (+ alerts.csv for its laundering patterns) in fedfingpt's schema."""
+    from .tasks.aml_data import BANK_ALERT_COLUMNS, BANK_TRANSACTION_COLUMNS, BANK_TRANSACTION_OPTIONAL
+
+    buf, alerts = io.StringIO(), io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(BANK_TRANSACTION_COLUMNS + BANK_TRANSACTION_OPTIONAL)
+    a = csv.writer(alerts)
+    a.writerow(BANK_ALERT_COLUMNS)
+    for t in ds.transactions:
+        src, dst = ds.accounts[t.src], ds.accounts[t.dst]
+        w.writerow([t.id, t.time.isoformat(), t.src, t.dst, f"{t.amount:.2f}", t.currency, t.payment_format,
+                    src.bank, dst.bank, src.name, dst.name, src.country, dst.country, str(t.laundering).lower()])
+        if t.laundering and t.pattern:
+            a.writerow([t.pattern, t.id, t.typology or "random"])
+    folder = Path(folder)
+    write_atomic(folder / "transactions.csv", buf.getvalue())
+    write_atomic(folder / "alerts.csv", alerts.getvalue())
+    return folder / "transactions.csv"

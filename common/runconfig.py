@@ -11,6 +11,30 @@ from .config import Config, config_from_dict, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+JOB_KEY = "job-json"  # the scenario, in every train and evaluate message's config: no bank reads it from its disk
+
+
+def job_record_value(cfg: Config) -> str:
+    """What the server puts under JOB_KEY: the whole job but the serving side's settings."""
+    return cfg.model_dump_json(exclude={"serving"})
+
+
+_FROM_MESSAGE: dict[str, Config] = {}
+
+
+def config_for_message(msg, context) -> Config:
+    """The job as the coordinator sent it with this message (every bank trains the coordinator's scenario, whatever
+    files it has), else the run config (a message from a server that does not send it)."""
+    conf = msg.content.config_records.get("config") if msg.content is not None else None
+    text = conf.get(JOB_KEY) if conf is not None else None
+    if not text:
+        return config_from_context(context)
+    if text not in _FROM_MESSAGE:
+        _FROM_MESSAGE.clear()  # one scenario at a time per process
+        _FROM_MESSAGE[text] = config_from_dict(json.loads(text), f"the coordinator's {JOB_KEY}")
+    return _FROM_MESSAGE[text]
+
+
 def config_from_context(context) -> Config:
     """The run's config: `config-json` (set by fedfingpt) or `config-file` from the Flower run config, else
     $FEDFINGPT_CONFIG, else the default job. A relative `config-file` that does not exist here is read from the

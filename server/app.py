@@ -18,6 +18,7 @@ from ..common.config import Config
 from ..common.evaluate import evaluate_tasks, sample_rows
 from ..common.metrics import format_markdown_table
 from ..common.models import attach_lora, load_base_model
+from ..common.runconfig import JOB_KEY, job_record_value
 from ..common.report import machine_info, peak_rss_mb, save_figure, show_progress, write_text_atomic
 from ..common.tasks.sentiment_data import sentiment_splits
 from .checkpoint import (checkpoint_dir, latest_checkpoint, peft_names_to_ours, resume_conflicts, save_round,
@@ -43,6 +44,8 @@ def default_run_dir(cfg: Config) -> Path:
 def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None = None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # the coordinator's only way to find its results when Flower runs this ServerApp (`flwr log` shows it)
+    print(f"fedfingpt: run folder {run_dir.resolve()} (report.md, federated.json, checkpoints/)", flush=True)
     f = cfg.federation
     t_start = time.perf_counter()
     loaded = load_base_model(cfg.model)
@@ -135,9 +138,13 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
         run_secure_rounds(grid, context, cfg, shared, remaining, evaluate_fn, strategy.rounds, done)
     else:
         runner.start(grid=grid, initial_arrays=arrays_to_record(shared), num_rounds=remaining,
-                     timeout=f.round_timeout_s, train_config=ConfigRecord({"local-steps": f.local_steps}),
-                     evaluate_fn=evaluate_fn)
-    return write_report(cfg, run_dir, history, strategy.rounds, t_start)
+                     timeout=f.round_timeout_s, evaluate_fn=evaluate_fn,
+                     # the scenario travels with every message: a bank needs no path and no copy of the config
+                     train_config=ConfigRecord({"local-steps": f.local_steps, JOB_KEY: job_record_value(cfg)}),
+                     evaluate_config=ConfigRecord({JOB_KEY: job_record_value(cfg)}))
+    report = write_report(cfg, run_dir, history, strategy.rounds, t_start)
+    print(f"fedfingpt: report {report['report']}", flush=True)
+    return report
 
 
 ROUND_HEADER = (f"{'round':>5}  {'banks':>5}  {'loss':>6}  {'FPB wF1':>8}  {'TFNS wF1':>8}  {'AML F1':>6}  "

@@ -24,7 +24,8 @@ class LoopbackFederation:
     SmolLM2 on 2 cores); across machines the coordinator has its own cores."""
 
     def __init__(self, root: str | Path, num_banks: int = 3, data_dir: str | Path | None = None,
-                 isolation: str = "process", bank_env: dict | None = None, bank_nice: int = 10) -> None:
+                 isolation: str = "process", bank_env: dict | None = None, bank_nice: int = 10,
+                 bank_folders: dict[int, str | Path] | None = None, bank_args: list[str] | None = None) -> None:
 
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -32,6 +33,8 @@ class LoopbackFederation:
         self.data_dir = Path(data_dir).resolve() if data_dir else None
         self.bank_env = dict(bank_env or {})
         self.bank_nice = bank_nice
+        self.bank_folders = {b: Path(f).resolve() for b, f in (bank_folders or {}).items()}
+        self.bank_args = list(bank_args or [])  # more `deploy supernode` options (e.g. --scrub off)
         self.certs = make_dev_certs(self.root / "certs")
         self.ca = self.certs["ca.pem"]
         self.port = free_port()
@@ -67,10 +70,16 @@ class LoopbackFederation:
         self.node_ids = register_banks(self.home, [pub for _, pub in self.keys.values()])
 
     def start_bank(self, b: int) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "fedfingpt", "deploy", "supernode", "--bank-id", str(b), "--num-banks",
-               str(self.num_banks), "--superlink", self.address, "--ca", str(self.ca), "--key", str(self.keys[b][0]),
+        """Bank b's SuperNode: reading its own folder (bank_folders, the data contract) when given one, else
+        partition b of num_banks of the public sets, as the simulation does."""
+        cmd = [sys.executable, "-m", "fedfingpt", "deploy", "supernode", "--bank-id", str(b),
+               "--superlink", self.address, "--ca", str(self.ca), "--key", str(self.keys[b][0]),
                "--runtime-port", str(self.runtime_ports[b]), "--state-dir", str(self.root / f"bank-{b}"),
                "--isolation", self.isolation, "--timings", str(self.root / f"timings-{b}.jsonl")]
+        if self.bank_folders:
+            cmd += ["--bank-data", str(self.bank_folders[b]), *self.bank_args]
+        else:
+            cmd += ["--num-banks", str(self.num_banks)]
         if self.data_dir:
             cmd += ["--data-dir", str(self.data_dir)]
         self.banks[b] = start_process(cmd, self.root / f"bank-{b}.log", self.bank_env, nice=self.bank_nice)

@@ -105,6 +105,10 @@ def test_planted_names_and_account_numbers_never_reach_the_encoded_training_exam
                                                             str(tmp_path / "bank"))
         decoded = [tok.decode(ex.input_ids) for ex in train] + [ex.text for ex in test]
         assert any("suspicious" in d for d in decoded)  # AML cases are in the set too
+        # the case's evidence stays: amounts with their currency (the name lists would read "USD 100" as a name),
+        # the bank holding the account, and our own instruction ("JSON" is no location)
+        assert any("USD 100 wire" in d for d in decoded) and any("(bank)" in d for d in decoded)
+        assert all("Answer in JSON" in d for d in decoded if "suspicious" in d)
         return {v for v in values if any(v in d for d in decoded)}, report, len(train) + len(test)
 
     found_raw, _, _ = leaked(False)

@@ -130,3 +130,22 @@ def test_the_service_reads_its_own_sections_of_a_job_file_and_refuses_a_stranger
     bad.write_text("serving: {max_length: 8}\n")
     with pytest.raises(ConfigError, match="serving.max_length"):
         load_service_config(bad)
+
+
+def test_a_bank_trains_the_scenario_the_coordinator_sent_not_a_file_on_its_disk(tmp_path):
+    """Stock `flwr run` names a relative config-file that each bank would look up on its own disk; the scenario
+    travels in every train and evaluate message instead, and a message without it falls back to the run config."""
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedfingpt.common.config import config_from_dict
+    from fedfingpt.common.runconfig import JOB_KEY, config_for_message, job_record_value
+
+    coordinator = config_from_dict({"name": "coordinators-scenario", "federation": {"rounds": 7}})
+    ctx = SimpleNamespace(run_config={"config-file": str(tmp_path / "only-on-the-coordinator.yaml")})
+    msg = SimpleNamespace(content=RecordDict({"config": ConfigRecord({JOB_KEY: job_record_value(coordinator)})}))
+    got = config_for_message(msg, ctx)
+    assert got.name == "coordinators-scenario" and got.federation.rounds == 7
+    with pytest.raises(Exception, match="only-on-the-coordinator.yaml"):
+        config_for_message(SimpleNamespace(content=RecordDict({"config": ConfigRecord({})})), ctx)

@@ -11,7 +11,7 @@ from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from fedfingpt.client.app import handle_evaluate, handle_train
-from fedfingpt.common.runconfig import train_reply
+from fedfingpt.common.runconfig import JOB_KEY, train_reply
 from fedfingpt.common.adapter import arrays_to_record, record_to_arrays
 from fedfingpt.common.config import config_from_dict
 from fedfingpt.server.app import ResumeError
@@ -43,6 +43,7 @@ def recording_app(cfg, record_dir: str, faults: dict | None = None) -> ClientApp
         fault = faults.get(bank)
         rnd = int(msg.content["config"]["global-round"])
         np.savez(Path(record_dir) / f"in-r{rnd}-b{bank}.npz", **record_to_arrays(msg.content["arrays"]))
+        (Path(record_dir) / f"job-r{rnd}-b{bank}.json").write_text(msg.content["config"].get(JOB_KEY, ""))
         if fault == "raise":
             raise RuntimeError("simulated crash inside the bank")
         if fault == "timeout":
@@ -131,6 +132,11 @@ def test_fedavg_round_is_the_weighted_mean_and_a_run_resumes(tiny_config, data_d
         for name, want in match({k: z[k] for k in z.files}, r1).items():
             np.testing.assert_array_equal(z[name], want)
     assert len(list(rec.glob("in-r2-b*.npz"))) == 3
+    # the scenario came with every message: a bank needs no path to it and no copy of it on its disk
+    sent = {json.loads(f.read_text())["federation"]["rounds"] for f in rec.glob("job-r*-b*.json")}
+    assert sent == {1, 2} and len(list(rec.glob("job-r2-b*.json"))) == 3
+    assert config_from_dict(json.loads((rec / "job-r2-b0.json").read_text())) == cfg2.model_copy(
+        update={"serving": type(cfg2.serving)()})
 
     for rnd in (1, 2):
         updates = client_updates(rec, rnd)

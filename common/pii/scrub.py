@@ -4,12 +4,16 @@ policy (redact, mask, hash, or drop the row). What a scrub reports is entity typ
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..config import GateConfig, ScrubConfig
 
 log = logging.getLogger("fedfingpt.scrub")
+# what a scrub or a pseudonymisation already put in: left as it is by a later scrub of the same text
+PLACEHOLDER = re.compile(r"<[A-Z_]+(?::[0-9a-f]+)?>|\bacct-[0-9a-f]{10}\b")
 
 
 @dataclass
@@ -40,11 +44,18 @@ class Scrubber:
     def action(self, entity: str) -> str:
         return self.policy.entities.get(entity) or self.policy.default
 
-    def scrub(self, text: str) -> str | None:
+    def scrub(self, text: str, keep: Iterable[str] = ()) -> str | None:
+        """`keep`: literal values that are known not to be anyone's identity in this text (a case narrative's bank
+        names and country codes); they and earlier replacements (<TYPE>, acct-<hash>) are never rewritten."""
         self.report.texts += 1
         if not text:
             return text
-        results = self.gate.findings(text)
+        protected = [m.span() for m in PLACEHOLDER.finditer(text)]
+        for value in keep:
+            if value:
+                protected += [m.span() for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", text)]
+        results = [r for r in self.gate.findings(text)
+                   if not any(r.start < e and s < r.end for s, e in protected)]
         if not results:
             return text
         found = Counter(r.entity_type for r in results)

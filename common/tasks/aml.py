@@ -194,14 +194,15 @@ TYPOLOGY_OPENINGS = tuple(f'{{"suspicious": true, "typology": "{t}"' for t in TY
 
 def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: int = MAX_LINES,
                scrub=None) -> list[Encoded]:
-    """Cases as training examples; `scrub` (text -> text, or None to leave the case out) runs over each prompt
-    before tokenisation (a bank's own cases: common/pii/scrub.py)."""
+    """Cases as training examples; `scrub` (text -> text, or None to leave the case out) runs over each case's
+    narrative before tokenisation (a bank's own cases: common/pii/scrub.py); the instruction is ours, never scrubbed."""
     out = []
     for c in cases:
-        prompt = aml_prompt(c, max_lines)
-        if scrub is not None and (prompt := scrub(prompt)) is None:
+        text = narrative(c, max_lines)
+        if scrub is not None and (text := scrub(text)) is None:
             continue
-        out.append(encode_example(tokenizer, prompt, format_answer(gold_answer(c)), max_length))
+        out.append(encode_example(tokenizer, build_prompt(INSTRUCTION, text), format_answer(gold_answer(c)),
+                                  max_length))
     return out
 
 
