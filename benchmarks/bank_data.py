@@ -80,8 +80,9 @@ def timed_child(cmd: list[str], env: dict | None = None) -> dict:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd[:6])}... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak / 1024, 1) if peak > before else None,
-            "rc": done.returncode, "stdout_tail": done.stdout[-400:]}
+            "rc": done.returncode, "last_line": lines[-1] if lines else ""}
 
 
 def build_training_set(folder: str, config: str | None) -> None:
@@ -98,19 +99,27 @@ def build_training_set(folder: str, config: str | None) -> None:
 
 
 def section_cost(args, cache: CellCache, work: Path, data_dir: str) -> None:
-    if "cost" in cache.cells:
+    """Each phase is saved as it ends (an interrupted section continues with the next phase)."""
+    cell = dict(cache.cells.get("cost:partial") or cache.cells.get("cost") or {})
+    if "training_set" in cell:
         return
     folder = work / "cost-folder"
-    sizes = build_cost_folder(folder, data_dir, args.rows, args.transactions, args.seed)
-    cell = {"sizes": sizes}
+    if "sizes" not in cell:
+        cell["sizes"] = build_cost_folder(folder, data_dir, args.rows, args.transactions, args.seed)
+        cache.save("cost:partial", cell)
     base = [PY, "-m", "fedfingpt", "data", "check", str(folder), "--accept-skips"]
-    cell["check_no_pii"] = timed_child(base + ["--no-pii", "--out", str(work / "card-no-pii")])
-    cell["check_with_pii"] = timed_child(base + ["--out", str(work / "card")])
-    cell["card"] = json.loads((work / "card" / "data-card.json").read_text())
-    cell["card"].pop("problems", None)
+    if "check_no_pii" not in cell:
+        cell["check_no_pii"] = timed_child(base + ["--no-pii", "--out", str(work / "card-no-pii")])
+        cache.save("cost:partial", cell)
+    if "check_with_pii" not in cell:
+        cell["check_with_pii"] = timed_child(base + ["--out", str(work / "card")])
+        cell["card"] = json.loads((work / "card" / "data-card.json").read_text())
+        cell["card"].pop("problems", None)
+        cache.save("cost:partial", cell)
     build = timed_child([PY, __file__, "--build-training-set", str(folder)] +
                         (["--config", args.config] if args.config else []))
-    cell["training_set"] = {**build, **json.loads(build.pop("stdout_tail").strip().splitlines()[-1])}
+    cell["training_set"] = {**build, **json.loads(build.pop("last_line"))}
+    cache.cells.pop("cost:partial", None)
     cache.save("cost", cell)
 
 
@@ -139,6 +148,13 @@ def section_recall(args, cache: CellCache) -> None:
 
 
 # -- f1 --------------------------------------------------------------------------------------------------------------
+# The scrub's engine settings per variant (raw: no scrub): the default, and its two sources of findings in public
+# financial text, each left out in turn (the name lists read company names as persons; countries and cities)
+F1_VARIANTS = {"raw": None, "scrubbed": {},
+               "scrubbed, no name lists": {"person_names": False},
+               "scrubbed, locations kept": {"ignore": ["DATE_TIME", "NRP", "URL", "ORGANIZATION", "LOCATION"]}}
+
+
 def section_f1(args, cache: CellCache, data_dir: str) -> None:
     from dataclasses import replace
 
@@ -155,13 +171,13 @@ def section_f1(args, cache: CellCache, data_dir: str) -> None:
     t = cfg.training
     rows = training_mix(splits["train"], dict(cfg.data.train_mix), seed=cfg.data.seed)[: t.max_steps * t.batch_size]
     tests = {"fpb": splits["test"]["fpb"], "tfns": splits["test"]["tfns"]}
-    for variant in ("raw", "scrubbed"):
+    for variant in [v.strip() for v in args.f1_variants.split(",") if v.strip()]:
         key = f"f1:{variant}:{args.f1_steps}:{args.seed}"
         if key in cache.cells:
             continue
         used, report, scrub_s = rows, None, 0.0
-        if variant == "scrubbed":
-            scrub = Scrubber(cfg.gate, cfg.data.scrub)
+        if variant != "raw":
+            scrub = Scrubber(cfg.gate.model_copy(update=F1_VARIANTS[variant]), cfg.data.scrub)
             t0 = time.perf_counter()
             used = [replace(ex, text=s) for ex in rows if (s := scrub.scrub(ex.text)) is not None]
             scrub_s = time.perf_counter() - t0
@@ -233,19 +249,19 @@ def section_loopback(args, cache: CellCache, work: Path, data_dir: str) -> None:
 def report(args, cache: CellCache) -> None:
     rows, md = [], []
     c = cache.cells
-    if "cost" in c:
-        cost = c["cost"]
+    if "cost" in c or "cost:partial" in c:
+        cost = c.get("cost") or c["cost:partial"]
         s = cost["sizes"]
-        for phase in ("check_no_pii", "check_with_pii", "training_set"):
+        for phase in [p for p in ("check_no_pii", "check_with_pii", "training_set") if p in cost]:
             rows.append({"section": "cost", "what": {"check_no_pii": "data check, no PII scan",
                                                        "check_with_pii": "data check with the PII scan",
                                                        "training_set": "training-set build (read, scrub, tokenise)"}
                          [phase], "rows": s["sentiment_rows"], "transactions": s["transactions"],
                          "wall_s": cost[phase]["wall_s"], "peak_rss_mb": cost[phase]["peak_rss_mb"]})
-        ts = cost["training_set"]
+        ts = cost.get("training_set", {"examples": "-", "test_rows": "-", "aml_test": "-", "scrub": "not yet measured"})
         md.append(f"Training-set build: {ts['examples']} examples, {ts['test_rows']} local test rows, "
                   f"{ts['aml_test']} local AML test cases; scrub counts {ts['scrub']}.")
-        md.append(f"Data card PII counts (sentiment rows): {cost['card'].get('pii_in_sentiment')}.")
+        md.append(f"Data card PII counts (sentiment rows): {cost.get('card', {}).get('pii_in_sentiment')}.")
     if "recall" in c:
         r = c["recall"]
         for typ, v in r["per_type"].items():
@@ -264,12 +280,14 @@ def report(args, cache: CellCache) -> None:
     for v in f1.values():
         pairs.setdefault(v["steps"], {})[v["variant"]] = v
     for steps, p in pairs.items():
-        if {"raw", "scrubbed"} <= set(p):
-            diffs = {ds: p["scrubbed"]["scores"][ds]["weighted_f1"] - p["raw"]["scores"][ds]["weighted_f1"]
+        for name, v in p.items():
+            if name == "raw" or "raw" not in p:
+                continue
+            diffs = {ds: v["scores"][ds]["weighted_f1"] - p["raw"]["scores"][ds]["weighted_f1"]
                      for ds in p["raw"]["scores"]}
-            md.append(f"Scrubbed minus raw ({steps} steps): " + ", ".join(f"{ds} {d:+.4f}" for ds, d in diffs.items())
-                      + f"; the scrub changed {p['scrubbed']['scrub']['changed']} of {p['scrubbed']['scrub']['texts']} "
-                      f"training texts and dropped {p['scrubbed']['scrub']['dropped']}.")
+            md.append(f"{name} minus raw ({steps} steps): " + ", ".join(f"{ds} {d:+.4f}" for ds, d in diffs.items())
+                      + f"; the scrub changed {v['scrub']['changed']} of {v['scrub']['texts']} training texts "
+                      f"(findings {v['scrub']['found']}) and dropped {v['scrub']['dropped']}.")
     for k, v in sorted(c.items()):
         if not k.startswith("loopback:"):
             continue
@@ -302,6 +320,7 @@ def main() -> None:
     ap.add_argument("--recall-texts", type=int, default=2000)
     ap.add_argument("--recall-seed", type=int, default=2, help="the gate benchmark uses seed 1")
     ap.add_argument("--f1-steps", type=int, default=300)
+    ap.add_argument("--f1-variants", default="raw,scrubbed", help=f"of {', '.join(F1_VARIANTS)}")
     ap.add_argument("--loop-rounds", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=3600)
     ap.add_argument("--seed", type=int, default=42)

@@ -44,8 +44,16 @@ def config_from_context(context) -> Config:
         return config_from_dict(json.loads(rc["config-json"]), "run_config.config-json")
     path = rc.get("config-file") or os.environ.get("FEDFINGPT_CONFIG")
     if path:
-        p = Path(path)
-        return load_config(p if p.is_absolute() or p.exists() else REPO / p)
+        p = Path(path).expanduser()
+        tried = [p] if p.is_absolute() else [Path.cwd() / p, REPO / p]
+        for where in tried:
+            if where.is_file():
+                return load_config(where)
+        from .config import ConfigError
+
+        raise ConfigError(f"run config config-file={path!r}: not found (looked at {', '.join(map(str, tried))}); "
+                          "give an absolute path on the coordinator, or run with `fedfingpt deploy run`, which sends "
+                          "the whole scenario as config-json")
     return load_config(None)
 
 

@@ -1,5 +1,6 @@
 """Each simulated bank's rows written as a bank folder in the data contract (common/bank_folder.py), so that a
-loopback federation whose banks read their own folders trains on exactly the simulation's rows."""
+loopback federation whose banks read their own folders trains on exactly the simulation's rows (`fedfingpt data
+simulate-banks`; `fedfingpt simulate` also leaves them in its run folder, under bank-data/)."""
 
 from __future__ import annotations
 

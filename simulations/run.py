@@ -125,6 +125,10 @@ def _simulate(cfg: Config, run_dir: str | Path | None, client_app, grid_hook) ->
         pool = training_pool(splits["train"], f.partition)
         parts = partition_pool(pool, f.num_banks, f.partition)
         md, png = write_partition_report(pool, parts, f.partition, run_dir)
+        from ..common.bank_folder import write_sentiment_rows
+
+        for bank, part in enumerate(parts):  # each bank's rows in the data contract: a loopback bank can read them
+            write_sentiment_rows(run_dir / "bank-data" / f"bank-{bank}", [pool[i] for i in part])
     if "aml" in cfg.data.tasks:
         from ..common.tasks.aml_scenario import aml_split, write_aml_report
 
