@@ -140,7 +140,8 @@ def _read_sentiment(bf: BankFolder, path: Path, label_map: dict[str, str]) -> No
         if kind not in KINDS:
             bad(f"unknown kind {kind[:20]!r}", "Use news or tweet (it picks the instruction), or leave it empty")
             continue
-        bf.sentiment.append(SentimentExample(text.strip(), label, "bank", kind))
+        bf.sentiment.append(SentimentExample(text, label, "bank", kind))  # as written: a simulated bank's rows stay
+        # exactly the simulation's (public rows carry leading spaces and line separators)
         bf.sentiment_lines.append(n)
 
 

@@ -185,3 +185,16 @@ def test_a_simulated_banks_folder_gives_the_simulations_rows_and_split(tiny_conf
         assert report is None
         assert [ex.input_ids for ex in own_train] == [ex.input_ids for ex in sim_train]
         assert [(ex.text, ex.label, ex.kind) for ex in own_test] == [(ex.text, ex.label, ex.kind) for ex in sim_test]
+
+
+def test_rows_read_back_exactly_as_written(tmp_path):
+    """The simulation's rows hold leading spaces, tabs and Unicode line separators: a folder gives them back as they
+    were, or a loopback bank would train on other text than its simulated twin."""
+    from fedfingpt.common.bank_folder import write_sentiment_rows
+    from fedfingpt.common.tasks.sentiment_data import SentimentExample
+
+    rows = [SentimentExample(" Profit rose\u2028sharply ", "positive", "fpb", "news"),
+            SentimentExample("Sales\tflat\r\n", "neutral", "tfns", "tweet")]
+    write_sentiment_rows(tmp_path, rows)
+    back = read_bank_folder(tmp_path).sentiment
+    assert [(ex.text, ex.label, ex.kind) for ex in back] == [(ex.text, ex.label, ex.kind) for ex in rows]
