@@ -151,8 +151,8 @@ def section_recall(args, cache: CellCache) -> None:
 # The scrub's engine settings per variant (raw: no scrub): the default, and its two sources of findings in public
 # financial text, each left out in turn (the name lists read company names as persons; countries and cities)
 F1_VARIANTS = {"raw": None, "scrubbed": {},
-               "scrubbed, no name lists": {"person_names": False},
-               "scrubbed, locations kept": {"ignore": ["DATE_TIME", "NRP", "URL", "ORGANIZATION", "LOCATION"]}}
+               "scrubbed-no-name-lists": {"person_names": False},
+               "scrubbed-locations-kept": {"ignore": ["DATE_TIME", "NRP", "URL", "ORGANIZATION", "LOCATION"]}}
 
 
 def section_f1(args, cache: CellCache, data_dir: str) -> None:
