@@ -8,7 +8,7 @@ from importlib import metadata
 import pytest
 
 from fedfingpt.common.config import GateConfig
-from fedfingpt.server.inference import names
+from fedfingpt.common.pii import names
 
 
 @pytest.fixture(scope="module")
