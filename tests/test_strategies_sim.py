@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message
 from flwr.clientapp import ClientApp
 
 from fedfingpt.client.app import handle_evaluate, handle_train
@@ -47,8 +47,7 @@ def recording_app(cfg, record_dir: Path) -> ClientApp:
         m = dict(reply.content["metrics"])
         np.savez(record_dir / f"out-r{rnd}-b{bank}.npz", __n=m["num-examples"],
                  **record_to_arrays(reply.content["arrays"]))
-        return Message(RecordDict({"arrays": arrays_to_record(record_to_arrays(reply.content["arrays"])),
-                                   "metrics": MetricRecord(m)}), reply_to=msg)
+        return Message(train_reply(arrays_to_record(record_to_arrays(reply.content["arrays"])), m), reply_to=msg)
 
     @app.evaluate()
     def _evaluate(msg, ctx):
