@@ -285,13 +285,10 @@ def pseudonymise(ds, scrubber):
     """The same transactions with every account id replaced by a keyed hash (stable for one gate.hash_key_file) and
     every holder name by the scrub policy's PERSON action: a name or an account number in a transaction export is a
     customer's identity whether or not a recognizer would find it in a sentence."""
-    import hashlib
-    import hmac
-
     from .tasks.aml import Account, AmlDataset, Transaction
 
     def alias(aid: str) -> str:
-        return "acct-" + hmac.new(scrubber.gate._key, aid.encode(), hashlib.sha256).hexdigest()[:10]
+        return "acct-" + scrubber.gate.keyed_digest(aid, 10)
 
     person = scrubber.action("PERSON")
     person = "redact" if person == "drop" else person  # a holder's name is replaced, never a reason to drop a case

@@ -122,13 +122,17 @@ class ComplianceGate:
             out = out[: r.start] + replacement + out[r.end:]
         return GateResult(out, dict(found), [], actions)
 
+    def keyed_digest(self, value: str, length: int) -> str:
+        """HMAC-SHA256 of `value` under the gate's key, hex, cut to `length`: equal values give equal digests."""
+        return hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:length]
+
     def replacement(self, action: str, entity: str, value: str) -> str:
         """What stands in place of `value` under `action` (redact, mask or hash)."""
         if action == "mask":
             keep = 4 if len(value) > 6 else 0
             return "*" * (len(value) - keep) + value[len(value) - keep:]
         if action == "hash":
-            digest = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:12]
+            digest = self.keyed_digest(value, 12)
             return f"<{entity}:{digest}>"
         return f"<{entity}>"
 
