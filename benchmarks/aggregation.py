@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fedfingpt.common.bank_rows import bank_rows
+from fedfingpt.simulations.bank_folders import simulated_bank_rows
 from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import load_config
@@ -48,7 +48,7 @@ def score(model, tok, tests, cfg) -> dict:
 
 def centralized(cfg, banks: int, total_steps: int, tests) -> dict:
     model, loaded = fresh_model(cfg)
-    rows = [r for b in range(banks) for r in bank_rows(cfg, b, banks)[0]]
+    rows = [r for b in range(banks) for r in simulated_bank_rows(cfg, b, banks)[0]]
     enc = encode_sentiment(loaded.tokenizer, rows, cfg.data.max_length)
     tcfg = cfg.training.model_copy(update={"max_steps": total_steps, "eval_every": None, "warmup_ratio": 0.05})
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from fedfingpt.client.app import local_training_config
-from fedfingpt.common.bank_rows import bank_rows
+from fedfingpt.simulations.bank_folders import simulated_bank_rows
 from fedfingpt.common.train import train
 from fedfingpt.common.adapter import set_lora_arrays
 from fedfingpt.common.config import load_config
@@ -67,7 +67,7 @@ def main() -> None:
     # centralized: the same steps on the union of the banks' rows (alpha does not matter: same pool)
     log.info("centralized: %d steps", total_steps)
     model, loaded = fresh_model(base)
-    pool_rows = [r for b in range(args.banks) for r in bank_rows(base, b, args.banks)[0]]
+    pool_rows = [r for b in range(args.banks) for r in simulated_bank_rows(base, b, args.banks)[0]]
     enc = encode_sentiment(loaded.tokenizer, pool_rows, base.data.max_length)
     tcfg = base.training.model_copy(update={"max_steps": total_steps, "eval_every": None, "warmup_ratio": 0.05})
     t0 = time.perf_counter()
@@ -107,7 +107,7 @@ def main() -> None:
         per_bank = []
         for b in range(args.banks):
             model, loaded = fresh_model(cfg)
-            train_rows, _ = bank_rows(cfg, b, args.banks)
+            train_rows, _ = simulated_bank_rows(cfg, b, args.banks)
             enc = encode_sentiment(loaded.tokenizer, train_rows, cfg.data.max_length)
             lcfg = local_training_config(cfg, 1, b).model_copy(update={"max_steps": args.rounds * args.local_steps})
             t0 = time.perf_counter()

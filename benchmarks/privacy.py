@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfingpt.common.bank_rows import bank_rows
+from fedfingpt.simulations.bank_folders import simulated_bank_rows
 from fedfingpt.common.train import DPSpec
 from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
@@ -112,10 +112,10 @@ def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secre
     wall = time.perf_counter() - t0
     model, loaded = final_model(cfg, work / cfg.name)
     n = cfg.federation.num_banks
-    members = [r for b in range(n) for r in bank_rows(cfg, b, n)[0] if r.source != "bank"]
-    held = [r for b in range(n) for r in bank_rows(cfg, b, n)[1]]
+    members = [r for b in range(n) for r in simulated_bank_rows(cfg, b, n)[0] if r.source != "bank"]
+    held = [r for b in range(n) for r in simulated_bank_rows(cfg, b, n)[1]]
     # more non-members from the same pool, never given to any bank
-    from fedfingpt.common.bank_rows import training_pool
+    from fedfingpt.simulations.partition import training_pool
 
     pool = training_pool(sentiment_splits(cfg.data.data_dir)["train"], cfg.federation.partition.model_copy(
         update={"max_rows": None}))
@@ -143,7 +143,7 @@ def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secre
 
 def cost_cell(base, dp: bool, steps: int) -> dict:
     model, loaded = fresh_model(base)
-    rows = bank_rows(base, 0, base.federation.num_banks)[0]
+    rows = simulated_bank_rows(base, 0, base.federation.num_banks)[0]
     enc = encode_sentiment(loaded.tokenizer, rows, base.data.max_length)
     tcfg = base.training.model_copy(update={"max_steps": steps, "eval_every": None, "log_every": steps})
     spec = DPSpec(1.0, base.privacy.max_grad_norm, base.training.batch_size / len(enc), base.training.batch_size)

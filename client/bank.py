@@ -1,4 +1,5 @@
-"""A bank's state inside a Flower client process: its config, model with LoRA, and its own data partition.
+"""A bank's state inside a Flower client process: its config, model with LoRA, and its training set from its data
+folder (its own, or the one the simulation wrote for a simulated bank).
 
 Built once per process and reused across rounds (simulation actors and long-lived clients serve many messages).
 """
@@ -9,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..common.bank_folder import parse_label_map
-from ..common.bank_rows import bank_training_set, folder_training_set, forget_pools
+from ..common.bank_rows import folder_training_set, simulated_training_set
 from ..common.config import Config
 from ..common.models import attach_lora, load_base_model
 from ..common.nodeconfig import NodeConfig
@@ -57,10 +58,9 @@ def bank_rank(cfg: Config, node: NodeConfig) -> int:
 
 
 def forget_banks() -> None:
-    """Drop every cached model, partition and bank state (a long-lived worker does so when a new run starts)."""
+    """Drop every cached model and bank state (a long-lived worker does so when a new run starts)."""
     _MODELS.clear()
     _BANKS.clear()
-    forget_pools()
 
 
 def bank_state(cfg: Config, context) -> BankState:
@@ -78,7 +78,9 @@ def bank_state(cfg: Config, context) -> BankState:
             train, test_rows, aml_test, _ = folder_training_set(
                 cfg, loaded.tokenizer, bank, node.bank_data, parse_label_map(node.label_map, "node config label-map"),
                 node.accept_skips, node.extra_train)
-        else:  # a partition of the public sets (the simulation, or a loopback run that mimics it)
-            train, test_rows, aml_test = bank_training_set(cfg, loaded.tokenizer, bank, num_banks, node.extra_train)
+        else:  # a simulated bank (the simulation, or a loopback run that mimics it): the folder the simulation
+            # wrote for it (simulations/bank_folders.py)
+            train, test_rows, aml_test = simulated_training_set(cfg, loaded.tokenizer, bank, num_banks,
+                                                                node.extra_train)
         _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test)
     return _BANKS[key]

@@ -3,7 +3,7 @@ example-weighted update so that the server can only unmask the sum over banks. S
 API, so this ClientApp wraps the same round (`client.app.bank_round`) in a legacy NumPyClient.
 
 Used by `fedfingpt simulate` when privacy.secure_aggregation is on; under `flwr run` point the app's clientapp
-at `fedfingpt.client.secure:app`.
+at `fedfingpt.app:secure_clientapp`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A bank's own data folder in fedfingpt's data contract (docs/bank-data.md): what a deployed bank trains on, read
 whole, checked row by row, and described on a data card. The simulation writes each simulated bank's folder here too.
 
-    FOLDER/sentiment.csv | sentiment.jsonl | sentiment.parquet   text, label[, kind]
+    FOLDER/sentiment.csv | sentiment.jsonl | sentiment.parquet   text, label[, kind, source]
     FOLDER/transactions.csv [+ alerts.csv]                        fedfingpt's transaction schema
     FOLDER/amlsim/                                                an AMLSim export (accounts, transactions, alerts)
     FOLDER/amlworld/                                              AMLworld patterns + normal transactions
@@ -140,8 +140,10 @@ def _read_sentiment(bf: BankFolder, path: Path, label_map: dict[str, str]) -> No
         if kind not in KINDS:
             bad(f"unknown kind {kind[:20]!r}", "Use news or tweet (it picks the instruction), or leave it empty")
             continue
-        bf.sentiment.append(SentimentExample(text, label, "bank", kind))  # as written: a simulated bank's rows stay
-        # exactly the simulation's (public rows carry leading spaces and line separators)
+        source = str(rec.get("source") or "").strip()[:40] or "bank"  # where the row came from (a simulated bank's
+        # rows name their public set)
+        bf.sentiment.append(SentimentExample(text, label, source, kind))  # the text as written: a simulated bank's
+        # rows stay exactly the simulation's (public rows carry leading spaces and line separators)
         bf.sentiment_lines.append(n)
 
 
@@ -272,10 +274,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_sentiment_rows(folder: str | Path, rows: list[SentimentExample]) -> Path:
-    """Rows as FOLDER/sentiment.jsonl in the contract (the simulation writes its banks' folders with it)."""
+    """Rows as FOLDER/sentiment.jsonl in the contract (the simulation writes its banks' folders with it); a row's
+    source is written unless it is the default, "bank"."""
     buf = io.StringIO()
     for ex in rows:
-        buf.write(json.dumps({"text": ex.text, "label": ex.label, "kind": ex.kind}, ensure_ascii=False) + "\n")
+        rec = {"text": ex.text, "label": ex.label, "kind": ex.kind}
+        if ex.source != "bank":
+            rec["source"] = ex.source
+        buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
     path = Path(folder) / "sentiment.jsonl"
     write_atomic(path, buf.getvalue())
     return path

@@ -1,152 +1,134 @@
-"""The bank's rows: its share of the sentiment pool (Flower Datasets partitioners, deterministic in the seed), its
-own extra rows, its AML cases, and the one way the two tasks are mixed into one adapter's training set.
+"""A bank's training set from its data folder (the data contract, common/bank_folder.py): its sentiment rows split
+into local train and test, its own extra rows, its AML cases, PII scrubbed before tokenisation, and the one way the
+two tasks are mixed into one adapter's training set.
 
-A bank process (client/), the centralized job and the benchmarks all read their rows here; simulations/ only
-reports on them.
+Every bank reads a folder: a deployed bank its own, a simulated bank the one the simulation wrote for it
+(simulations/bank_folders.py). Partitioning public data sets is the simulation's, never a bank's: a simulated bank
+only finds its folder, under $FEDFINGPT_SIMULATED_BANKS (a `fedfingpt simulate` run folder's bank-data/) or the
+user's cache, where the folder's manifest says it holds this scenario's cut.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
+from pathlib import Path
 
 from .config import Config, PartitionConfig
 from .prompt import Encoded
 from .tasks.sentiment import encode_sentiment
-from .tasks.sentiment_data import LABELS, SentimentExample, sentiment_splits
+from .tasks.sentiment_data import SentimentExample
 
 log = logging.getLogger("fedfingpt.data")
-_POOLS: dict[tuple, tuple] = {}
-
-# Source skew: which data a bank of each kind holds. FPB is news wire, TFNS tweets, FiQA microblog posts/headlines.
-SOURCE_GROUPS = {"fpb": "news", "tfns": "tweets", "fiqa": "fiqa-posts"}
 
 
-class PartitionError(ValueError):
-    """A partitioning that cannot be made (too few rows, a bank left empty...)."""
-
-
-def training_pool(train: dict[str, list[SentimentExample]], cfg: PartitionConfig) -> list[SentimentExample]:
-    """The unique training rows of every source, shuffled with the seed (optionally a seeded sample). Repeated
-    texts (FPB and TFNS hold a few) are kept once, so a bank's local test row is never also a training row."""
-    seen: set[str] = set()
-    pool = []
-    for name in sorted(train):
-        for ex in train[name]:
-            key = " ".join(ex.text.lower().split())
-            if key not in seen:
-                seen.add(key)
-                pool.append(ex)
-    rng = random.Random(cfg.seed)
-    rng.shuffle(pool)
-    return pool[: cfg.max_rows] if cfg.max_rows else pool
-
-
-def _dataset(pool: list[SentimentExample]):
-    from datasets import Dataset
-
-    return Dataset.from_dict({
-        "idx": list(range(len(pool))),
-        "label": [LABELS.index(ex.label) for ex in pool],
-        "group": [SOURCE_GROUPS.get(ex.source, ex.source) for ex in pool],
-    })
-
-
-def _partition_with(partitioner, ds, n: int) -> list[list[int]]:
-    partitioner.dataset = ds
-    return [list(partitioner.load_partition(i)["idx"]) for i in range(n)]
-
-
-def partition_pool(pool: list[SentimentExample], num_banks: int, cfg: PartitionConfig) -> list[list[int]]:
-    """Index lists into `pool`, one per bank; deterministic for a given seed."""
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner, ExponentialPartitioner, IidPartitioner, NaturalIdPartitioner,
-    )
-
-    if len(pool) < num_banks * 2:
-        raise PartitionError(f"{len(pool)} rows cannot be split over {num_banks} banks")
-    ds = _dataset(pool)
-    if cfg.kind == "iid":
-        parts = _partition_with(IidPartitioner(num_partitions=num_banks), ds, num_banks)
-    elif cfg.kind == "dirichlet":
-        try:
-            parts = _partition_with(
-                DirichletPartitioner(num_partitions=num_banks, partition_by="label", alpha=cfg.alpha,
-                                     min_partition_size=cfg.min_partition_size, self_balancing=False, seed=cfg.seed),
-                ds, num_banks,
-            )
-        except ValueError as err:
-            raise PartitionError(
-                f"federation.partition: Dirichlet alpha={cfg.alpha} could not give every one of {num_banks} banks "
-                f"{cfg.min_partition_size} rows ({err}); lower min_partition_size or raise alpha"
-            ) from None
-    elif cfg.kind == "quantity":
-        parts = _partition_with(ExponentialPartitioner(num_partitions=num_banks), ds, num_banks)
-    else:  # source skew: each bank holds one kind of text; banks of the same kind split it evenly
-        groups = sorted(set(ds["group"]))
-        if num_banks < len(groups):
-            raise PartitionError(f"source skew needs at least {len(groups)} banks (one per source: {groups}); "
-                                 f"got {num_banks}, which would drop whole sources")
-        if num_banks == len(groups):
-            parts = _partition_with(NaturalIdPartitioner(partition_by="group"), ds, num_banks)
-        else:
-            parts = [[] for _ in range(num_banks)]
-            for g, group in enumerate(groups):
-                banks = [b for b in range(num_banks) if b % len(groups) == g]
-                rows = [i for i, grp in enumerate(ds["group"]) if grp == group]
-                for k, b in enumerate(banks):
-                    parts[b] = rows[k :: len(banks)]
-    empty = [b for b, p in enumerate(parts) if len(p) < 2]
-    if empty:
-        raise PartitionError(f"banks {empty} received fewer than 2 rows under {cfg.kind} partitioning; use fewer banks")
-    return parts
-
-
-def bank_split(pool: list[SentimentExample], part: list[int], cfg: PartitionConfig, bank: int):
-    """A bank's own rows split into local train and local test (seeded per bank)."""
-    rows = [pool[i] for i in part]
+def local_split(rows: list[SentimentExample], cfg: PartitionConfig, bank: int):
+    """A bank's rows split into local train and local test (seeded per bank: the same rows give the same split)."""
+    rows = list(rows)
     random.Random(cfg.seed * 1000 + bank).shuffle(rows)
     n_test = max(1, int(round(len(rows) * cfg.local_test_share)))
     return rows[n_test:], rows[:n_test]
 
 
-def forget_pools() -> None:
-    """Drop the cached partitions (a long-lived worker does so when a new run starts)."""
-    _POOLS.clear()
+def sentiment_rows(cfg: Config, bank: int, rows: list[SentimentExample], extra: str | None = None, scrub=None,
+                   scrub_rows: bool = True, where: str = "the bank folder"):
+    """The bank's local train and test rows from its folder's rows, plus its own extra training rows (node config
+    extra-train, or data.bank_extra_train), which only ever train. `scrub` (a Scrubber) runs over the folder's rows
+    when `scrub_rows` and over the extra rows always."""
+    from .bank_folder import BankDataError
 
-
-def bank_rows(cfg: Config, bank: int, num_banks: int,
-              extra: str | None = None) -> tuple[list[SentimentExample], list[SentimentExample]]:
-    """This bank's local train and test rows under the scenario's partitioning (deterministic in the seed), plus
-    its own extra training rows (data.bank_extra_train or node config extra-train), which stay at the bank."""
-    key = (cfg.data.model_dump_json(), cfg.federation.partition.model_dump_json(), num_banks)
-    if key not in _POOLS:  # one process may serve several banks: partition once
-        splits = sentiment_splits(cfg.data.data_dir)
-        pool = training_pool(splits["train"], cfg.federation.partition)
-        _POOLS[key] = (pool, partition_pool(pool, num_banks, cfg.federation.partition))
-    pool, parts = _POOLS[key]
-    train, test = bank_split(pool, parts[bank], cfg.federation.partition, bank)
+    if scrub is not None and scrub_rows:
+        rows = _scrubbed(rows, scrub)
+    if len(rows) < 2:
+        raise BankDataError(f"{where}: {len(rows)} usable sentiment row(s) (after bad rows and the scrub's drops); a "
+                            "bank training sentiment needs at least 2, or leave sentiment out of data.tasks")
+    train, test = local_split(rows, cfg.federation.partition, bank)
     extra = extra or cfg.data.bank_extra_train.get(bank)
     if extra:
-        rows = load_extra(extra)
-        if cfg.data.scrub.enabled:  # the bank's own rows: scrubbed as a bank folder's are
-            from .pii.scrub import scrubber
-
-            rows = _scrubbed(rows, scrubber(cfg.gate, cfg.data.scrub))
-        log.info("bank %d: %d extra training rows from %s", bank, len(rows), extra)
-        train = train + rows
+        own = load_extra(extra)
+        if scrub is not None:
+            own = _scrubbed(own, scrub)
+        log.info("bank %d: %d extra training rows from %s", bank, len(own), extra)
+        train = train + own
     return train, test
 
 
-def bank_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
-                      extra: str | None = None) -> tuple[list[Encoded], list[SentimentExample], list]:
-    """The one adapter's training examples for the bank's tasks (data.tasks): its sentiment partition, its AML
-    cases (with both tasks, repeated or sampled to make up data.aml.mix of the set); and its local test rows."""
+def bank_scrubber(cfg: Config, bank: int):
+    """The scrub a bank's rows go through before tokenisation (data.scrub), with a fresh count; None when off."""
+    if not cfg.data.scrub.enabled:
+        log.warning("bank %d: data.scrub is off: the bank's own rows are trained on as they are", bank)
+        return None
+    from .pii.scrub import ScrubReport, scrubber
+
+    scrub = scrubber(cfg.gate, cfg.data.scrub)
+    scrub.report = ScrubReport()
+    return scrub
+
+
+SIMULATED_ENV = "FEDFINGPT_SIMULATED_BANKS"  # a folder holding bank-<id>/ and banks.json for this run's banks
+MANIFEST = "banks.json"
+
+
+def cut_key(cfg: Config, num_banks: int) -> str:
+    """What decides a simulated bank's rows, as a short digest: the data folder, the partitioning, the bank count."""
+    from .tasks.sentiment_data import data_dir_from_env
+
+    what = json.dumps({"data_dir": str(data_dir_from_env(cfg.data.data_dir).resolve()),
+                       "partition": cfg.federation.partition.model_dump(mode="json"), "num_banks": num_banks},
+                      sort_keys=True)
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
+
+
+def simulated_cache() -> Path:
+    """Where simulated banks' folders are written when no run folder holds them (one folder per cut)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fedfingpt" / "simulated-banks"
+
+
+def simulated_root(cfg: Config, num_banks: int) -> Path | None:
+    """The folder holding this scenario's simulated banks (bank-<id>/), or None when none is written yet."""
+    key = cut_key(cfg, num_banks)
+    for root in [Path(r) for r in [os.environ.get(SIMULATED_ENV)] if r] + [simulated_cache() / key]:
+        try:
+            if json.loads((root / MANIFEST).read_text()).get("key") == key:
+                return root
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def simulated_rows(cfg: Config, bank: int, num_banks: int, extra: str | None = None):
+    """(local train rows, local test rows) of simulated bank `bank`, read from its folder as any bank reads its
+    own. Its rows are public data sets, not customers': the scrub runs over the bank's extra rows only."""
+    from .bank_folder import BankDataError, read_bank_folder
+
+    if not 0 <= bank < num_banks:
+        raise BankDataError(f"bank id {bank} is not one of the {num_banks} simulated banks (0..{num_banks - 1})")
+    root = simulated_root(cfg, num_banks)
+    if root is None:
+        raise BankDataError(
+            f"simulated bank {bank} of {num_banks}: no folder written for this scenario's partitioning (looked in "
+            f"${SIMULATED_ENV} and {simulated_cache()}); the simulation writes them: run it with `fedfingpt "
+            "simulate`, or under `flwr run` / a SuperNode with num-partitions use the app's client "
+            "(fedfingpt.app:clientapp), or write them with `fedfingpt data simulate-banks`")
+    rows = read_bank_folder(root / f"bank-{bank}").sentiment
+    scrub = bank_scrubber(cfg, bank) if (extra or cfg.data.bank_extra_train.get(bank)) else None
+    return sentiment_rows(cfg, bank, rows, extra, scrub, scrub_rows=False, where=f"simulated bank {bank}")
+
+
+def simulated_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
+                           extra: str | None = None) -> tuple[list[Encoded], list[SentimentExample], list]:
+    """A simulated bank's training examples for the scenario's tasks (data.tasks): its folder's sentiment rows and
+    its share of the scenario's generated AML cases (with both tasks, repeated or sampled to make up data.aml.mix of
+    the set); and its local test rows and AML test cases."""
     train: list[Encoded] = []
     test_rows: list[SentimentExample] = []
     aml_test: list = []
     if "sentiment" in cfg.data.tasks:
-        train_rows, test_rows = bank_rows(cfg, bank, num_banks, extra)
+        train_rows, test_rows = simulated_rows(cfg, bank, num_banks, extra)
         train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
     if "aml" in cfg.data.tasks:
         from .tasks.aml_scenario import aml_split
@@ -159,8 +141,8 @@ def bank_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
                  split.banks[bank], len(cases), sum(c.suspicious for c in cases),
                  ", ".join(sorted(split.typologies(bank))) or "none", len(aml))
         train = train + aml
-    log.info("bank %d of %d: %d training examples (%s), %d local sentiment test rows, %d local AML test cases", bank,
-             num_banks, len(train), "+".join(cfg.data.tasks), len(test_rows), len(aml_test))
+    log.info("simulated bank %d of %d: %d training examples (%s), %d local sentiment test rows, %d local AML test "
+             "cases", bank, num_banks, len(train), "+".join(cfg.data.tasks), len(test_rows), len(aml_test))
     return train, test_rows, aml_test
 
 
@@ -189,34 +171,20 @@ def _scrubbed(rows: list[SentimentExample], scrub) -> list[SentimentExample]:
 
 def folder_training_set(cfg: Config, tokenizer, bank: int, folder: str, label_map: dict[str, str] | None = None,
                         accept_skips: bool = False, extra: str | None = None):
-    """A deployed bank's training set from its own data folder (the data contract, common/bank_folder.py), read
-    whole: bad rows refuse the folder unless accepted, PII is scrubbed before tokenisation (data.scrub), rows are
-    split into local train and test as the simulation splits a partition (same seed, same rows: same split).
-    Returns (training examples, local sentiment test rows, local AML test cases, what the scrub did)."""
+    """A bank's training set from its data folder (the data contract, common/bank_folder.py), read whole: bad rows
+    refuse the folder unless accepted, PII is scrubbed before tokenisation (data.scrub), rows are split into local
+    train and test (seeded per bank). Returns (training examples, local sentiment test rows, local AML test cases,
+    what the scrub did)."""
     from .bank_folder import BankDataError, pseudonymise, read_bank_folder, require_usable
 
     bf = read_bank_folder(folder, label_map)
     require_usable(bf, accept_skips)
-    scrub = None
-    if cfg.data.scrub.enabled:
-        from .pii.scrub import ScrubReport, scrubber
-
-        scrub = scrubber(cfg.gate, cfg.data.scrub)
-        scrub.report = ScrubReport()
-    else:
-        log.warning("bank %d: data.scrub is off: the bank's own rows are trained on as they are", bank)
+    scrub = bank_scrubber(cfg, bank)
     train: list[Encoded] = []
     test_rows: list[SentimentExample] = []
     aml_test: list = []
     if "sentiment" in cfg.data.tasks:
-        rows = bf.sentiment + (load_extra(extra) if extra else [])
-        if scrub is not None:
-            rows = _scrubbed(rows, scrub)
-        if len(rows) < 2:
-            raise BankDataError(f"{folder}: {len(rows)} usable sentiment row(s) (after bad rows and the scrub's "
-                                "drops); a bank training sentiment needs at least 2, or leave sentiment out of "
-                                "data.tasks")
-        train_rows, test_rows = bank_split(rows, list(range(len(rows))), cfg.federation.partition, bank)
+        train_rows, test_rows = sentiment_rows(cfg, bank, bf.sentiment, extra, scrub, where=str(folder))
         train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
     if "aml" in cfg.data.tasks and bf.aml is not None:
         from .tasks.aml_scenario import build

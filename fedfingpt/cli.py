@@ -106,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-pii", action="store_true", help="skip the PII scan (fast: the card then has no PII counts)")
     sim = dsub.add_parser("simulate-banks", help="write each simulated bank's rows as a bank folder (the contract)")
     _add_config_args(sim)
+    aml = sub.add_parser("aml", help="AML cases: list them, and show one's money path as a picture, GraphML or Cypher")
+    asub = aml.add_subparsers(dest="aml_command", required=True)
+    for name, what in (("list", "the scenario's AML cases (or a bank folder's): number, bank, label, size"),
+                       ("show", "one case's transfer graph: PNG/SVG picture, GraphML and Cypher for a graph database")):
+        p = asub.add_parser(name, help=what)
+        if name == "show":
+            p.add_argument("case", help="the case's number in `fedfingpt aml list`, or its id")
+            p.add_argument("--format", default="png,graphml,cypher", help="any of png, svg, graphml, cypher "
+                           "(comma-separated; default: png,graphml,cypher)")
+            p.add_argument("--names", action="store_true", help="show holder names and account numbers (default: "
+                           "the narrative's letters, banks and countries only)")
+        _add_config_args(p)
+        p.add_argument("--bank-data", help="a bank's data folder (docs/bank-data.md): its transactions' cases instead "
+                       "of the scenario's")
     _add_deploy_parser(sub)
 
     demo = sub.add_parser("demo", help="the main job on its embedded default (same as `simulate` with no config)")
@@ -256,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from .client.privacy import LedgerError
     from .common.tasks.sentiment_data import DataFormatError
     from .common.tasks.aml_scenario import AmlScenarioError
-    from .common.bank_rows import PartitionError
+    from .simulations.partition import PartitionError
     from .simulations.run import SimulationError
 
     try:
@@ -277,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             _report_simulation(simulate(cfg, args.out, progress=progress))
         elif args.command == "data":
             return _data(args, progress)
+        elif args.command == "aml":
+            return _aml(args)
         elif args.command == "serve":
             return _serve(args)
         elif args.command == "query":
@@ -313,6 +329,54 @@ def main(argv: list[str] | None = None) -> int:
             PartitionError, SimulationError, LedgerError, AmlScenarioError) as err:
         print(f"fedfingpt: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _aml_cases(args) -> list:
+    """The cases `fedfingpt aml` lists and shows, in one fixed order: the scenario's (every bank's, held-out ones
+    included), or those built from a bank folder's transactions."""
+    from .common.tasks.aml_scenario import aml_split, build
+
+    cfg = _config(args)
+    if args.bank_data:
+        from .common.bank_folder import BankDataError, read_bank_folder
+
+        bf = read_bank_folder(args.bank_data)
+        if bf.aml is None:
+            raise BankDataError(f"{args.bank_data}: no transactions (transactions.csv, amlsim/ or amlworld/); see "
+                                "docs/bank-data.md")
+        cases = build(bf.aml, cfg.data.aml, cfg.data.seed, None)
+    else:
+        split = aml_split(cfg.data, cfg.federation.num_banks)
+        cases = [c for bank in split.train for c in bank] + split.test
+    return sorted(cases, key=lambda c: c.id)
+
+
+def _aml(args) -> int:
+    from .common.metrics import format_markdown_table
+    from .common.tasks import aml_graph
+
+    cases = _aml_cases(args)
+    if args.aml_command == "list":
+        print(format_markdown_table([{"case": i, "bank": c.bank, "label": c.typology if c.suspicious else "none",
+                                      "transfers": len(c.transactions), "accounts": len(
+                                          {a for t in c.transactions for a in (t.src, t.dst)})}
+                                     for i, c in enumerate(cases)]))
+        return 0
+    want = args.case.strip()
+    found = [c for c in cases if c.id == want] or ([cases[int(want)]] if want.isdigit() and int(want) < len(cases)
+                                                    else [])
+    if not found:
+        print(f"fedfingpt: error: no case {want!r} among the {len(cases)} cases; give a number from `fedfingpt aml "
+              "list` (with the same --config / --bank-data) or a case id", file=sys.stderr)
+        return 2
+    formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
+    try:
+        paths = aml_graph.export(found[0], args.out or "runs/aml-cases", formats, names=args.names)
+    except ValueError as err:
+        print(f"fedfingpt: error: --format: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in paths))
     return 0
 
 

@@ -1,17 +1,103 @@
-"""Reports of how a simulation split the sentiment pool across banks (label histogram per bank, as a table and a plot).
+"""How a simulation cuts the public sentiment pool into banks: the pool (unique training rows, seeded), the split
+over banks (Flower Datasets partitioners: iid, Dirichlet by label, quantity, source skew; deterministic in the seed),
+and the report of it (label histogram per bank, as a table and a plot).
 
-The split itself is `common/bank_rows.py`: the same code gives a bank process its rows.
+Only simulations partition. Each simulated bank's share is written as a bank folder in the data contract
+(simulations/bank_folders.py), and a simulated bank reads that folder as a deployed bank reads its own.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 
-from ..common.bank_rows import SOURCE_GROUPS
 from ..common.config import PartitionConfig
 from ..common.metrics import format_markdown_table
 from ..common.tasks.sentiment_data import LABELS, SentimentExample
+
+# Source skew: which data a bank of each kind holds. FPB is news wire, TFNS tweets, FiQA microblog posts/headlines.
+SOURCE_GROUPS = {"fpb": "news", "tfns": "tweets", "fiqa": "fiqa-posts"}
+
+
+class PartitionError(ValueError):
+    """A partitioning that cannot be made (too few rows, a bank left empty...)."""
+
+
+def training_pool(train: dict[str, list[SentimentExample]], cfg: PartitionConfig) -> list[SentimentExample]:
+    """The unique training rows of every source, shuffled with the seed (optionally a seeded sample). Repeated
+    texts (FPB and TFNS hold a few) are kept once, so a bank's local test row is never also a training row."""
+    seen: set[str] = set()
+    pool = []
+    for name in sorted(train):
+        for ex in train[name]:
+            key = " ".join(ex.text.lower().split())
+            if key not in seen:
+                seen.add(key)
+                pool.append(ex)
+    rng = random.Random(cfg.seed)
+    rng.shuffle(pool)
+    return pool[: cfg.max_rows] if cfg.max_rows else pool
+
+
+def _dataset(pool: list[SentimentExample]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "idx": list(range(len(pool))),
+        "label": [LABELS.index(ex.label) for ex in pool],
+        "group": [SOURCE_GROUPS.get(ex.source, ex.source) for ex in pool],
+    })
+
+
+def _partition_with(partitioner, ds, n: int) -> list[list[int]]:
+    partitioner.dataset = ds
+    return [list(partitioner.load_partition(i)["idx"]) for i in range(n)]
+
+
+def partition_pool(pool: list[SentimentExample], num_banks: int, cfg: PartitionConfig) -> list[list[int]]:
+    """Index lists into `pool`, one per bank; deterministic for a given seed."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner, ExponentialPartitioner, IidPartitioner, NaturalIdPartitioner,
+    )
+
+    if len(pool) < num_banks * 2:
+        raise PartitionError(f"{len(pool)} rows cannot be split over {num_banks} banks")
+    ds = _dataset(pool)
+    if cfg.kind == "iid":
+        parts = _partition_with(IidPartitioner(num_partitions=num_banks), ds, num_banks)
+    elif cfg.kind == "dirichlet":
+        try:
+            parts = _partition_with(
+                DirichletPartitioner(num_partitions=num_banks, partition_by="label", alpha=cfg.alpha,
+                                     min_partition_size=cfg.min_partition_size, self_balancing=False, seed=cfg.seed),
+                ds, num_banks,
+            )
+        except ValueError as err:
+            raise PartitionError(
+                f"federation.partition: Dirichlet alpha={cfg.alpha} could not give every one of {num_banks} banks "
+                f"{cfg.min_partition_size} rows ({err}); lower min_partition_size or raise alpha"
+            ) from None
+    elif cfg.kind == "quantity":
+        parts = _partition_with(ExponentialPartitioner(num_partitions=num_banks), ds, num_banks)
+    else:  # source skew: each bank holds one kind of text; banks of the same kind split it evenly
+        groups = sorted(set(ds["group"]))
+        if num_banks < len(groups):
+            raise PartitionError(f"source skew needs at least {len(groups)} banks (one per source: {groups}); "
+                                 f"got {num_banks}, which would drop whole sources")
+        if num_banks == len(groups):
+            parts = _partition_with(NaturalIdPartitioner(partition_by="group"), ds, num_banks)
+        else:
+            parts = [[] for _ in range(num_banks)]
+            for g, group in enumerate(groups):
+                banks = [b for b in range(num_banks) if b % len(groups) == g]
+                rows = [i for i, grp in enumerate(ds["group"]) if grp == group]
+                for k, b in enumerate(banks):
+                    parts[b] = rows[k :: len(banks)]
+    empty = [b for b, p in enumerate(parts) if len(p) < 2]
+    if empty:
+        raise PartitionError(f"banks {empty} received fewer than 2 rows under {cfg.kind} partitioning; use fewer banks")
+    return parts
 
 
 def partition_table(pool: list[SentimentExample], parts: list[list[int]]) -> list[dict]:

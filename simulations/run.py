@@ -103,11 +103,12 @@ def _simulate(cfg: Config, run_dir: str | Path | None, client_app, grid_hook) ->
     from flwr.simulation import run_simulation
 
     from ..client.app import make_client_app
-    from ..common.bank_rows import partition_pool, training_pool
     from ..common.tasks.sentiment_data import data_dir_from_env, sentiment_splits
     from ..server.app import default_run_dir, make_server_app
     from ..server.strategies import check_strategy
-    from .partition import write_partition_report
+    from ..common.bank_rows import SIMULATED_ENV
+    from .bank_folders import write_simulated_banks
+    from .partition import partition_pool, training_pool, write_partition_report
 
     check_strategy(cfg)  # before any process starts
     f = cfg.federation
@@ -125,10 +126,9 @@ def _simulate(cfg: Config, run_dir: str | Path | None, client_app, grid_hook) ->
         pool = training_pool(splits["train"], f.partition)
         parts = partition_pool(pool, f.num_banks, f.partition)
         md, png = write_partition_report(pool, parts, f.partition, run_dir)
-        from ..common.bank_folder import write_sentiment_rows
-
-        for bank, part in enumerate(parts):  # each bank's rows in the data contract: a loopback bank can read them
-            write_sentiment_rows(run_dir / "bank-data" / f"bank-{bank}", [pool[i] for i in part])
+        # each bank's rows in the data contract: the simulated banks read them (as a loopback bank can)
+        write_simulated_banks(cfg, run_dir / "bank-data", cut=(pool, parts))
+        os.environ[SIMULATED_ENV] = str((run_dir / "bank-data").resolve())
     if "aml" in cfg.data.tasks:
         from ..common.tasks.aml_scenario import aml_split, write_aml_report
 

@@ -162,13 +162,18 @@ def test_a_supernode_that_does_not_say_which_bank_it_is_refuses_to_train(tiny_co
             bank_state(tiny_config, SimpleNamespace(node_config=node_config, run_config={}))
 
 
-def test_a_simulated_banks_folder_gives_the_simulations_rows_and_split(tiny_config, data_dir, tmp_path):
-    """`fedfingpt data simulate-banks` writes each bank's partition in the contract; a bank reading its folder (scrub
-    off, as the simulation's public rows are not scrubbed) trains and tests on exactly the simulation's rows."""
-    from fedfingpt.common.bank_rows import bank_training_set, folder_training_set
+def test_a_simulated_bank_reads_the_folder_the_simulation_wrote(tiny_config, data_dir, tmp_path, monkeypatch):
+    """Only the simulation partitions: it writes each bank's share in the contract, and a simulated bank trains and
+    tests on what its folder holds, the same examples a bank given that folder with --bank-data gets (scrub off, as
+    the simulation's public rows are not scrubbed), split as the partition is split."""
+    from fedfingpt.common.bank_rows import SIMULATED_ENV, folder_training_set, local_split, simulated_training_set
     from fedfingpt.common.models import load_base_model
-    from fedfingpt.simulations.bank_folders import write_simulated_banks
+    from fedfingpt.simulations import bank_folders
+    from fedfingpt.common.tasks.sentiment_data import sentiment_splits
+    from fedfingpt.simulations.partition import partition_pool, training_pool
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(SIMULATED_ENV, raising=False)
     cfg = tiny_config.model_copy(deep=True)
     cfg.data.data_dir = str(data_dir)
     cfg.data.scrub.enabled = False
@@ -177,14 +182,34 @@ def test_a_simulated_banks_folder_gives_the_simulations_rows_and_split(tiny_conf
     cfg.federation.partition.max_rows = 120
     cfg.federation.partition.min_partition_size = 10
     tok = load_base_model(cfg.model).tokenizer
-    folders = write_simulated_banks(cfg, tmp_path / "banks")
+    with pytest.raises(BankDataError, match="simulated bank 0 of 2: no folder written"):
+        simulated_training_set(cfg, tok, 0, 2)  # a bank never cuts the public sets itself
+    pool = training_pool(sentiment_splits(str(data_dir))["train"], cfg.federation.partition)
+    parts = partition_pool(pool, 2, cfg.federation.partition)
+    folders = bank_folders.write_simulated_banks(cfg, tmp_path / "banks")
     assert json.loads((tmp_path / "banks" / "banks.json").read_text())["num_banks"] == 2
+    # with no run folder named, the app's client writes the same folders once, under the cache
+    cached = bank_folders.ensure_simulated_banks(cfg, 2)
+    assert cached.parent == tmp_path / "cache" / "fedfingpt" / "simulated-banks"
+    assert (cached / "bank-1" / "sentiment.jsonl").read_bytes() == (folders[1] / "sentiment.jsonl").read_bytes()
     for bank, folder in enumerate(folders):
-        sim_train, sim_test, _ = bank_training_set(cfg, tok, bank, 2)
+        sim_train, sim_test, _ = simulated_training_set(cfg, tok, bank, 2)
         own_train, own_test, _, report = folder_training_set(cfg, tok, bank, str(folder))
         assert report is None
         assert [ex.input_ids for ex in own_train] == [ex.input_ids for ex in sim_train]
-        assert [(ex.text, ex.label, ex.kind) for ex in own_test] == [(ex.text, ex.label, ex.kind) for ex in sim_test]
+        want_train, want_test = local_split([pool[i] for i in parts[bank]], cfg.federation.partition, bank)
+        assert [(ex.text, ex.label, ex.kind, ex.source) for ex in sim_test] == \
+            [(ex.text, ex.label, ex.kind, ex.source) for ex in want_test]
+        assert len(sim_train) == len(want_train)
+    # a run's folder ($FEDFINGPT_SIMULATED_BANKS) is what its banks read: a row taken out of it is gone from the bank
+    monkeypatch.setenv(SIMULATED_ENV, str(tmp_path / "banks"))
+    lines = (folders[0] / "sentiment.jsonl").read_text().splitlines(keepends=True)
+    (folders[0] / "sentiment.jsonl").write_text("".join(lines[1:]))
+    train, test = bank_folders.simulated_bank_rows(cfg, 0, 2)
+    assert len(train) + len(test) == len(parts[0]) - 1
+    assert json.loads(lines[0])["text"] not in {ex.text for ex in train + test}
+    with pytest.raises(BankDataError, match="bank id 2 is not one of the 2 simulated banks"):
+        simulated_training_set(cfg, tok, 2, 2)
 
 
 def test_rows_read_back_exactly_as_written(tmp_path):
@@ -198,3 +223,28 @@ def test_rows_read_back_exactly_as_written(tmp_path):
     write_sentiment_rows(tmp_path, rows)
     back = read_bank_folder(tmp_path).sentiment
     assert [(ex.text, ex.label, ex.kind) for ex in back] == [(ex.text, ex.label, ex.kind) for ex in rows]
+
+
+def test_the_apps_client_writes_a_simulated_banks_folder_and_leaves_an_own_folder_alone(tiny_config, data_dir,
+                                                                                       tmp_path, monkeypatch):
+    """Under `flwr run` or a SuperNode with num-partitions nobody ran the simulation first: the app's mod writes the
+    scenario's folders once (under the cache) before the bank reads its own; a bank with bank-data is untouched."""
+    from fedfingpt.common.bank_rows import SIMULATED_ENV, simulated_root
+    from fedfingpt.common.runconfig import JOB_KEY, job_record_value
+    from fedfingpt.simulations.bank_folders import simulated_banks_mod
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(SIMULATED_ENV, raising=False)
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.data.data_dir = str(data_dir)
+    cfg.federation.partition.max_rows = 90
+    msg = SimpleNamespace(content=SimpleNamespace(config_records={"config": {JOB_KEY: job_record_value(cfg)}}))
+    seen = []
+    own = SimpleNamespace(node_config={"bank-id": 0, "bank-data": str(tmp_path / "own")}, run_config={})
+    simulated_banks_mod(msg, own, lambda m, c: seen.append(c))
+    assert seen == [own] and not (tmp_path / "cache").exists()
+    sim = SimpleNamespace(node_config={"partition-id": 1, "num-partitions": 3}, run_config={})
+    simulated_banks_mod(msg, sim, lambda m, c: seen.append(c))
+    root = simulated_root(cfg, 3)
+    assert seen[-1] is sim and root is not None and root.parent == tmp_path / "cache" / "fedfingpt" / "simulated-banks"
+    assert sorted(p.name for p in root.iterdir()) == ["bank-0", "bank-1", "bank-2", "banks.json"]

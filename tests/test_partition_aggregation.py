@@ -8,7 +8,8 @@ import pytest
 from fedfingpt.common.config import PartitionConfig
 from fedfingpt.common.tasks.sentiment_data import fingpt_sentiment_splits
 from fedfingpt.server.aggregation import update_problem, weighted_mean
-from fedfingpt.common.bank_rows import PartitionError, bank_split, partition_pool, training_pool
+from fedfingpt.common.bank_rows import local_split
+from fedfingpt.simulations.partition import PartitionError, partition_pool, training_pool
 from fedfingpt.simulations.partition import partition_table, write_partition_report
 
 
@@ -74,7 +75,7 @@ def test_impossible_partitions_are_explained(pool):
 def test_bank_split_and_report(pool, tmp_path):
     cfg = PartitionConfig(kind="dirichlet", alpha=0.5)
     parts = partition_pool(pool, 3, cfg)
-    train, test = bank_split(pool, parts[1], cfg, 1)
+    train, test = local_split([pool[i] for i in parts[1]], cfg, 1)
     assert len(train) + len(test) == len(parts[1]) and not {id(e) for e in train} & {id(e) for e in test}
     table = partition_table(pool, parts)
     assert [r["rows"] for r in table] == [len(p) for p in parts]
@@ -110,7 +111,7 @@ def test_update_problems_are_named():
 def test_a_bank_adds_its_own_rows_and_bad_rows_are_named(tiny_config, data_dir, tmp_path):
     import json
 
-    from fedfingpt.common.bank_rows import bank_rows
+    from fedfingpt.simulations.bank_folders import simulated_bank_rows as bank_rows
     from fedfingpt.common.config import config_from_dict
     from fedfingpt.common.tasks.sentiment_data import DataFormatError
 
