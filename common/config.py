@@ -69,6 +69,11 @@ class AmlGeneratorSettings(_Strict):
         default_factory=dict, description="bank id -> {typology: weight}; unset banks get the default rotation "
         "(three typologies each, a different three per bank).")
     seed: int = Field(7, description="Seed of the generated world.")
+    difficulty: float = Field(0.0, ge=0, le=1, description="0: the textbook shapes the rules are written for; up to "
+                              "1: innocent look-alikes of those shapes and laundering that hides (amounts like "
+                              "ordinary spending, weeks-long spans, mixed formats, partial patterns).")
+    lookalikes: float | None = Field(None, ge=0, description="Innocent look-alike patterns per laundering pattern "
+                                     "(default: 1.5 x difficulty).")
 
 
 class AmlConfig(_Strict):

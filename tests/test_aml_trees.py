@@ -29,3 +29,28 @@ def test_trees_learn_the_generated_shapes_and_refuse_one_label():
     assert np.array_equal(model.scores(test), train_trees(train, seed=0).scores(test))  # seeded: same trees
     with pytest.raises(ValueError, match="both labels"):
         train_trees([c for c in cases if not c.suspicious], seed=0)
+
+
+def test_difficulty_adds_lookalikes_the_rules_flag_and_laundering_they_miss():
+    from collections import Counter
+
+    from fedfingpt.common.tasks.aml_generator import LOOKALIKES
+    from fedfingpt.common.tasks.aml_rules import rules_answer
+
+    def world(d):
+        return build_cases(generate(GeneratorConfig(num_banks=3, accounts_per_bank=300, seed=5, difficulty=d)), seed=5)
+
+    easy, hard = world(0.0), world(1.0)
+    assert not any("/" in c.id and not c.suspicious for c in easy)  # difficulty 0: no look-alikes
+    looks = [c for c in hard if not c.suspicious and "/" in c.id]
+    kinds = Counter(c.id.split("/")[1].rsplit("-", 1)[0] for c in looks)
+    assert set(kinds) == set(LOOKALIKES) and min(kinds.values()) >= 3
+    for kind in LOOKALIKES:  # each kind is shaped like what a rule looks for: the rules flag most of them
+        of_kind = [c for c in looks if f"/{kind}-" in c.id]
+        assert sum(rules_answer(c).suspicious for c in of_kind) >= 0.5 * len(of_kind), kind
+
+    def recall(cases):
+        pos = [c for c in cases if c.suspicious]
+        return sum(rules_answer(c).suspicious for c in pos) / len(pos)
+
+    assert recall(hard) < recall(easy) - 0.2  # disguised laundering slips past the rules

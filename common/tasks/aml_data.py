@@ -288,29 +288,39 @@ def build_cases(ds: AmlDataset, *, window_days: int = 30, negatives_per_positive
                 members: set[str] | None = None) -> list[AmlCase]:
     """Cases a bank's analyst would review. Positive: one per laundering pattern (or, without pattern ids, per
     laundering account), focused on its most connected account and holding the pattern's transactions plus the
-    focus's own within the window. Negative: accounts with no laundering in the window, their own transactions.
-    With `members` (the federation's banks), the focus is the most connected account held at a member bank when
-    the pattern touches one, and clean cases are drawn from member banks' accounts."""
+    focus's own within the window. Negative: one per innocent pattern (transactions with a pattern id and no
+    laundering: the generator's look-alikes), built the same way, plus accounts with no laundering in the window,
+    their own transactions. With `members` (the federation's banks), the focus is the most connected account held
+    at a member bank when the pattern touches one, and clean cases are drawn from member banks' accounts."""
     rng = random.Random(seed)
     by_acct: dict[str, list[Transaction]] = defaultdict(list)
     for t in ds.transactions:
         by_acct[t.src].append(t)
         by_acct[t.dst].append(t)
     groups: dict[str, list[Transaction]] = defaultdict(list)
+    innocent: dict[str, list[Transaction]] = defaultdict(list)
     for t in ds.transactions:
         if t.laundering:
             groups[t.pattern or f"acct-{t.src}"].append(t)
+        elif t.pattern:
+            innocent[t.pattern].append(t)
     cases: list[AmlCase] = []
-    for gid, txs in sorted(groups.items()):
-        degree = Counter([t.src for t in txs] + [t.dst for t in txs])
-        held = [a for a in sorted(degree) if members is None or ds.accounts[a].bank in members] or sorted(degree)
-        focus = max(held, key=degree.__getitem__)
-        start = min(t.time for t in txs)
-        end = max(t.time for t in txs) + timedelta(days=window_days)
-        own = [t for t in by_acct[focus] if start <= t.time <= end and not t.laundering]
-        chosen = sorted({t.id: t for t in txs + own}.values(), key=lambda t: (t.time, t.id))[:max_transactions]
-        typ = Counter(t.typology for t in txs if t.typology).most_common(1)
-        cases.append(_case(ds, gid, focus, chosen, True, typ[0][0] if typ else "random"))
+    for suspicious, patterns in ((True, groups), (False, innocent)):
+        for gid, txs in sorted(patterns.items()):
+            degree = Counter([t.src for t in txs] + [t.dst for t in txs])
+            held = [a for a in sorted(degree) if members is None or ds.accounts[a].bank in members]
+            if not suspicious and not held:
+                continue  # an innocent pattern at no member bank: nobody there would review it
+            focus = max(held or sorted(degree), key=degree.__getitem__)
+            start = min(t.time for t in txs)
+            end = max(t.time for t in txs) + timedelta(days=window_days)
+            own = [t for t in by_acct[focus] if start <= t.time <= end and not t.laundering]
+            chosen = sorted({t.id: t for t in txs + own}.values(), key=lambda t: (t.time, t.id))[:max_transactions]
+            if suspicious:
+                typ = Counter(t.typology for t in txs if t.typology).most_common(1)
+                cases.append(_case(ds, gid, focus, chosen, True, typ[0][0] if typ else "random"))
+            else:
+                cases.append(_case(ds, gid, focus, chosen, False, NONE))
     dirty = {a for txs in groups.values() for t in txs for a in (t.src, t.dst)}
     clean = sorted(a for a, txs in by_acct.items() if a not in dirty and len(txs) >= 2
                    and (members is None or ds.accounts[a].bank in members))

@@ -13,6 +13,17 @@ What it generates (all synthetic; names and IBANs look real, so PII redaction ha
   structuring (k deposits between 90 % and 99.9 % of `reporting_threshold`). A share `cross_border` of the
   counterparties sit at other banks or offshore. Laundering moves larger sums (log-normal, median about 9,000)
   within a few days.
+
+The `difficulty` knob (0 to 1, seeded like the rest) makes the world one where the rules are wrong:
+- innocent look-alikes, `lookalikes` of them per laundering pattern (default 1.5 x difficulty), each shaped like
+  a typology the rules look for: payroll fan-out (a company pays its staff similar sums on one day, monthly),
+  merchant and marketplace fan-in (many customers pay one seller in a few days), loan repayment and cash-pooling
+  cycles (a group's companies pass round sums around), rent and invoice runs of round amounts just under the
+  reporting threshold, and cash-heavy small businesses depositing just under it weekly. Their transactions are
+  not laundering; their pattern id (BANK/KIND-NNNNN) lets `build_cases` make them negative cases.
+- laundering that hides: each of four disguises is applied to a pattern with probability `difficulty`: amounts that
+  mimic ordinary spending (and, for structuring, sit well under the threshold band), a time span of weeks, mixed
+  payment formats, and a partial pattern (fewer counterparties than a fan rule needs).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ COUNTRIES = {"DE": "18n", "GB": "4a14n", "FR": "23n", "NL": "4a10n", "PL": "24n"
              "IE": "4a14n", "AE": "19n", "CY": "24n", "LI": "17n", "MT": "4a23n"}
 OFFSHORE = ["CY", "LI", "MT", "AE"]
 FORMATS = ["wire", "ach", "card", "cash deposit", "cheque"]
+LOOKALIKES = ("payroll", "marketplace", "loan_cycle", "invoice_run", "cash_business")
 
 
 def iban(country: str, rng: random.Random) -> str:
@@ -74,6 +86,8 @@ class GeneratorConfig:
     offshore_accounts: int = 12
     banks: list[BankSpec] = field(default_factory=list)  # empty: default non-IID mixes
     seed: int = 7
+    difficulty: float = 0.0  # 0: textbook shapes only; 1: look-alikes everywhere and every disguise on every pattern
+    lookalikes: float | None = None  # innocent look-alike patterns per laundering pattern (None: 1.5 x difficulty)
 
 
 def default_banks(n: int) -> list[BankSpec]:
@@ -94,6 +108,8 @@ def generate(cfg: GeneratorConfig | None = None) -> AmlDataset:
     cfg = cfg or GeneratorConfig()
     if not 0 <= cfg.laundering_rate < 1:
         raise ValueError(f"laundering_rate must be in [0, 1), got {cfg.laundering_rate}")
+    if not 0 <= cfg.difficulty <= 1:
+        raise ValueError(f"difficulty must be in [0, 1], got {cfg.difficulty}")
     rng = random.Random(cfg.seed)
     banks = cfg.banks or default_banks(cfg.num_banks)
     start = datetime(2025, 1, 1)
@@ -148,9 +164,6 @@ def generate(cfg: GeneratorConfig | None = None) -> AmlDataset:
             return rng.choice(by_bank[rng.choice([b.name for b in banks if b.name != home] or [home])])
         return rng.choice(by_bank[home])
 
-    def big() -> float:
-        return rng.lognormvariate(math.log(9000), 0.6)
-
     laundered = 0
     pattern_no = 0
     weights = [(spec, t, w) for spec in banks for t, w in spec.typology_mix.items() if w > 0]
@@ -162,10 +175,22 @@ def generate(cfg: GeneratorConfig | None = None) -> AmlDataset:
         d0 = rng.random() * (cfg.days - 6)
         focus = rng.choice(by_bank[spec.name])
         k = rng.randint(4, 10)
+        # disguises, each with probability `difficulty` (drawn only when it is above 0: a difficulty-0 world is
+        # the same as before the knob existed, seed for seed)
+        mimic, slow, mixed, partial = ([rng.random() < cfg.difficulty for _ in range(4)] if cfg.difficulty > 0
+                                       else [False] * 4)
+        spread0 = rng.uniform(12, 30) if slow else 3.0
+        if partial:
+            k = rng.randint(2, 4)
 
-        def L(src, dst, amount, fmt="wire", spread=3.0):  # noqa: N802 - one laundering hop of this pattern
+        def L(src, dst, amount, fmt="wire", spread=None):  # noqa: N802 - one laundering hop of this pattern
             if src != dst:
-                add(src, dst, amount, when(d0, spread), fmt, True, typ, pid)
+                add(src, dst, amount, when(d0 if not slow else rng.random() * (cfg.days - spread0), spread or spread0),
+                    rng.choice(FORMATS) if mixed else fmt, True, typ, pid)
+
+        def big() -> float:  # this pattern's sums: large, or like the account's ordinary spending
+            return rng.lognormvariate(math.log(240 * rng.uniform(2, 4)), 0.5) if mimic else \
+                rng.lognormvariate(math.log(9000), 0.6)
 
         if typ == "fan_in":
             for _ in range(k):
@@ -212,8 +237,59 @@ def generate(cfg: GeneratorConfig | None = None) -> AmlDataset:
                 cur = nxt
         elif typ == "structuring":
             depositor = rng.choice(by_bank[spec.name])
-            for _ in range(k):
-                L(depositor, focus, rng.uniform(0.9, 0.999) * cfg.reporting_threshold, "cash deposit", spread=5.0)
+            band = (0.55, 0.88) if mimic else (0.9, 0.999)
+            for _ in range(max(k, 3) if partial else k):
+                L(depositor, focus, rng.uniform(*band) * cfg.reporting_threshold, "cash deposit",
+                  spread=None if slow else 5.0)
         laundered += len(txs) - before
+    n_look = int(round((cfg.lookalikes if cfg.lookalikes is not None else 1.5 * cfg.difficulty) * pattern_no))
+    for n in range(n_look):
+        spec = banks[n % len(banks)]
+        _lookalike(LOOKALIKES[(n // len(banks)) % len(LOOKALIKES)], spec, n, by_bank, accounts, rng, cfg, add, when)
     txs.sort(key=lambda t: (t.time, t.id))
-    return AmlDataset(f"generated(seed={cfg.seed})", accounts, txs, {})
+    source = f"generated(seed={cfg.seed})" if not cfg.difficulty else \
+        f"generated(seed={cfg.seed}, difficulty={cfg.difficulty:g})"
+    return AmlDataset(source, accounts, txs, {})
+
+
+def _lookalike(kind: str, spec: BankSpec, n: int, by_bank: dict, accounts: dict, rng: random.Random,
+               cfg: GeneratorConfig, add, when) -> None:
+    """One innocent pattern of `kind` at bank `spec`: transactions that are not laundering, with pattern id
+    BANK/KIND-NNNNN."""
+    own = by_bank[spec.name]
+    companies = [a for a in own if accounts[a].name.endswith("Ltd")] or own
+    pid = f"{spec.name}/{kind}-{n:05d}"
+    focus = rng.choice(companies)
+    others = [a for a in own if a != focus]
+    everyone = [a for ids in by_bank.values() for a in ids if a != focus]
+    d0 = rng.random() * max(1, cfg.days - 35)
+
+    def pay(src, dst, amount, day, fmt):
+        add(src, dst, amount, when(day, 0), fmt, False, None, pid)
+
+    if kind == "payroll":  # a company pays its staff similar sums on one day, each month
+        staff = rng.sample(others, min(len(others), rng.randint(6, 15)))
+        salary = {a: rng.uniform(1500, 4500) for a in staff}
+        for month in range(1 + (d0 + 30 < cfg.days)):
+            for a in staff:
+                pay(focus, a, salary[a] * rng.uniform(0.98, 1.02), d0 + 30 * month, "ach")
+    elif kind == "marketplace":  # many buyers pay one seller within days
+        for a in rng.sample(everyone, min(len(everyone), rng.randint(8, 20))):
+            pay(a, focus, rng.lognormvariate(math.log(1600), 0.4), d0 + rng.random() * 5, rng.choice(["card", "ach"]))
+    elif kind == "loan_cycle":  # a group's companies pass round sums around: cash pooling, loan and repayment
+        pool = [a for a in companies if a != focus]
+        pool = pool if len(pool) >= 2 else others
+        group = [focus] + rng.sample(pool, min(len(pool), rng.randint(2, 3)))
+        amount = rng.choice([10_000, 20_000, 25_000, 50_000])
+        for i, src in enumerate(group):
+            pay(src, group[(i + 1) % len(group)], amount, d0 + 2 * i + rng.random(), "wire")
+    elif kind == "invoice_run":  # rent and invoices of round amounts just under the threshold
+        payee = rng.choice(everyone)
+        amount = rng.choice([9_000, 9_200, 9_500, 9_750, 9_800, 9_900]) * cfg.reporting_threshold / 10_000
+        for i in range(rng.randint(3, 5)):
+            pay(focus, payee if rng.random() < 0.7 else rng.choice(everyone), amount, d0 + 7 * i + rng.random(),
+                rng.choice(["wire", "ach"]))
+    else:  # cash_business: a shop's takings deposited weekly, often just under the threshold
+        owner = rng.choice(others) if others else focus
+        for week in range(min(8, int((cfg.days - d0) // 7))):
+            pay(owner, focus, rng.uniform(0.85, 0.995) * cfg.reporting_threshold, d0 + 7 * week, "cash deposit")

@@ -74,7 +74,7 @@ def load_world(aml: AmlConfig, data_dir: str | None, num_banks: int) -> AmlDatas
         return generate(GeneratorConfig(
             num_banks=num_banks, accounts_per_bank=g.accounts_per_bank, days=g.days, tx_per_account=g.tx_per_account,
             laundering_rate=g.laundering_rate, reporting_threshold=g.reporting_threshold, cross_border=g.cross_border,
-            banks=specs, seed=g.seed))
+            banks=specs, seed=g.seed, difficulty=g.difficulty, lookalikes=g.lookalikes))
     from .sentiment_data import data_dir_from_env
 
     path = Path(aml.path).expanduser()
