@@ -1,15 +1,25 @@
-"""AML screening across banks on SmolLM2-135M-Instruct: rules baseline, local-only per bank, federated, centralized.
+"""AML screening across banks on SmolLM2-135M-Instruct: rules baseline, boosted trees on the case features (local
+per bank and centralized), and the adapter local-only per bank, federated, centralized.
 
 The scenario is configs/federated_aml.yaml: 4 generated banks whose launderers use different typologies, so a
 bank's local model has never seen most typologies. Every setting is scored on the same held-out cases (all banks):
 precision, recall, F1, PR-AUC, alert rate at P(suspicious) >= 0.5, and recall per typology. "Unseen recall" is
 the recall on the held-out cases whose typology is absent from the chosen bank's (default: bank 3) training cases.
 
+Worlds (--world): easy is the scenario as written (the textbook shapes, tens of cases per bank); medium and hard
+set data.aml.generator.difficulty to 0.5 and 1 (innocent look-alikes of every shape the rules look for, and
+laundering that hides) with 2,000 accounts per bank (thousands of cases per bank); amlworld reads the IBM
+AMLworld HI-Small laundering patterns under data/aml (positives: each pattern around its focus account; negatives:
+windows of the 1,000 normal transactions the shared sample holds, which cover 30 minutes: a negative there is
+far smaller than a pattern, so that world tells little about look-alikes). Each world has its own work folder and
+results files (aml, aml_medium, aml_hard, aml_amlworld).
+
 Budgets match: a local-only bank trains rounds x local_steps steps (what it trains in the federation), the
 federation trains banks x rounds x local_steps in all, and centralized training takes that many steps on the pooled
 cases. Cells are cached in the work folder (an interrupted run continues); results are rewritten after every cell.
 Writes benchmarks/results/aml.{json,md,png}.
-Usage: python benchmarks/aml.py [--config configs/federated_aml.yaml] [--unseen-bank 3] [--settings ...]
+Usage: python benchmarks/aml.py [--config configs/federated_aml.yaml] [--world easy|medium|hard|amlworld]
+       [--unseen-bank 3] [--settings rules,trees,local,federated,centralized]
 """
 
 from __future__ import annotations
@@ -53,6 +63,18 @@ def rules_cell(cfg, test) -> dict:
     return scored({**r, "typology_accuracy": None, "scores": scores}, time.perf_counter() - t0, 0, None)
 
 
+def trees_cell(cfg, cases, test, seed: int) -> dict:
+    """LightGBM on the case features (common/tasks/aml_trees.py): threshold tuned on its own validation share."""
+    from fedfingpt.common.tasks.aml_trees import train_trees
+
+    t0 = time.perf_counter()
+    model = train_trees(cases, seed=seed, reporting_threshold=cfg.data.aml.generator.reporting_threshold)
+    scores = [float(x) for x in model.scores(test)]
+    r = aml_report([c.typology for c in test], scores, [None] * len(test), threshold=model.threshold)
+    return {**scored({**r, "typology_accuracy": None, "scores": scores}, time.perf_counter() - t0, 0, None),
+            "threshold": round(model.threshold, 4), "trees": model.booster.num_trees()}
+
+
 def trained_cell(cfg, cases, steps: int, test, seed_offset: int) -> dict:
     """The one training loop on `cases` for `steps` steps (cosine from training.lr), then the held-out score."""
     t0 = time.perf_counter()
@@ -87,7 +109,18 @@ def federated_cell(cfg, test, work: Path) -> dict:
     return scored(r, time.perf_counter() - t0, f.num_banks * f.rounds * f.local_steps, rss.peak / 2**20)
 
 
+BIG = {"data.aml.generator.accounts_per_bank": 2000}  # about 1,200-1,500 training cases per bank, 2,300 held out
+def _ci(pair) -> str:
+    return f"{pair[0]:.3f}-{pair[1]:.3f}"
+
+
+WORLDS = {"easy": {}, "medium": {"data.aml.generator.difficulty": 0.5, **BIG},
+          "hard": {"data.aml.generator.difficulty": 1.0, **BIG},
+          "amlworld": {"data.aml.source": "amlworld", "data.aml.path": "aml/ibm_amlworld_hi_small_patterns"}}
+
+
 def unseen_recall(cell: dict, test, threshold: float, unseen: set[str]) -> float | None:
+    threshold = cell.get("threshold", threshold)  # boosted trees use their tuned threshold
     idx = [i for i, c in enumerate(test) if c.typology in unseen]
     if not idx:
         return None
@@ -97,13 +130,20 @@ def unseen_recall(cell: dict, test, threshold: float, unseen: set[str]) -> float
 def main() -> None:
     ap = benchmark_parser("aml", __doc__, config="federated_aml.yaml")
     ap.add_argument("--unseen-bank", type=int, default=3, help="the bank whose unseen typologies are reported")
-    ap.add_argument("--settings", default="rules,local,federated,centralized")
+    ap.add_argument("--settings", default="rules,trees,local,federated,centralized")
+    ap.add_argument("--world", choices=list(WORLDS), default="easy", help="which AML world (see above)")
     args = ap.parse_args()
+    if args.world != "easy":  # each world keeps its own cell cache and results files
+        if args.work == "runs/benchmarks/aml":
+            args.work = f"runs/benchmarks/aml_{args.world}"
+        if args.out == str(HERE / "results" / "aml"):
+            args.out = str(HERE / "results" / f"aml_{args.world}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     cfg = load_config(args.config, {"federation.resume": False, "federation.server_eval_every": 0,
-                                    "federation.strategy": "fedavg"})  # the plain federated baseline
+                                    "federation.strategy": "fedavg",  # the plain federated baseline
+                                    **WORLDS[args.world]})
     f = cfg.federation
     split = aml_split(cfg.data, f.num_banks)
     test = split.test
@@ -122,6 +162,15 @@ def main() -> None:
     per_bank = f.rounds * f.local_steps
     if "rules" in wanted and "rules" not in cells:
         save("rules", rules_cell(cfg, test))
+    if "trees" in wanted:
+        for b in range(f.num_banks):
+            if f"trees-local/{b}" not in cells:
+                try:
+                    save(f"trees-local/{b}", trees_cell(cfg, split.train[b], test, seed=b))
+                except ValueError as err:  # a bank whose cases hold one label only
+                    log.warning("trees-local/%d: %s", b, err)
+        if "trees-central" not in cells:
+            save("trees-central", trees_cell(cfg, [c for bank in split.train for c in bank], test, seed=100))
     if "local" in wanted:
         for b in range(f.num_banks):
             if f"local/{b}" not in cells:
@@ -138,10 +187,15 @@ def main() -> None:
 def write(args, cfg, split, cells: dict, wall: float) -> None:
     test, thr, b = split.test, cfg.data.aml.threshold, args.unseen_bank
     unseen = {t for t in TYPOLOGIES if any(c.typology == t for c in test)} - split.typologies(b)
+    from fedfingpt.common.metrics import binary_intervals
+
     rows = []
+    y = [int(c.suspicious) for c in test]
     for key, c in cells.items():
+        ci = binary_intervals(y, c["scores"], c.get("threshold", thr), seed=cfg.training.seed)
         setting, _, bank = key.partition("/")
-        rows.append({"setting": setting if not bank else f"local-only bank {bank}", "f1": c["f1"],
+        name = setting if not bank else f"{'trees ' if setting.startswith('trees') else ''}local-only bank {bank}"
+        rows.append({"setting": name, "f1": c["f1"], "f1_ci95": _ci(ci["f1"]), "pr_auc_ci95": _ci(ci["pr_auc"]),
                      "precision": c["precision"], "recall": c["recall"], "pr_auc": c["pr_auc"],
                      "alert_rate": c["alert_rate"], f"unseen_recall_bank{b}": unseen_recall(c, test, thr, unseen),
                      "steps": c["steps"], "wall_s": c["wall_s"], "peak_rss_mb": c["peak_rss_mb"],
@@ -150,10 +204,11 @@ def write(args, cfg, split, cells: dict, wall: float) -> None:
     held = {t: sum(c.typology == t for c in test) for t in TYPOLOGIES}
     write_results(
         Path(args.out), benchmark="aml", config=cfg.model_dump(mode="json"), seed=cfg.training.seed, rows=rows,
-        columns=["setting", "f1", "precision", "recall", "pr_auc", "alert_rate", f"unseen_recall_bank{b}", "steps",
+        columns=["setting", "f1", "f1_ci95", "precision", "recall", "pr_auc", "pr_auc_ci95", "alert_rate", f"unseen_recall_bank{b}", "steps",
                  "wall_s", "peak_rss_mb"],
-        title=f"AML screening on {cfg.model.base}: {len(test)} held-out cases ({sum(c.suspicious for c in test)} "
-              f"laundering), {cfg.federation.num_banks} generated banks; bank {b} never trained on "
+        title=f"AML screening on {cfg.model.base}, world {args.world} ({split.source}): {len(test)} held-out cases "
+              f"({sum(c.suspicious for c in test)} laundering), {cfg.federation.num_banks} banks; bank {b} never "
+              "trained on "
               f"{', '.join(sorted(unseen))}",
         extra={"cells": cells, "unseen_bank": b, "unseen_typologies": sorted(unseen), "held_out_by_typology": held,
                "bank_table": split.table(), "recall_by_typology_rows": typ_rows, "wall_s": round(wall, 1),
@@ -174,7 +229,8 @@ def plot(rows: list[dict], unseen: list[str], typs: list[str], path: Path, bank:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    show = [r for r in rows if r["setting"] in ("rules", f"local-only bank {bank}", "federated", "centralized")]
+    show = [r for r in rows if r["setting"] in ("rules", "trees-central", f"local-only bank {bank}", "federated",
+                                                "centralized")]
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / max(1, len(show))
     for i, r in enumerate(show):

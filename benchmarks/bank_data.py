@@ -245,6 +245,41 @@ def section_loopback(args, cache: CellCache, work: Path, data_dir: str) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------------------------------
+def scrub_cost_summary(f1: dict, rows: list) -> list[str]:
+    """Each scrubbed variant minus raw, paired by seed (same rows, order and initial adapter), per test set: mean,
+    standard deviation and range over the seeds; a summary row per variant and set is appended to `rows`."""
+    import statistics
+
+    by_seed: dict[tuple, dict] = {}
+    for k, v in f1.items():
+        by_seed.setdefault((v["steps"], int(k.rsplit(":", 1)[1])), {})[v["variant"]] = v
+    diffs: dict[tuple, dict[str, list]] = {}
+    for (steps, seed), p in sorted(by_seed.items()):
+        if "raw" not in p:
+            continue
+        for name, v in p.items():
+            if name != "raw":
+                for ds in p["raw"]["scores"]:
+                    diffs.setdefault((steps, name), {}).setdefault(ds, []).append(
+                        (seed, v["scores"][ds]["weighted_f1"] - p["raw"]["scores"][ds]["weighted_f1"]))
+    md = []
+    for (steps, name), per_ds in sorted(diffs.items()):
+        parts = []
+        for ds, d in per_ds.items():
+            vals = [x for _, x in d]
+            mean = statistics.fmean(vals)
+            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+            rows.append({"section": "f1 scrub cost", "what": f"{name} minus raw, {steps} steps", "dataset": ds,
+                         "seeds": [s_ for s_, _ in d], "mean_diff": round(mean, 4), "sd_diff": round(sd, 4),
+                         "min_diff": round(min(vals), 4), "max_diff": round(max(vals), 4),
+                         "within_1_point": abs(mean) <= 0.01})
+            parts.append(f"{ds} {mean:+.4f} (sd {sd:.4f}; per seed " + ", ".join(f"{x:+.4f}" for x in vals) + ")")
+        label = "one seed: a single paired difference, not an estimate of the mean" if len(vals) == 1 else \
+            f"mean over {len(vals)} seeds"
+        md.append(f"{name} minus raw, {steps} steps ({label}): " + "; ".join(parts) + ".")
+    return md
+
+
 def report(args, cache: CellCache) -> None:
     rows, md = [], []
     c = cache.cells
@@ -271,22 +306,12 @@ def report(args, cache: CellCache) -> None:
                   f"{low[1]['recall']:.4f}; {r['wall_s']} s.")
     f1 = {k: v for k, v in c.items() if k.startswith("f1:")}
     for k, v in sorted(f1.items()):
-        for ds, s in v["scores"].items():
-            rows.append({"section": "f1", "what": f"{v['variant']} rows, {v['steps']} steps", "dataset": ds,
-                         "n": s["n"], "weighted_f1": s["weighted_f1"], "weighted_f1_ci95": s["ci95"],
+        seed = int(k.rsplit(":", 1)[1])
+        for ds, sc in v["scores"].items():
+            rows.append({"section": "f1", "what": f"{v['variant']} rows, {v['steps']} steps", "seed": seed,
+                         "dataset": ds, "n": sc["n"], "weighted_f1": sc["weighted_f1"], "weighted_f1_ci95": sc["ci95"],
                          "train_s": v["train_s"], "scrub_s": v["scrub_s"]})
-    pairs = {}
-    for v in f1.values():
-        pairs.setdefault(v["steps"], {})[v["variant"]] = v
-    for steps, p in pairs.items():
-        for name, v in p.items():
-            if name == "raw" or "raw" not in p:
-                continue
-            diffs = {ds: v["scores"][ds]["weighted_f1"] - p["raw"]["scores"][ds]["weighted_f1"]
-                     for ds in p["raw"]["scores"]}
-            md.append(f"{name} minus raw ({steps} steps): " + ", ".join(f"{ds} {d:+.4f}" for ds, d in diffs.items())
-                      + f"; the scrub changed {v['scrub']['changed']} of {v['scrub']['texts']} training texts "
-                      f"(findings {v['scrub']['found']}) and dropped {v['scrub']['dropped']}.")
+    md.extend(scrub_cost_summary(f1, rows))
     for k, v in sorted(c.items()):
         if not k.startswith("loopback:"):
             continue

@@ -303,6 +303,25 @@ def aml_report(
     return report
 
 
+def binary_intervals(y_true: Sequence[int], scores: Sequence[float], threshold: float = 0.5, *,
+                     resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals (cases resampled with replacement, seeded) of precision, recall, F1 at
+    `threshold` and of PR-AUC; a resample with one class only counts as 0 for PR-AUC."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    rows = np.random.default_rng(seed).integers(0, y.size, size=(resamples, y.size))
+    yy, pred = y[rows], s[rows] >= threshold
+    tp = np.sum(pred & (yy == 1), axis=1)
+    n_pred, n_pos = pred.sum(axis=1), yy.sum(axis=1)
+    prec = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
+    rec = np.where(n_pos > 0, tp / np.maximum(n_pos, 1), 0.0)
+    f1 = np.where(n_pred + n_pos > 0, 2 * tp / np.maximum(n_pred + n_pos, 1), 0.0)
+    ap = np.array([_average_precision(yy[i], s[r]) if 0 < n_pos[i] < y.size else 0.0 for i, r in enumerate(rows)])
+    q = [(1 - level) / 2, (1 + level) / 2]
+    return {name: tuple(float(x) for x in np.quantile(v, q))
+            for name, v in (("precision", prec), ("recall", rec), ("f1", f1), ("pr_auc", ap))}
+
+
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     order = np.argsort(-s, kind="mergesort")
     s_sorted, y_sorted = s[order], y[order]

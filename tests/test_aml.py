@@ -196,3 +196,18 @@ def test_aml_report_by_hand():
     assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
     assert r["recall_by_typology"] == {"cycle": {"n": 1, "recall": 1.0}, "fan_in": {"n": 2, "recall": 0.5}}
     assert r["typology_accuracy"] == pytest.approx(0.5) and r["unparseable"] == 1 and r["alert_rate"] == 0.6
+
+
+def test_binary_intervals_bracket_the_estimate_and_are_seeded():
+    from fedfingpt.common.metrics import binary_intervals, binary_report
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.clip(0.35 * y + rng.random(300) * 0.65, 0, 1)  # informative, not perfect
+    point = binary_report(y.tolist(), s.tolist(), 0.5)
+    ci = binary_intervals(y, s, 0.5, seed=1)
+    for k in ("precision", "recall", "f1", "pr_auc"):
+        lo, hi = ci[k]
+        assert lo <= point[k] <= hi and hi - lo > 0.01, k
+    assert ci == binary_intervals(y, s, 0.5, seed=1)
+    assert binary_intervals([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.2], 0.5)["f1"] == (1.0, 1.0)
