@@ -210,4 +210,5 @@ def test_binary_intervals_bracket_the_estimate_and_are_seeded():
         lo, hi = ci[k]
         assert lo <= point[k] <= hi and hi - lo > 0.01, k
     assert ci == binary_intervals(y, s, 0.5, seed=1)
-    assert binary_intervals([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.2], 0.5)["f1"] == (1.0, 1.0)
+    perfect = binary_intervals([0, 1] * 20, [0.1, 0.9] * 20, 0.5)  # a perfect ranking: every resample scores 1
+    assert perfect["f1"] == (1.0, 1.0) and perfect["pr_auc"] == (1.0, 1.0)
