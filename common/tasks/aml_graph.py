@@ -71,23 +71,14 @@ def case_graph(case: AmlCase, names: bool = False):
     return g
 
 
-def _write_atomic(path: Path, data: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
-    tmp.replace(path)
-    return path
-
-
 def write_graphml(case: AmlCase, path: str | Path, names: bool = False) -> Path:
-    import io
-
     import networkx as nx
 
-    g = case_graph(case, names)
-    buf = io.BytesIO()
-    nx.write_graphml(g, buf)
-    return _write_atomic(Path(path), buf.getvalue())
+    from ..report import write_text_atomic
+
+    path = Path(path)
+    write_text_atomic(path, "\n".join(nx.generate_graphml(case_graph(case, names))) + "\n")
+    return path
 
 
 def _cypher_value(v) -> str:
@@ -118,7 +109,11 @@ def cypher(case: AmlCase, names: bool = False) -> str:
 
 
 def write_cypher(case: AmlCase, path: str | Path, names: bool = False) -> Path:
-    return _write_atomic(Path(path), cypher(case, names))
+    from ..report import write_text_atomic
+
+    path = Path(path)
+    write_text_atomic(path, cypher(case, names))
+    return path
 
 
 def _edge_labels(g) -> dict[tuple, str]:
@@ -179,11 +174,9 @@ def render(case: AmlCase, path: str | Path, names: bool = False, title: str | No
              "hatched: another country", fontsize=7, color="#444444")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from ..report import save_figure
+
+    return save_figure(fig, path, dpi=130)
 
 
 def export(case: AmlCase, out_dir: str | Path, formats: tuple[str, ...] = FORMATS, names: bool = False) -> list[Path]:
