@@ -66,7 +66,7 @@ def forget_banks() -> None:
 def bank_state(cfg: Config, context) -> BankState:
     node = NodeConfig.from_flower(context.node_config, cfg.federation.num_banks)
     data = {"scrub": node.scrub_policy(cfg.data.scrub)}
-    if node.data_dir:  # the public data sets' folder instead of the scenario's data.data_dir (partition mode)
+    if node.data_dir:  # the public data sets' folder instead of the scenario's data.data_dir (a simulated bank)
         data["data_dir"] = node.data_dir
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
     bank, num_banks = node.bank_id, node.num_banks
