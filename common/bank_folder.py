@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .report import write_text_atomic
 from .tasks.sentiment_data import LABELS, DataFormatError, SentimentExample
 
 SENTIMENT_FILES = ("sentiment.csv", "sentiment.jsonl", "sentiment.parquet")
@@ -266,13 +266,6 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_sentiment_rows(folder: str | Path, rows: list[SentimentExample]) -> Path:
     """Rows as FOLDER/sentiment.jsonl in the contract (the simulation writes its banks' folders with it); a row's
     source is written unless it is the default, "bank"."""
@@ -283,7 +276,7 @@ def write_sentiment_rows(folder: str | Path, rows: list[SentimentExample]) -> Pa
             rec["source"] = ex.source
         buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
     path = Path(folder) / "sentiment.jsonl"
-    write_atomic(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
     return path
 
 
@@ -321,6 +314,6 @@ def write_transactions(folder: str | Path, ds) -> Path:
         if t.laundering and t.pattern:
             a.writerow([t.pattern, t.id, t.typology or "random"])
     folder = Path(folder)
-    write_atomic(folder / "transactions.csv", buf.getvalue())
-    write_atomic(folder / "alerts.csv", alerts.getvalue())
+    write_text_atomic(folder / "transactions.csv", buf.getvalue())
+    write_text_atomic(folder / "alerts.csv", alerts.getvalue())
     return folder / "transactions.csv"

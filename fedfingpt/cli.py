@@ -384,7 +384,8 @@ def _data(args, progress: bool) -> int:
     from pathlib import Path
 
     from .common.bank_folder import BankDataError, card_markdown, data_card, parse_label_map, read_bank_folder, \
-        require_usable, write_atomic
+        require_usable
+    from .common.report import write_text_atomic
 
     cfg = _config(args)
     if args.data_command == "simulate-banks":
@@ -417,8 +418,8 @@ def _data(args, progress: bool) -> int:
         scrub = Scrubber(cfg.gate, policy.model_copy(update={"enabled": True}))
     card = data_card(bf, public, scrub)
     out = Path(args.out or Path(cfg.output_dir) / f"data-check-{Path(args.folder).resolve().name}")
-    write_atomic(out / "data-card.json", json.dumps(card, indent=2) + "\n")
-    write_atomic(out / "data-card.md", card_markdown(card))
+    write_text_atomic(out / "data-card.json", json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out / "data-card.md", card_markdown(card))
     print(card_markdown(card))
     print(f"data card: {out / 'data-card.json'} and data-card.md")
     try:

@@ -15,9 +15,10 @@ import json
 import logging
 from pathlib import Path
 
-from ..common.bank_folder import write_atomic, write_sentiment_rows
+from ..common.bank_folder import write_sentiment_rows
 from ..common.bank_rows import MANIFEST, cut_key, simulated_cache, simulated_root, simulated_rows
 from ..common.config import Config
+from ..common.report import write_text_atomic
 from ..common.tasks.sentiment_data import sentiment_splits
 from .partition import partition_pool, training_pool
 
@@ -42,7 +43,7 @@ def write_simulated_banks(cfg: Config, out: str | Path, num_banks: int | None = 
         folder = out / f"bank-{bank}"
         write_sentiment_rows(folder, [pool[i] for i in part])
         folders.append(folder)
-    write_atomic(out / MANIFEST, json.dumps({
+    write_text_atomic(out / MANIFEST, json.dumps({
         "key": cut_key(cfg, n), "num_banks": n, "partition": cfg.federation.partition.model_dump(mode="json"),
         "rows": [len(p) for p in parts], "folders": [str(f) for f in folders]}, indent=2) + "\n")
     return folders
