@@ -34,9 +34,8 @@ import torch
 from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import load_config
-from fedfingpt.common.evaluate import evaluate_aml
 from fedfingpt.common.metrics import aml_report
-from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results
+from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results, write_text_atomic
 from fedfingpt.common.tasks.aml import TYPOLOGIES, encode_aml
 from fedfingpt.common.tasks.aml_rules import rules_score
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
@@ -75,41 +74,86 @@ def trees_cell(cfg, cases, test, seed: int) -> dict:
             "threshold": round(model.threshold, 4), "trees": model.booster.num_trees()}
 
 
-def trained_cell(cfg, cases, steps: int, test, seed_offset: int) -> dict:
-    """The one training loop on `cases` for `steps` steps (cosine from training.lr), then the held-out score."""
+def trained_cell(cfg, cases, val: list, steps: int, test, seed_offset: int, reasons: list) -> dict:
+    """The one training loop on `cases` for `steps` steps (cosine from training.lr), then the held-out score with
+    the risk score calibrated (and the threshold tuned) on `val`, one list of validation cases per bank."""
     t0 = time.perf_counter()
     with TreeRSS() as rss:
         model, loaded = fresh_model(cfg)
-        enc = encode_aml(loaded.tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines)
+        enc = encode_aml(loaded.tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines,
+                         decision_weight=cfg.data.aml.decision_weight)
+        log.info("%d training cases, %.0f tokens each on average (data.max_length %d)", len(enc),
+                 np.mean([len(e) for e in enc]), cfg.data.max_length)
         tcfg = cfg.training.model_copy(update={"max_steps": steps, "epochs": None, "eval_every": None,
                                                "warmup_ratio": 0.0, "seed": cfg.training.seed + seed_offset,
-                                               "log_every": max(1, steps // 4)})
+                                               "log_every": max(1, steps // 8)})
+        t_train = time.perf_counter()
         train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False,
               on_log=lambda s, l: log.info("step %d/%d loss %.4f", s, steps, l))
-        r = score(model, loaded, cfg, test)
-    return scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20)
+        train_s = time.perf_counter() - t_train
+        r = score(model, loaded, cfg, test, val, reasons)
+    return {**scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20), **extras(r),
+            "s_per_step": round(train_s / steps, 2)}
 
 
-def score(model, loaded, cfg, test) -> dict:
-    return evaluate_aml(model, loaded.tokenizer, test, cfg.eval.model_copy(update={"method": "likelihood"}),
-                        max_length=cfg.data.max_length, max_lines=cfg.data.aml.max_lines,
-                        threshold=cfg.data.aml.threshold, typology=False)
+def extras(r: dict) -> dict:
+    return {k: r[k] for k in ("threshold", "calibration", "raw", "ece_raw", "ece_calibrated", "reasons")}
 
 
-def federated_cell(cfg, test, work: Path) -> dict:
+def score(model, loaded, cfg, test, val: list, reasons: list) -> dict:
+    """Scores on the held-out cases: P(suspicious) calibrated on the banks' validation histograms (each bank's
+    counts only, summed: common/tasks/aml_calibration.py), flagged at the calibration's F1-best threshold; the
+    uncalibrated P at 0.5 beside it; and the generated replies' reasons checked on `reasons`."""
+    from fedfingpt.common.evaluate import check_aml_reasons, score_aml
+    from fedfingpt.common.metrics import expected_calibration_error
+    from fedfingpt.common.tasks.aml_calibration import Calibration, score_histogram
+
+    ecfg = cfg.eval.model_copy(update={"method": "likelihood"})
+    kw = {"max_length": cfg.data.max_length, "max_lines": cfg.data.aml.max_lines, "typology": False}
+    hists = []
+    for bank in val:
+        p_val, _ = score_aml(model, loaded.tokenizer, bank, ecfg, **kw)
+        hists.append(score_histogram(p_val, [c.suspicious for c in bank]))
+    cal = Calibration.fit(hists)
+    t0 = time.perf_counter()
+    p, _ = score_aml(model, loaded.tokenizer, test, ecfg, **kw)
+    eval_s = time.perf_counter() - t0
+    q = np.asarray(cal.probability(p))
+    y = [c.suspicious for c in test]
+    typs = [c.typology for c in test]
+    r = aml_report(typs, [float(x) for x in q], [None] * len(test), threshold=cal.threshold)
+    raw = aml_report(typs, [float(x) for x in p], [None] * len(test), threshold=0.5)
+    check = check_aml_reasons(model, loaded.tokenizer, reasons, ecfg, max_length=cfg.data.max_length,
+                              max_lines=cfg.data.aml.max_lines) if reasons else None
+    log.info("calibration %s; reasons %s", cal, check and {k: check[k] for k in ("n", "parsed_rate", "faithful_rate")})
+    return {**r, "typology_accuracy": None, "scores": [round(float(x), 5) for x in q], "threshold": cal.threshold,
+            "calibration": {**cal.__dict__, "validation_cases": cal.n_positive + cal.n_negative},
+            "raw": {k: raw[k] for k in ("precision", "recall", "f1", "alert_rate")},
+            "ece_raw": round(expected_calibration_error(p, y), 4),
+            "ece_calibrated": round(expected_calibration_error(q, y), 4), "reasons": check,
+            "test_s_per_case": round(eval_s / max(1, len(test)), 3)}
+
+
+def federated_cell(cfg, test, work: Path, val: list, reasons: list) -> dict:
     t0 = time.perf_counter()
     run_dir = work / cfg.name
     with TreeRSS() as rss:
         simulate(cfg, run_dir, progress=False)
+        train_s = time.perf_counter() - t0
         model, loaded = fresh_model(cfg)
         rnd, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
         set_lora_arrays(model, peft_names_to_ours(saved, list(get_lora_arrays(model))), source=f"round {rnd}")
-        r = score(model, loaded, cfg, test)
+        r = score(model, loaded, cfg, test, val, reasons)
     f = cfg.federation
-    return scored(r, time.perf_counter() - t0, f.num_banks * f.rounds * f.local_steps, rss.peak / 2**20)
+    steps = f.num_banks * f.rounds * f.local_steps
+    return {**scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20), **extras(r),
+            "s_per_step": round(train_s / steps, 2)}
 
 
-BIG = {"data.aml.generator.accounts_per_bank": 2000}  # about 1,200-1,500 training cases per bank, 2,300 held out
+# about 1,000-1,300 training and 170-210 validation cases per bank, 2,300 held out; the adapter's budget per bank
+# is rounds x local_steps = 32 steps of 8 cases; narratives spell out 3 transfers (the features line carries the rest)
+BIG = {"data.aml.generator.accounts_per_bank": 2000, "data.aml.val_share": 0.1, "data.aml.max_lines": 3,
+       "federation.rounds": 4, "federation.local_steps": 8}
 def _ci(pair) -> str:
     return f"{pair[0]:.3f}-{pair[1]:.3f}"
 
@@ -117,6 +161,21 @@ def _ci(pair) -> str:
 WORLDS = {"easy": {}, "medium": {"data.aml.generator.difficulty": 0.5, **BIG},
           "hard": {"data.aml.generator.difficulty": 1.0, **BIG},
           "amlworld": {"data.aml.source": "amlworld", "data.aml.path": "aml/ibm_amlworld_hi_small_patterns"}}
+
+
+def test_sample(test: list, n: int, seed: int) -> list:
+    """A seeded sample of n held-out cases, stratified by typology (each typology keeps its share, at least one)."""
+    if n >= len(test):
+        return list(test)
+    rng = np.random.default_rng(seed)
+    by: dict = {}
+    for c in test:
+        by.setdefault(c.typology, []).append(c)
+    out = []
+    for t, group in sorted(by.items()):
+        k = max(1, round(n * len(group) / len(test)))
+        out += [group[i] for i in sorted(rng.choice(len(group), min(k, len(group)), replace=False))]
+    return sorted(out, key=lambda c: c.id)
 
 
 def unseen_recall(cell: dict, test, threshold: float, unseen: set[str]) -> float | None:
@@ -132,12 +191,20 @@ def main() -> None:
     ap.add_argument("--unseen-bank", type=int, default=3, help="the bank whose unseen typologies are reported")
     ap.add_argument("--settings", default="rules,trees,local,federated,centralized")
     ap.add_argument("--world", choices=list(WORLDS), default="easy", help="which AML world (see above)")
+    ap.add_argument("--test-sample", type=int, default=None,
+                    help="score a seeded sample of this many held-out cases (stratified by typology; every cell the "
+                    "same cases, and the results say it is a sample); default all")
+    ap.add_argument("--local-banks", default=None, help="comma-separated banks whose local-only adapter cells run "
+                    "(default all)")
+    ap.add_argument("--reasons", type=int, default=40, help="held-out cases whose generated replies are checked "
+                    "for faithful reasons, per adapter cell (seeded, half laundering)")
     args = ap.parse_args()
-    if args.world != "easy":  # each world keeps its own cell cache and results files
+    suffix = ("" if args.world == "easy" else f"_{args.world}") + (f"_s{args.test_sample}" if args.test_sample else "")
+    if suffix:  # each world (and sample) keeps its own cell cache and results files
         if args.work == "runs/benchmarks/aml":
-            args.work = f"runs/benchmarks/aml_{args.world}"
+            args.work = f"runs/benchmarks/aml{suffix}"
         if args.out == str(HERE / "results" / "aml"):
-            args.out = str(HERE / "results" / f"aml_{args.world}")
+            args.out = str(HERE / "results" / f"aml{suffix}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
     t_all = time.perf_counter()
@@ -146,7 +213,18 @@ def main() -> None:
                                     **WORLDS[args.world]})
     f = cfg.federation
     split = aml_split(cfg.data, f.num_banks)
-    test = split.test
+    test = split.test if not args.test_sample else test_sample(split.test, args.test_sample, cfg.data.seed)
+    val = split.val
+    wanted = args.settings.split(",")
+    if not all(val) and set(wanted) & {"local", "federated", "centralized"}:
+        raise SystemExit("the adapter cells calibrate on every bank's validation cases: set data.aml.val_share "
+                         "(the medium and hard worlds set 0.1)")
+    rng = np.random.default_rng(cfg.data.seed)
+    pos = [c for c in test if c.suspicious]
+    neg = [c for c in test if not c.suspicious]
+    k = min(args.reasons // 2, len(pos), len(neg))
+    reasons = [pos[i] for i in rng.choice(len(pos), k, replace=False)] + \
+        [neg[i] for i in rng.choice(len(neg), k, replace=False)] if k else []
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     write_aml_report(split, work)
@@ -155,10 +233,9 @@ def main() -> None:
 
     def save(key: str, cell: dict) -> None:
         cache.save(key, cell)
-        write(args, cfg, split, cells, time.perf_counter() - t_all)
+        write(args, cfg, split, test, cells, time.perf_counter() - t_all)
         log.info("%s: %s", key, {k: v for k, v in cell.items() if k not in ("scores", "recall_by_typology")})
 
-    wanted = args.settings.split(",")
     per_bank = f.rounds * f.local_steps
     if "rules" in wanted and "rules" not in cells:
         save("rules", rules_cell(cfg, test))
@@ -166,26 +243,29 @@ def main() -> None:
         for b in range(f.num_banks):
             if f"trees-local/{b}" not in cells:
                 try:
-                    save(f"trees-local/{b}", trees_cell(cfg, split.train[b], test, seed=b))
+                    save(f"trees-local/{b}", trees_cell(cfg, split.train[b] + split.val[b], test, seed=b))
                 except ValueError as err:  # a bank whose cases hold one label only
                     log.warning("trees-local/%d: %s", b, err)
         if "trees-central" not in cells:
-            save("trees-central", trees_cell(cfg, [c for bank in split.train for c in bank], test, seed=100))
+            save("trees-central", trees_cell(cfg, [c for bank in (*split.train, *split.val) for c in bank], test,
+                                             seed=100))
     if "local" in wanted:
-        for b in range(f.num_banks):
+        for b in ([int(x) for x in args.local_banks.split(",")] if args.local_banks else range(f.num_banks)):
             if f"local/{b}" not in cells:
-                save(f"local/{b}", trained_cell(cfg, split.train[b], per_bank, test, seed_offset=b))
+                save(f"local/{b}", trained_cell(cfg, split.train[b], [val[b]], per_bank, test, seed_offset=b,
+                                                reasons=reasons))
     if "federated" in wanted and "federated" not in cells:
-        save("federated", federated_cell(cfg, test, work))
+        save("federated", federated_cell(cfg, test, work, val, reasons))
     if "centralized" in wanted and "centralized" not in cells:
         pooled = [c for bank in split.train for c in bank]
-        save("centralized", trained_cell(cfg, pooled, f.num_banks * per_bank, test, seed_offset=100))
-    write(args, cfg, split, cells, time.perf_counter() - t_all)
+        save("centralized", trained_cell(cfg, pooled, val, f.num_banks * per_bank, test, seed_offset=100,
+                                         reasons=reasons))
+    write(args, cfg, split, test, cells, time.perf_counter() - t_all)
     log.info("wrote %s.{json,md,png}", args.out)
 
 
-def write(args, cfg, split, cells: dict, wall: float) -> None:
-    test, thr, b = split.test, cfg.data.aml.threshold, args.unseen_bank
+def write(args, cfg, split, test: list, cells: dict, wall: float) -> None:
+    thr, b = cfg.data.aml.threshold, args.unseen_bank
     unseen = {t for t in TYPOLOGIES if any(c.typology == t for c in test)} - split.typologies(b)
     from fedfingpt.common.metrics import binary_intervals
 
@@ -198,16 +278,24 @@ def write(args, cfg, split, cells: dict, wall: float) -> None:
         rows.append({"setting": name, "f1": c["f1"], "f1_ci95": _ci(ci["f1"]), "pr_auc_ci95": _ci(ci["pr_auc"]),
                      "precision": c["precision"], "recall": c["recall"], "pr_auc": c["pr_auc"],
                      "alert_rate": c["alert_rate"], f"unseen_recall_bank{b}": unseen_recall(c, test, thr, unseen),
-                     "steps": c["steps"], "wall_s": c["wall_s"], "peak_rss_mb": c["peak_rss_mb"],
+                     "f1_uncalibrated": (c.get("raw") or {}).get("f1"), "ece": c.get("ece_calibrated"),
+                     "ece_uncalibrated": c.get("ece_raw"),
+                     "reasons_faithful": (c.get("reasons") or {}).get("faithful_rate"),
+                     "replies_parsed": (c.get("reasons") or {}).get("parsed_rate"),
+                     "steps": c["steps"], "s_per_step": c.get("s_per_step"), "wall_s": c["wall_s"],
+                     "peak_rss_mb": c["peak_rss_mb"],
                      "recall_by_typology": {t: v["recall"] for t, v in c["recall_by_typology"].items()}})
     typ_rows = [{"setting": r["setting"], **r["recall_by_typology"]} for r in rows]
     held = {t: sum(c.typology == t for c in test) for t in TYPOLOGIES}
     write_results(
         Path(args.out), benchmark="aml", config=cfg.model_dump(mode="json"), seed=cfg.training.seed, rows=rows,
-        columns=["setting", "f1", "f1_ci95", "precision", "recall", "pr_auc", "pr_auc_ci95", "alert_rate", f"unseen_recall_bank{b}", "steps",
-                 "wall_s", "peak_rss_mb"],
-        title=f"AML screening on {cfg.model.base}, world {args.world} ({split.source}): {len(test)} held-out cases "
-              f"({sum(c.suspicious for c in test)} laundering), {cfg.federation.num_banks} banks; bank {b} never "
+        columns=["setting", "f1", "f1_ci95", "precision", "recall", "pr_auc", "pr_auc_ci95", "alert_rate",
+                 f"unseen_recall_bank{b}", "f1_uncalibrated", "ece", "ece_uncalibrated", "reasons_faithful",
+                 "replies_parsed", "steps", "s_per_step", "wall_s", "peak_rss_mb"],
+        title=f"AML screening on {cfg.model.base}, world {args.world} ({split.source}): "
+              + (f"a seeded sample (stratified by typology) of {len(test)} of the {len(split.test)} held-out cases "
+                 if len(test) < len(split.test) else f"{len(test)} held-out cases ")
+              + f"({sum(c.suspicious for c in test)} laundering), {cfg.federation.num_banks} banks; bank {b} never "
               "trained on "
               f"{', '.join(sorted(unseen))}",
         extra={"cells": cells, "unseen_bank": b, "unseen_typologies": sorted(unseen), "held_out_by_typology": held,
@@ -217,7 +305,7 @@ def write(args, cfg, split, cells: dict, wall: float) -> None:
     from fedfingpt.common.metrics import format_markdown_table
 
     md = Path(args.out).with_suffix(".md")
-    md.write_text(md.read_text() + "\nRecall per typology (held-out cases: " +
+    write_text_atomic(md, md.read_text() + "\nRecall per typology (held-out cases: " +
                   ", ".join(f"{t} {n}" for t, n in held.items() if n) + ")\n\n" +
                   format_markdown_table(typ_rows, ["setting", *[t for t in TYPOLOGIES if held[t]]]) + "\n")
     plot(rows, sorted(unseen), [t for t in TYPOLOGIES if held[t]], Path(args.out).with_suffix(".png"), b)

@@ -94,7 +94,7 @@ def build_training_set(folder: str, config: str | None) -> None:
     cfg = load_config(config, {"data.tasks": ["sentiment", "aml"]})
     tok = load_base_model(cfg.model).tokenizer
     t0 = time.perf_counter()
-    train, test, aml_test, report = folder_training_set(cfg, tok, 0, folder, accept_skips=True)
+    train, test, aml_test, _, report = folder_training_set(cfg, tok, 0, folder, accept_skips=True)
     print(json.dumps({"examples": len(train), "test_rows": len(test), "aml_test": len(aml_test),
                       "build_s": round(time.perf_counter() - t0, 1), "scrub": report}))
 

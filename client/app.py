@@ -235,6 +235,14 @@ def handle_evaluate(msg: Message, context: Context, cfg: Config) -> Message:
                          max_lines=cfg.data.aml.max_lines, threshold=cfg.data.aml.threshold,
                          typology=False)  # banks report F1; the typology read costs nine scored continuations
         metrics.update({"aml-cases": a["n"], "aml-f1": a["f1"]})
+    if state.aml_val:  # counts of its validation scores per bin and label, never a case: the calibration's input
+        from ..common.evaluate import score_aml
+        from ..common.tasks.aml_calibration import score_histogram
+
+        p, _ = score_aml(state.model, state.tokenizer, state.aml_val, ecfg, max_length=cfg.data.max_length,
+                         max_lines=cfg.data.aml.max_lines, typology=False)
+        h = score_histogram(p, [c.suspicious for c in state.aml_val])
+        metrics.update({"aml-val-positive": h["positive"], "aml-val-negative": h["negative"]})
     # the server keeps per-bank scores (LoraFedAvg.aggregate_evaluate)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

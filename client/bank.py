@@ -29,6 +29,7 @@ class BankState:
     test: list[SentimentExample]
     rank: int  # this bank's LoRA rank (HetLoRA banks may train below the global lora.r)
     aml_test: list = field(default_factory=list)  # this bank's held-out AML cases (data.tasks has aml)
+    aml_val: list = field(default_factory=list)  # its AML validation cases (data.aml.val_share): the calibration's
 
 
 _MODELS: dict[str, tuple] = {}
@@ -75,12 +76,12 @@ def bank_state(cfg: Config, context) -> BankState:
     if key not in _BANKS:
         model, loaded = _model(cfg, rank)
         if node.bank_data:  # a bank's own folder in the data contract, read whole
-            train, test_rows, aml_test, _ = folder_training_set(
+            train, test_rows, aml_test, aml_val, _ = folder_training_set(
                 cfg, loaded.tokenizer, bank, node.bank_data, parse_label_map(node.label_map, "node config label-map"),
                 node.accept_skips, node.extra_train)
         else:  # a simulated bank (the simulation, or a loopback run that mimics it): the folder the simulation
             # wrote for it (simulations/bank_folders.py)
-            train, test_rows, aml_test = simulated_training_set(cfg, loaded.tokenizer, bank, num_banks,
-                                                                node.extra_train)
-        _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test)
+            train, test_rows, aml_test, aml_val = simulated_training_set(cfg, loaded.tokenizer, bank, num_banks,
+                                                                         node.extra_train)
+        _BANKS[key] = BankState(bank, model, loaded.tokenizer, train, test_rows, rank, aml_test, aml_val)
     return _BANKS[key]

@@ -120,13 +120,14 @@ def simulated_rows(cfg: Config, bank: int, num_banks: int, extra: str | None = N
 
 
 def simulated_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
-                           extra: str | None = None) -> tuple[list[Encoded], list[SentimentExample], list]:
+                           extra: str | None = None) -> tuple[list[Encoded], list[SentimentExample], list, list]:
     """A simulated bank's training examples for the scenario's tasks (data.tasks): its folder's sentiment rows and
     its share of the scenario's generated AML cases (with both tasks, repeated or sampled to make up data.aml.mix of
-    the set); and its local test rows and AML test cases."""
+    the set); and its local test rows, AML test cases and AML validation cases (data.aml.val_share)."""
     train: list[Encoded] = []
     test_rows: list[SentimentExample] = []
     aml_test: list = []
+    aml_val: list = []
     if "sentiment" in cfg.data.tasks:
         train_rows, test_rows = simulated_rows(cfg, bank, num_banks, extra)
         train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
@@ -136,14 +137,15 @@ def simulated_training_set(cfg: Config, tokenizer, bank: int, num_banks: int,
         split = aml_split(cfg.data, num_banks)
         cases = split.train[bank]
         aml = aml_examples(cfg, tokenizer, cases, len(train), cfg.data.seed + bank)
-        aml_test = split.bank_test(bank)
+        aml_test, aml_val = split.bank_test(bank), split.val[bank]
         log.info("bank %d (%s): %d AML cases (%d laundering; typologies %s) as %d training examples", bank,
                  split.banks[bank], len(cases), sum(c.suspicious for c in cases),
                  ", ".join(sorted(split.typologies(bank))) or "none", len(aml))
         train = train + aml
     log.info("simulated bank %d of %d: %d training examples (%s), %d local sentiment test rows, %d local AML test "
-             "cases", bank, num_banks, len(train), "+".join(cfg.data.tasks), len(test_rows), len(aml_test))
-    return train, test_rows, aml_test
+             "cases, %d AML validation cases", bank, num_banks, len(train), "+".join(cfg.data.tasks), len(test_rows),
+             len(aml_test), len(aml_val))
+    return train, test_rows, aml_test, aml_val
 
 
 def aml_examples(cfg: Config, tokenizer, cases: list, others: int, seed: int) -> list[Encoded]:
@@ -152,7 +154,8 @@ def aml_examples(cfg: Config, tokenizer, cases: list, others: int, seed: int) ->
     from .tasks.aml import encode_aml
     from .tasks.aml_scenario import mix_to_share
 
-    aml = encode_aml(tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines)
+    aml = encode_aml(tokenizer, cases, cfg.data.max_length, cfg.data.aml.max_lines,
+                     decision_weight=cfg.data.aml.decision_weight)
     if others:
         aml = mix_to_share(aml, others, cfg.data.aml.mix, seed, repeat=cfg.privacy.mode != "local")
     return aml
@@ -183,6 +186,7 @@ def folder_training_set(cfg: Config, tokenizer, bank: int, folder: str, label_ma
     train: list[Encoded] = []
     test_rows: list[SentimentExample] = []
     aml_test: list = []
+    aml_val: list = []
     if "sentiment" in cfg.data.tasks:
         train_rows, test_rows = sentiment_rows(cfg, bank, bf.sentiment, extra, scrub, where=str(folder))
         train = encode_sentiment(tokenizer, train_rows, cfg.data.max_length)
@@ -199,8 +203,10 @@ def folder_training_set(cfg: Config, tokenizer, bank: int, folder: str, label_ma
         for _, group in sorted(by_typ.items()):
             rng.shuffle(group)
             k = int(round(cfg.data.aml.test_share * len(group))) if len(group) > 1 else 0
+            v = int(round(cfg.data.aml.val_share * len(group))) if len(group) - k > 1 else 0
             aml_test.extend(group[:k])
-            cases_train.extend(group[k:])
+            aml_val.extend(group[k:k + v])
+            cases_train.extend(group[k + v:])
         from .tasks.aml import encode_aml
         from .tasks.aml_scenario import mix_to_share
 
@@ -209,7 +215,8 @@ def folder_training_set(cfg: Config, tokenizer, bank: int, folder: str, label_ma
         keep = ({a.bank for a in ds.accounts.values()} | {a.country for a in ds.accounts.values()}
                 | {t.currency for t in ds.transactions})
         aml = encode_aml(tokenizer, cases_train, cfg.data.max_length, cfg.data.aml.max_lines,
-                         scrub=(lambda text: scrub.scrub(text, keep)) if scrub is not None else None)
+                         scrub=(lambda text: scrub.scrub(text, keep)) if scrub is not None else None,
+                         decision_weight=cfg.data.aml.decision_weight)
         if train:
             aml = mix_to_share(aml, len(train), cfg.data.aml.mix, cfg.data.seed + bank,
                                repeat=cfg.privacy.mode != "local")
@@ -219,9 +226,9 @@ def folder_training_set(cfg: Config, tokenizer, bank: int, folder: str, label_ma
                             f"{len(bf.sentiment)}, transactions: {'yes' if bf.aml is not None else 'none'})")
     report = scrub.report.as_dict() if scrub is not None else None
     log.info("bank %d: %d training examples from its folder (%d sentiment rows, %d bad rows skipped), %d local "
-             "test rows, %d local AML test cases; scrub: %s", bank, len(train), len(bf.sentiment), bf.bad_rows,
-             len(test_rows), len(aml_test), report or "off")
-    return train, test_rows, aml_test, report
+             "test rows, %d local AML test cases, %d AML validation cases; scrub: %s", bank, len(train),
+             len(bf.sentiment), bf.bad_rows, len(test_rows), len(aml_test), len(aml_val), report or "off")
+    return train, test_rows, aml_test, aml_val, report
 
 
 def load_extra(path: str) -> list[SentimentExample]:

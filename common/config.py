@@ -90,10 +90,15 @@ class AmlConfig(_Strict):
     max_transactions: int = Field(60, ge=1, description="Transactions kept per case.")
     max_lines: int = Field(8, ge=1, le=64, description="Transfers spelled out in a narrative (the rest summarised).")
     test_share: float = Field(0.3, gt=0, lt=1, description="Share of each bank's cases (per typology) held out.")
+    val_share: float = Field(0.0, ge=0, lt=1, description="Share of each bank's cases (per typology) kept as its "
+                             "validation cases: never trained on; they fit the risk score's calibration and threshold.")
     mix: float = Field(0.2, gt=0, lt=1, description="With both tasks: AML's share of the training examples (cases "
                        "repeated or sampled to reach it; under local DP never repeated, so the share may fall short).")
     eval_limit: int | None = Field(40, gt=0, description="Held-out cases the server scores (seeded; None = all).")
-    threshold: float = Field(0.5, gt=0, lt=1, description="P(suspicious) at which a case is flagged.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="P(suspicious) at which a case is flagged (a calibration "
+                             "fitted on validation cases, common/tasks/aml_calibration.py, replaces it where present).")
+    decision_weight: float = Field(10.0, gt=0, le=1000, description="Loss weight of the answer's decision token "
+                                   "(true/false) against 1 for each other answer token.")
 
     @model_validator(mode="after")
     def _path_fits_source(self) -> "AmlConfig":

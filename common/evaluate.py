@@ -173,6 +173,36 @@ def evaluate_aml(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_leng
             "scores": [round(float(x), 5) for x in p]}
 
 
+def check_aml_reasons(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_length: int, max_lines: int,
+                      max_new_tokens: int = 96) -> dict:
+    """Generate the model's reply to each case and check it: strict JSON (`parse_answer`) and a reason whose every
+    clause is a fact of the case (`aml_features.reason_problems`). Returns the rates and the first problems found
+    (clauses and parse errors only, never the case's names)."""
+    from .predict import generate
+    from .tasks.aml import AnswerError, aml_prompt, parse_answer
+    from .tasks.aml_features import reason_problems
+
+    t0 = time.perf_counter()
+    replies = generate(model, tokenizer, [aml_prompt(c, max_lines) for c in cases], max_new_tokens=max_new_tokens,
+                       max_length=max_length, batch_size=max(1, cfg.batch_size // 2), bf16=cfg.bf16_autocast)
+    parsed = faithful = 0
+    problems: list[str] = []
+    for i, (c, text) in enumerate(zip(cases, replies)):  # cases by their place: an id may hold an account number
+        try:
+            answer = parse_answer(text)
+        except AnswerError as err:
+            problems.append(f"case {i}: unparseable ({err})")
+            continue
+        parsed += 1
+        wrong = reason_problems(c, answer.reason)
+        faithful += not wrong
+        problems.extend(f"case {i}: {w}" for w in wrong)
+    n = len(cases)
+    return {"n": n, "parsed_rate": parsed / n if n else None, "faithful_rate": faithful / n if n else None,
+            "faithful_of_parsed": faithful / parsed if parsed else None, "problems": problems[:20],
+            "eval_s": round(time.perf_counter() - t0, 1)}
+
+
 def evaluate_tasks(model, tokenizer, data: DataConfig, sentiment_sets: dict, aml_cases: Sequence, cfg: EvalConfig, *,
                    progress: bool = False) -> list[dict]:
     """Rows for the sentiment test sets and, when given, the held-out AML cases (its per-case scores left out):

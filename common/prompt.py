@@ -30,6 +30,9 @@ class Encoded:
     # The token ids the answer's first token is chosen among (a classification task's one-token label words), so that
     # `training.loss: labels` can train a softmax over those rows of the output head alone; None for free answers.
     choices: tuple[int, ...] | None = None
+    # A loss weight per position (as `labels`; the prompt's entries unread), where some answer tokens matter more
+    # than others (AML's decision token); None = every answer token weighs 1.
+    weights: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -54,13 +57,22 @@ def label_choices(tokenizer, labels) -> tuple[int, ...] | None:
 
 
 def encode_example(tokenizer, prompt: str, answer: str, max_length: int,
-                   choices: tuple[int, ...] | None = None) -> Encoded:
+                   choices: tuple[int, ...] | None = None,
+                   emphasis: tuple[int, float] | None = None) -> Encoded:
     """Prompt + answer + EOS, with the loss masked to the answer (and EOS) tokens; `choices` as `Encoded.choices`
-    (the answer's first token must be one of them)."""
+    (the answer's first token must be one of them); `emphasis` = (i, w): the answer's i-th token weighs w in the
+    loss, the others 1 (`Encoded.weights`)."""
     answer_ids = tokenizer(build_answer(answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(answer_ids) >= max_length:
         raise ValueError(f"answer {answer[:40]!r} alone needs {len(answer_ids)} tokens > data.max_length={max_length}")
     prompt_ids = encode_prompt(tokenizer, prompt, max_length - len(answer_ids))
     if choices is not None and answer_ids[0] not in choices:
         raise ValueError(f"answer {answer[:40]!r} does not start with one of the label tokens {choices}")
-    return Encoded(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids, choices)
+    weights = None
+    if emphasis is not None:
+        at, w = emphasis
+        if not 0 <= at < len(answer_ids) or w <= 0:
+            raise ValueError(f"emphasis {emphasis}: answer token {at} of {len(answer_ids)} with a weight > 0")
+        weights = [1.0] * (len(prompt_ids) + len(answer_ids))
+        weights[len(prompt_ids) + at] = float(w)
+    return Encoded(prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids, choices, weights)

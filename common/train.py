@@ -66,6 +66,12 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
             if e.choices:
                 choices[i, : len(e.choices)] = torch.tensor(e.choices)
         out["choices"] = choices
+    if any(e.weights is not None for e in batch):  # per-token loss weights; 1 where a row gives none
+        weights = torch.ones((len(batch), width), dtype=torch.float32)
+        for i, e in enumerate(batch):
+            if e.weights is not None:
+                weights[i, : len(e)] = torch.tensor(e.weights)
+        out["weights"] = weights
     return out
 
 
@@ -116,14 +122,20 @@ def poisson_batch(n: int, sample_rate: float, gen: torch.Generator) -> list[int]
     return torch.nonzero(torch.rand(n, generator=gen) < sample_rate).flatten().tolist()
 
 
-def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of each example's mean answer-token loss, from full logits (the reference computation,
-    used where the model's head is not a plain linear map)."""
+def example_mean_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                      per_example: bool = True) -> torch.Tensor:
+    """From full logits (the reference computation, used where the model's head is not a plain linear map): the mean
+    over examples of each example's (weighted) mean answer-token loss, or with `per_example` off the (weighted) mean
+    over all answer tokens."""
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
     tok = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
                                             ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
     mask = (shift_labels != IGNORE_INDEX).float()
-    return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if weights is not None:
+        mask = mask * weights[:, 1:]
+    if not per_example:
+        return (tok * mask).sum() / mask.sum().clamp(min=1e-12)
+    return ((tok * mask).sum(1) / mask.sum(1).clamp(min=1e-12)).mean()
 
 
 MIN_SHARED_TOKENS = 16  # a shorter common opening (news and tweets share 8 tokens) is not worth a second pass
@@ -174,6 +186,7 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_e
 
     label_loss: for rows with `choices` (classification), only the answer's first token counts, as a softmax over
     the label words' rows of the head (a 3-way softmax for sentiment); free-answer rows (AML) keep the answer loss.
+    A batch's `weights` (per-token, `Encoded.weights`) turn each mean into a weighted mean.
     full_logits: the reference computation (the model's own forward over the whole vocabulary at every position),
     kept for comparisons; also what a model whose head is not a plain linear map gets.
     shared_opening: run the rows' common opening once (`decoder_hidden`); not with `per_example`, whose
@@ -181,15 +194,16 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_e
     """
     from .predict import plain_head
 
-    labels = batch["labels"]
+    labels, weights = batch["labels"], batch.get("weights")
     plain = None if full_logits else plain_head(model)
     if plain is None:
         if label_loss and "choices" in batch:
             raise ValueError("training.loss=labels needs a model whose output head is a plain linear map")
-        if per_example:
+        if per_example or weights is not None:
             return example_mean_loss(model(input_ids=batch["input_ids"],
-                                           attention_mask=batch["attention_mask"]).logits, labels)
-        return model(**{k: v for k, v in batch.items() if k != "choices"}).loss
+                                           attention_mask=batch["attention_mask"]).logits, labels, weights,
+                                     per_example=per_example)
+        return model(**{k: v for k, v in batch.items() if k not in ("choices", "weights")}).loss
     decoder, head = plain
     shared = shared_opening_length(batch) if shared_opening and not per_example else 0
     hidden = decoder_hidden(decoder, batch, shared)[:, :-1]
@@ -218,12 +232,17 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, per_e
     if not losses:
         raise ValueError("a batch with no answer tokens: every label is masked (answers cut by data.max_length?)")
     tok, row = torch.cat(losses), torch.cat(rows)
+    w = torch.ones_like(tok)
+    if weights is not None:  # the weights of the positions in the order the losses were gathered
+        shifted = weights[:, 1:]
+        parts = [shifted[answer]] + ([shifted[first]] if choices is not None and first.any() else [])
+        w = torch.cat(parts).to(tok.dtype)
     if not per_example:
-        return tok.mean()
+        return (tok * w).sum() / w.sum()
     n = labels.shape[0]
-    sums = torch.zeros(n, dtype=tok.dtype).index_add(0, row, tok)
-    counts = torch.zeros(n, dtype=tok.dtype).index_add(0, row, torch.ones_like(tok))
-    return (sums / counts.clamp(min=1)).mean()
+    sums = torch.zeros(n, dtype=tok.dtype).index_add(0, row, tok * w)
+    counts = torch.zeros(n, dtype=tok.dtype).index_add(0, row, w)
+    return (sums / counts.clamp(min=1e-12)).mean()
 
 
 def total_steps(cfg: TrainingConfig, n_examples: int) -> int:

@@ -122,9 +122,14 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
             spent = history[-1].get("dp_central_epsilon") or max(
                 (b.get("dp_epsilon") or 0.0 for h in history if h.get("train") for b in h["train"]["banks"]),
                 default=0.0)
-            save_round(model, run_dir, rnd, base_id=loaded.base_id, base_sha256=loaded.base_sha256,
-                       config=config_json, metrics=scores, base_residual=strategy.state_arrays(),
-                       privacy_epsilon=float(spent))
+            folder = save_round(model, run_dir, rnd, base_id=loaded.base_id, base_sha256=loaded.base_sha256,
+                                config=config_json, metrics=scores, base_residual=strategy.state_arrays(),
+                                privacy_epsilon=float(spent))
+            calibration = ((entry or {}).get("client_eval") or {}).get("aml_calibration")
+            if calibration:  # fitted on the banks' validation histograms of this round's adapter
+                from ..common.tasks.aml_calibration import Calibration
+
+                Calibration(**calibration).save(folder)
         log.info("round %d server eval: %s", rnd, {k: round(v, 3) for k, v in scores.items()})
         if cfg.federation.console == "rounds":
             print(round_row(rnd, entry, rows, time.perf_counter() - t_start, final=rnd == f.rounds), flush=True)

@@ -75,7 +75,8 @@ def test_federated_aml_simulation(tiny_config, data_dir, tmp_path, tasks):
     cfg = sim_config(tiny_config, data_dir, tmp_path, rounds=2, local_steps=2)
     raw = cfg.model_dump(mode="json")
     raw["data"].update({"tasks": tasks, "max_length": 160, "aml": {
-        "generator": {"accounts_per_bank": 40, "laundering_rate": 0.2}, "eval_limit": 10, "max_lines": 4}})
+        "generator": {"accounts_per_bank": 40, "laundering_rate": 0.2}, "eval_limit": 10, "max_lines": 4,
+        "val_share": 0.3}})
     raw["federation"]["client_eval_limit"] = 4
     cfg = config_from_dict(raw)
     out = simulate(cfg, tmp_path / "run", progress=False)
@@ -88,6 +89,15 @@ def test_federated_aml_simulation(tiny_config, data_dir, tmp_path, tasks):
     assert aml_eval["n"] == 10 and aml_eval["recall_by_typology"]
     banks = out["history"][-1]["train"]["client_eval"]["banks"]
     assert sorted(b["bank"] for b in banks) == [0, 1, 2] and all(b["aml_cases"] > 0 for b in banks)
+    # the banks' validation histograms, summed, give the round's calibration, saved beside its adapter
+    from fedfingpt.common.tasks.aml_calibration import Calibration
+    from fedfingpt.common.tasks.aml_scenario import aml_split
+    from fedfingpt.server.checkpoint import checkpoint_dir
+
+    fitted = out["history"][-1]["train"]["client_eval"]["aml_calibration"]
+    val = aml_split(cfg.data, cfg.federation.num_banks).val
+    assert fitted["n_positive"] + fitted["n_negative"] == sum(len(v) for v in val) > 0
+    assert Calibration.load(checkpoint_dir(tmp_path / "run", 2)) == Calibration(**fitted)
     report = (tmp_path / "run" / "aml_partition.md").read_text()
     assert "| bank_0 |" in report and "Held out for evaluation" in report
     assert json.loads((tmp_path / "run" / "federated.json").read_text())["config"]["data"]["tasks"] == tasks

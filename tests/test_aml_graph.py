@@ -84,4 +84,5 @@ def test_case_features_by_hand():
     assert (f["cross_border"], f["other_bank"], f["offshore"], f["cycle"]) == (3, 3, 1, 0)
     assert f["in_out_ratio"] == pytest.approx(18900 / 12000) and f["rules_fired"] == 1
     text = features_text(_case())
-    assert text.startswith("Features: 4 transfers over 5.0 days;") and text.endswith("rules fired: offshore.")
+    assert text.startswith("Features: 4 transfers over 5.0 days; in-degree 1; out-degree 1; 3 counterparties;")
+    assert text.endswith("3 cross-border; 1 offshore; cycle: no; rules fired: offshore.")

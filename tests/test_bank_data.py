@@ -94,15 +94,15 @@ def test_planted_names_and_account_numbers_never_reach_the_encoded_training_exam
 
     bank_with_planted_pii(tmp_path / "bank")
     cfg = tiny_config.model_copy(update={"data": tiny_config.data.model_copy(update={
-        "tasks": ["sentiment", "aml"], "max_length": 400})})
+        "tasks": ["sentiment", "aml"], "max_length": 800})})  # the tiny tokenizer spends ~680 tokens on a case
     tok = load_base_model(cfg.model).tokenizer
     values = [v for vs in PLANTED.values() for v in vs] + ["ACC-77"]
 
     def leaked(scrub_on: bool, policy=None):
         data = cfg.data.model_copy(update={"scrub": cfg.data.scrub.model_copy(update={"enabled": scrub_on,
                                                                                       **(policy or {})})})
-        train, test, aml_test, report = folder_training_set(cfg.model_copy(update={"data": data}), tok, 0,
-                                                            str(tmp_path / "bank"))
+        train, test, aml_test, _, report = folder_training_set(cfg.model_copy(update={"data": data}), tok, 0,
+                                                               str(tmp_path / "bank"))
         decoded = [tok.decode(ex.input_ids) for ex in train] + [ex.text for ex in test]
         assert any("suspicious" in d for d in decoded)  # AML cases are in the set too
         # the case's evidence stays: amounts with their currency (the name lists would read "USD 100" as a name),
@@ -193,8 +193,8 @@ def test_a_simulated_bank_reads_the_folder_the_simulation_wrote(tiny_config, dat
     assert cached.parent == tmp_path / "cache" / "fedfingpt" / "simulated-banks"
     assert (cached / "bank-1" / "sentiment.jsonl").read_bytes() == (folders[1] / "sentiment.jsonl").read_bytes()
     for bank, folder in enumerate(folders):
-        sim_train, sim_test, _ = simulated_training_set(cfg, tok, bank, 2)
-        own_train, own_test, _, report = folder_training_set(cfg, tok, bank, str(folder))
+        sim_train, sim_test, _, _ = simulated_training_set(cfg, tok, bank, 2)
+        own_train, own_test, _, _, report = folder_training_set(cfg, tok, bank, str(folder))
         assert report is None
         assert [ex.input_ids for ex in own_train] == [ex.input_ids for ex in sim_train]
         want_train, want_test = local_split([pool[i] for i in parts[bank]], cfg.federation.partition, bank)

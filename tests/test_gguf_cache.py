@@ -43,3 +43,21 @@ def test_smollm2_label_words_are_single_tokens(converted):
     tok = AutoTokenizer.from_pretrained(converted[2])
     ids = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in ("negative", "neutral", "positive")]
     assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 3
+
+
+def test_smollm2_aml_decision_is_one_token_and_carries_the_weight(converted):
+    """The AML decision (' true' / ' false' after '{"suspicious":') is one token, so its loss weight lands on it."""
+    from transformers import AutoTokenizer
+
+    from fedfingpt.common.tasks.aml import decision_token, encode_aml
+    from fedfingpt.common.tasks.aml_data import build_cases
+    from fedfingpt.common.tasks.aml_generator import generate
+
+    tok = AutoTokenizer.from_pretrained(converted[2])
+    at = decision_token(tok)
+    assert at is not None
+    cases = build_cases(generate())[:4]
+    for case, e in zip(cases, encode_aml(tok, cases, 512, decision_weight=10.0)):
+        heavy = [i for i, w in enumerate(e.weights) if w != 1.0]
+        assert len(heavy) == 1 and e.weights[heavy[0]] == 10.0
+        assert tok.decode([e.labels[heavy[0]]]) == (" true" if case.suspicious else " false")

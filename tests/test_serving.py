@@ -268,6 +268,26 @@ def test_screening_passes_narratives_through_the_gate(running, certs):
     assert "<PERSON>" in seen  # company names stay (gate.ignore: ORGANIZATION), people's names do not
 
 
+def test_screening_reports_the_calibrated_risk_and_a_reason_made_of_the_cases_facts(running, certs):
+    """With a calibration (aml_calibration.json beside the adapter) the risk score is its probability and the flag
+    its threshold; the reason is the case's own facts for the decision, faithful by the automatic check."""
+    from fedfingpt.common.tasks.aml_calibration import Calibration
+    from fedfingpt.common.tasks.aml_data import build_cases
+    from fedfingpt.common.tasks.aml_features import reason_problems
+    from fedfingpt.common.tasks.aml_generator import generate
+
+    cases = build_cases(generate())[:3]
+    for b, flagged in ((3.0, True), (-3.0, False)):  # a = 0: every case gets sigmoid(b), whatever the model says
+        running.server.servicer.calibration = Calibration(0.0, b, 0.5, 1.0, 1, 1)
+        with running.client(certs=certs) as c:
+            out = c.screen([case_message(x) for x in cases])
+        want = 1 / (1 + np.exp(-b))
+        for case, r in zip(cases, out.results):
+            assert r.probability == pytest.approx(want) and r.risk_score == round(100 * want)
+            assert r.suspicious is flagged and (r.typology != "none") is flagged
+            assert reason_problems(case, r.reason) == [], r.reason
+
+
 def test_an_oversized_account_name_is_refused_before_the_gate_and_frees_its_slot(running, certs):
     """A screening case with a 1,000,100-character account name (under the 1 MiB message limit) once made spaCy
     raise between taking a slot and giving it back; 33 of them left every method RESOURCE_EXHAUSTED. Now it is

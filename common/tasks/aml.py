@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..prompt import Encoded, build_prompt, encode_example
+from ..prompt import Encoded, build_answer, build_prompt, encode_example
 
 # AMLworld's typologies, plus structuring (amounts kept just below a reporting threshold).
 TYPOLOGIES = ("fan_in", "fan_out", "cycle", "scatter_gather", "gather_scatter", "bipartite", "stack", "random",
               "structuring")
 NONE = "none"
-INSTRUCTION = ("Review this account activity for money laundering. Answer in JSON with keys suspicious (true or "
-               "false), typology (one of " + ", ".join(TYPOLOGIES) + ", or none), risk_score (0-100) and reason "
-               "(one line).")
+INSTRUCTION = ("Screen this account's activity for money laundering. Answer in JSON: suspicious (true or false) "
+               "first, then typology (one of " + ", ".join(TYPOLOGIES) + ", or none), risk_score (0-100) and "
+               "reason (the features that support the decision, separated by semicolons).")
 MAX_LINES = 8  # transactions spelled out in a narrative; the rest are summarised in one line
 
 
@@ -126,28 +126,25 @@ def narrative(case: AmlCase, max_lines: int = MAX_LINES) -> str:
     return "\n".join(lines)
 
 
+def case_text(case: AmlCase, max_lines: int = MAX_LINES) -> str:
+    """The model's input for a case: the computed features line first (what a reviewer counts; numbers only, no
+    names), then the narrative (a long narrative is cut from its end, never the features)."""
+    from .aml_features import features_text
+
+    return features_text(case) + "\n" + narrative(case, max_lines)
+
+
 def aml_prompt(case: AmlCase, max_lines: int = MAX_LINES) -> str:
-    return build_prompt(INSTRUCTION, narrative(case, max_lines))
-
-
-REASONS = {
-    "fan_in": "many accounts sent funds to one account in a short time",
-    "fan_out": "one account spread funds to many accounts in a short time",
-    "cycle": "funds moved through a chain of accounts back to where they started",
-    "scatter_gather": "funds were split across intermediaries and gathered again in one account",
-    "gather_scatter": "funds gathered from many accounts were quickly split out again",
-    "bipartite": "a group of accounts paid another group in a dense pattern",
-    "stack": "funds passed through layers of intermediary accounts",
-    "random": "funds hopped between accounts with no business pattern",
-    "structuring": "repeated amounts just below the reporting threshold",
-    NONE: "activity consistent with ordinary business",
-}
+    return build_prompt(INSTRUCTION, case_text(case, max_lines))
 
 
 def gold_answer(case: AmlCase) -> AmlAnswer:
-    """The training target: the label, its typology, a score at the label's end of the scale, a one-line reason."""
+    """The training target: the decision first, its typology, a score at the label's end of the scale (served
+    replies carry the calibrated probability instead), and a reason made of the case's own facts."""
+    from .aml_features import evidence_reason
+
     typ = case.typology if case.suspicious else NONE
-    return AmlAnswer(case.suspicious, typ, 90 if case.suspicious else 5, REASONS[typ])
+    return AmlAnswer(case.suspicious, typ, 90 if case.suspicious else 5, evidence_reason(case, typ))
 
 
 def format_answer(answer: AmlAnswer) -> str:
@@ -188,24 +185,39 @@ def parse_answer(text: str) -> AmlAnswer:
 
 # Label-likelihood scoring: the answer's opening decides the label, so P(suspicious) is the probability of one
 # opening against the other; the risk score is 100 x that probability (as the sentiment task gives a confidence).
-LABEL_OPENINGS = ('{"suspicious": true', '{"suspicious": false')
+DECISION_OPENING = '{"suspicious":'
+LABEL_OPENINGS = (f"{DECISION_OPENING} true", f"{DECISION_OPENING} false")
 TYPOLOGY_OPENINGS = tuple(f'{{"suspicious": true, "typology": "{t}"' for t in TYPOLOGIES)  # given suspicious
 
 
+def decision_token(tokenizer) -> int | None:
+    """Where the decision (' true' / ' false') sits among the answer's tokens, when it is one token after the same
+    opening for both (SmolLM2: yes); None otherwise (the decision then weighs as any answer token)."""
+    opening = tokenizer(build_answer(DECISION_OPENING), add_special_tokens=False)["input_ids"]
+    for word in ("true", "false"):
+        ids = tokenizer(build_answer(f"{DECISION_OPENING} {word}"), add_special_tokens=False)["input_ids"]
+        if len(ids) != len(opening) + 1 or ids[: len(opening)] != opening:
+            return None
+    return len(opening)
+
+
 def encode_aml(tokenizer, cases: Sequence[AmlCase], max_length: int, max_lines: int = MAX_LINES,
-               scrub=None) -> list[Encoded]:
+               scrub=None, decision_weight: float = 1.0) -> list[Encoded]:
     """Cases as training examples; `scrub` (text -> text, or None to leave the case out) runs over each case's
-    narrative before tokenisation (a bank's own cases: common/pii/scrub.py); the instruction is ours, never scrubbed."""
+    text before tokenisation (a bank's own cases: common/pii/scrub.py); the instruction is ours, never scrubbed.
+    `decision_weight`: the loss weight of the decision token against 1 for each other answer token
+    (data.aml.decision_weight)."""
+    at = decision_token(tokenizer) if decision_weight != 1.0 else None
     out = []
     for c in cases:
-        text = narrative(c, max_lines)
+        text = case_text(c, max_lines)
         if scrub is not None and (text := scrub(text)) is None:
             continue
         out.append(encode_example(tokenizer, build_prompt(INSTRUCTION, text), format_answer(gold_answer(c)),
-                                  max_length))
+                                  max_length, emphasis=None if at is None else (at, decision_weight)))
     return out
 
 
 __all__ = ["Account", "Transaction", "AmlDataset", "AmlCase", "AmlAnswer", "TYPOLOGIES", "NONE", "INSTRUCTION",
-           "narrative", "aml_prompt", "gold_answer", "format_answer", "parse_answer", "AnswerError",
+           "narrative", "case_text", "aml_prompt", "decision_token", "gold_answer", "format_answer", "parse_answer", "AnswerError",
            "LABEL_OPENINGS", "TYPOLOGY_OPENINGS", "encode_aml"]

@@ -77,15 +77,51 @@ def case_features(case: AmlCase, reporting_threshold: float = 10_000.0) -> dict[
     return {k: float(feats[k]) for k in FEATURES}
 
 
-def features_text(case: AmlCase, reporting_threshold: float = 10_000.0) -> str:
-    """The features as one line of the prompt, e.g. 'Features: 11 transfers over 8.0 days; in-degree 10, out-degree
-    1, 11 counterparties; amounts total 82,300, median 5,831, max 11,066; 2 near the reporting threshold; 2
-    cross-border, 0 offshore; cycle: no; rules fired: fan_in.'"""
+def facts(case: AmlCase, reporting_threshold: float = 10_000.0) -> list[str]:
+    """The case's features as short clauses, each true of the case: the features line of the prompt is these clauses
+    joined, and a reason is faithful when every clause it gives is one of them (`reason_problems`)."""
     f = case_features(case, reporting_threshold)
     rules = fired_rules(case, reporting_threshold)
-    return (f"Features: {f['transfers']:.0f} transfers over {f['span_days']:.1f} days; in-degree {f['in_degree']:.0f},"
-            f" out-degree {f['out_degree']:.0f}, {f['counterparties']:.0f} counterparties; amounts total "
-            f"{f['amount_total']:,.0f}, median {f['amount_median']:,.0f}, max {f['amount_max']:,.0f}; "
-            f"{f['near_threshold']:.0f} near the reporting threshold; {f['cross_border']:.0f} cross-border, "
-            f"{f['offshore']:.0f} offshore; cycle: {'yes' if f['cycle'] else 'no'}; rules fired: "
-            f"{', '.join(rules) if rules else 'none'}.")
+    return [f"{f['transfers']:.0f} transfers over {f['span_days']:.1f} days", f"in-degree {f['in_degree']:.0f}",
+            f"out-degree {f['out_degree']:.0f}", f"{f['counterparties']:.0f} counterparties",
+            f"amounts total {f['amount_total']:,.0f}", f"median {f['amount_median']:,.0f}",
+            f"max {f['amount_max']:,.0f}", f"{f['near_threshold']:.0f} near the reporting threshold",
+            f"{f['cross_border']:.0f} cross-border", f"{f['offshore']:.0f} offshore",
+            f"cycle: {'yes' if f['cycle'] else 'no'}", f"rules fired: {', '.join(rules) if rules else 'none'}"]
+
+
+def features_text(case: AmlCase, reporting_threshold: float = 10_000.0) -> str:
+    """The features as one line of the prompt, e.g. 'Features: 11 transfers over 8.0 days; in-degree 10; out-degree
+    1; 11 counterparties; amounts total 82,300; median 5,831; max 11,066; 2 near the reporting threshold; 2
+    cross-border; 0 offshore; cycle: no; rules fired: fan_in.'"""
+    return "Features: " + "; ".join(facts(case, reporting_threshold)) + "."
+
+
+# the clauses (by their place in `facts`) a reason for each typology cites: the evidence that shape leaves
+_EVIDENCE = {"fan_in": (1, 0), "fan_out": (2, 0), "cycle": (10, 3), "scatter_gather": (1, 2, 0),
+             "gather_scatter": (1, 2, 0), "bipartite": (1, 2, 3), "stack": (3, 0), "random": (3, 0),
+             "structuring": (7, 0), "none": (0, 3, 11)}
+REASON_SEPARATOR = "; "
+
+
+def evidence_reason(case: AmlCase, typology: str, reporting_threshold: float = 10_000.0) -> str:
+    """A one-line reason for a decision on the case, made of the case's own facts (`facts`): the ones the typology
+    leaves, plus cross-border and offshore hops where there are any (for a suspicious case)."""
+    from .aml import NONE
+
+    fs = facts(case, reporting_threshold)
+    picks = list(_EVIDENCE[typology])
+    if typology != NONE:
+        picks += [i for i in (8, 9) if not fs[i].startswith("0 ")]
+    return REASON_SEPARATOR.join(fs[i] for i in picks)
+
+
+def reason_problems(case: AmlCase, reason: str, reporting_threshold: float = 10_000.0) -> list[str]:
+    """Why a reason is not faithful to the case: each clause (split on '; ') that is not one of the case's facts,
+    or that the reason gives none. An empty list = faithful. Run on every generated reply."""
+    true = set(facts(case, reporting_threshold))
+    clauses = [c.strip().rstrip(".") for c in reason.split(REASON_SEPARATOR.strip())]
+    clauses = [c for c in clauses if c]
+    if not clauses:
+        return ["the reason cites no evidence"]
+    return [f"{c!r} is not a fact of the case" for c in clauses if c not in true]

@@ -9,7 +9,8 @@ Sources (data.aml.source):
 Members are the source's banks in sorted order (bank 0 = the first). A case belongs to the bank that holds its focus
 account; cases focused at a bank outside the federation (an offshore account) are held out for evaluation only and
 counted. Each member's cases are split per (bank, typology) group: a seeded `test_share` of every group is held
-out, so every typology a bank has appears in the test set.
+out, so every typology a bank has appears in the test set; then a `val_share` of each group stays with the bank
+as validation cases it never trains on (for the risk score's calibration and the alert threshold).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class AmlSplit:
     test: list[AmlCase]  # held out, all banks (and cases focused outside the federation)
     outside: int = 0  # cases focused at banks outside the federation (in `test` only)
     skipped: dict[str, int] = field(default_factory=dict)  # bad rows the loader skipped, by reason
+    val: list[list[AmlCase]] = field(default_factory=list)  # per member: its validation cases (data.aml.val_share)
 
     def bank_test(self, bank: int) -> list[AmlCase]:
         return [c for c in self.test if c.bank == self.banks[bank]]
@@ -128,19 +130,22 @@ def aml_split(data: DataConfig, num_banks: int) -> AmlSplit:
             test.append(c)
             outside += 1
     train: dict[str, list[AmlCase]] = {b: [] for b in banks}
+    val: dict[str, list[AmlCase]] = {b: [] for b in banks}
     for (bank, _), group in sorted(groups.items()):
         group = sorted(group, key=lambda c: c.id)
         rng.shuffle(group)
         k = int(round(aml.test_share * len(group))) if len(group) > 1 else 0
+        v = int(round(aml.val_share * len(group))) if len(group) - k > 1 else 0
         test.extend(group[:k])
-        train[bank].extend(group[k:])
+        val[bank].extend(group[k:k + v])
+        train[bank].extend(group[k + v:])
     empty = [b for b in banks if not train[b]]
     if empty:
         raise AmlScenarioError(f"data.aml ({aml.source}): bank(s) {', '.join(empty)} have no training cases; use "
                                "fewer federation.num_banks, more data (aml.generator.accounts_per_bank, "
                                "laundering_rate) or a lower aml.test_share")
     split = AmlSplit(ds.source, banks, [train[b] for b in banks], sorted(test, key=lambda c: c.id), outside,
-                     dict(ds.skipped))
+                     dict(ds.skipped), [val[b] for b in banks])
     if ds.skipped:
         log.warning("AML data %s: skipped rows %s (data.aml.on_bad=skip)", ds.source, ds.skipped)
     if outside:

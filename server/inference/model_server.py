@@ -130,8 +130,13 @@ class ModelServer:
         elif s.adapter:
             read_manifest(s.adapter)  # refuses a changed or truncated adapter (checksum)
             self.model, manifest = load_adapter(loaded.model, Path(s.adapter), base_sha256=loaded.base_sha256)
+        self.aml_calibration = None  # the risk score's calibration, where the adapter's folder has one
         if s.adapter:
             self.adapter_sha256 = manifest["weights_sha256"]
+            if Path(s.adapter).is_dir():
+                from ...common.tasks.aml_calibration import Calibration
+
+                self.aml_calibration = Calibration.load(Path(s.adapter))
             self.round = int(manifest.get("round", 0))
             dp = (manifest.get("config") or {}).get("privacy") or {}
             if dp.get("mode", "none") != "none":

@@ -25,8 +25,9 @@ import yaml
 from ...common.config import ServiceConfig
 from ...common.predict import softmax
 from ...common.prompt import build_prompt
-from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, REASONS, TYPOLOGIES, TYPOLOGY_OPENINGS,
-                                 Account, AmlCase, Transaction, narrative)
+from ...common.tasks.aml import (INSTRUCTION, LABEL_OPENINGS, NONE, TYPOLOGIES, TYPOLOGY_OPENINGS, Account, AmlCase,
+                                 Transaction, case_text)
+from ...common.tasks.aml_features import evidence_reason
 from ...common.tasks.sentiment import INSTRUCTIONS
 from ...common.tasks.sentiment_data import LABELS
 from .audit import AuditLog
@@ -146,6 +147,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.cert_der = _cert_der(cfg.serving.tls_cert) if not cfg.serving.insecure and cfg.serving.tls_cert else None
         self._slots = threading.BoundedSemaphore(cfg.serving.max_concurrent)
         self.undecodable_log = RateLimitedLog()
+        # the adapter's calibration (aml_calibration.json beside it): calibrated risk scores and its threshold
+        self.calibration = getattr(model, "aml_calibration", None)
 
     # -- the steps every call takes ---------------------------------------------------------------
     def _authorize(self, method: str, context) -> Call:
@@ -312,10 +315,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             cases = list(request.cases)
             self._check_items(call, context, len(cases), [])
             one = len(cases) == 1
-            reports = []
+            reports, parsed = [], []
             for i, c in enumerate(cases):
                 # the narrative carries names and account numbers: it passes the gate like any text
-                story = narrative(self._case(call, context, c))
+                parsed.append(self._case(call, context, c))
+                story = case_text(parsed[-1])
                 if len(story) > 2 * self.cfg.serving.max_text_chars:
                     self._fail(call, context, grpc.StatusCode.INVALID_ARGUMENT,
                                f"case {i}'s narrative holds {len(story)} characters; at most 2 x "
@@ -331,11 +335,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 if i not in sus:
                     out.append(pb.Screening(index=i, status="PERMISSION_DENIED", gate=self._report(g)))
                     continue
-                p, flagged = float(sus[i]), bool(sus[i] >= 0.5)
+                p = float(self.calibration.probability(sus[i])) if self.calibration else float(sus[i])
+                flagged = bool(p >= (self.calibration.threshold if self.calibration else 0.5))
                 name = TYPOLOGIES[int(typ[i])] if flagged else NONE
+                # the reason is the case's own facts for the decision (common/tasks/aml_features.py): faithful
                 out.append(pb.Screening(suspicious=flagged, typology=name, risk_score=int(round(100 * p)),
-                                        reason=REASONS[name], probability=p, gate=self._report(g), index=i,
-                                        status="OK"))
+                                        reason=evidence_reason(parsed[i], name), probability=p,
+                                        gate=self._report(g), index=i, status="OK"))
             return pb.ScreenTransactionsResponse(results=out, request_id=call.id)
 
     def _case(self, call: Call, context, c) -> AmlCase:

@@ -251,7 +251,7 @@ class LoraFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         """Per-bank scores on their own held-out rows (sentiment) and cases (AML), kept in the round entry; their
         example-weighted means."""
-        banks = []
+        banks, histograms = [], []
         for msg in replies:
             if msg.has_error():
                 continue
@@ -259,6 +259,8 @@ class LoraFedAvg(FedAvg):
             banks.append({"bank": m.get("bank-id"), "num_examples": m.get("num-examples") or 0,
                           "accuracy": m.get("accuracy"), "weighted_f1": m.get("weighted-f1"),
                           "aml_cases": m.get("aml-cases") or 0, "aml_f1": m.get("aml-f1")})
+            if m.get("aml-val-positive") is not None:
+                histograms.append(aml_histogram(m))
         banks = [b for b in banks if (b["num_examples"] and b["accuracy"] is not None) or b["aml_cases"]]
         if not banks:
             return None
@@ -271,9 +273,34 @@ class LoraFedAvg(FedAvg):
         if aml:
             mean["aml_f1"] = sum(b["aml_f1"] * b["aml_cases"] for b in aml) / sum(b["aml_cases"] for b in aml)
         entry = next((e for e in self.rounds if e["round"] == server_round + self.round_offset), None)
+        calibration = fit_aml_calibration(histograms, server_round + self.round_offset) if histograms else None
         if entry is not None:
-            entry["client_eval"] = {"banks": banks, **mean, "wall_s": round(time.perf_counter() - self._t_eval, 2)}
+            entry["client_eval"] = {"banks": banks, **mean, "wall_s": round(time.perf_counter() - self._t_eval, 2),
+                                    **({"aml_calibration": calibration} if calibration else {})}
         return MetricRecord({k.replace("_", "-"): v for k, v in mean.items()} | {"num-examples": n})
+
+
+def aml_histogram(m: dict) -> dict:
+    """A bank's validation-score histogram from its evaluate reply (common/tasks/aml_calibration.py)."""
+    from ...common.tasks.aml_calibration import BINS, LOGIT_RANGE
+
+    return {"bins": BINS, "range": LOGIT_RANGE, "positive": list(m["aml-val-positive"]),
+            "negative": list(m["aml-val-negative"])}
+
+
+def fit_aml_calibration(histograms: list[dict], rnd: int) -> dict | None:
+    """The federation's risk-score calibration from the banks' summed histograms (saved beside the round's
+    adapter by the server app); None, with the reason logged, where they cannot give one."""
+    from ...common.tasks.aml_calibration import Calibration, CalibrationError
+
+    if any(len(h["positive"]) != h["bins"] or len(h["negative"]) != h["bins"] for h in histograms):
+        log.warning("round %d: an AML validation histogram of the wrong length; no calibration this round", rnd)
+        return None
+    try:
+        return Calibration.fit(histograms).__dict__
+    except CalibrationError as err:
+        log.warning("round %d: no AML calibration: %s", rnd, err)
+        return None
 
 
 def _claimed_banks(replies: list[Message]) -> dict:
