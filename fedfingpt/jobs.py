@@ -78,7 +78,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
         rows_used = mix[:needed] if t.max_steps and needed < len(mix) else mix  # shuffled: a prefix is a sample
         encoded = encode_sentiment(tok, rows_used, cfg.data.max_length)
         log.info("sentiment: %d examples of %d in the mix", len(encoded), len(mix))
-    aml_test = []
+    aml_test, aml_val = [], []
     if "aml" in cfg.data.tasks:  # centralized AML: every bank's training cases pooled (the federation's ceiling)
         from .common.bank_rows import aml_examples
         from .common.tasks.aml_scenario import aml_split, held_out_sample
@@ -89,6 +89,7 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
         log.info("AML: %d cases of %d banks (%s) as %d examples", len(cases), len(split.banks), split.source, len(aml))
         encoded = encoded + aml
         aml_test = held_out_sample(cfg.data, cfg.federation.num_banks)
+        aml_val = split.val  # per bank (data.aml.val_share): the risk score's calibration
     log.info("training on %d examples (%s); %s", len(encoded), "+".join(cfg.data.tasks), out_dir)
 
     quick_sets = ({k: v for k, v in load_test_sets(cfg, splits, t.eval_limit).items() if k in ("fpb", "tfns")}
@@ -114,6 +115,8 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
         model, out_dir / "adapter", base_id=loaded.base_id, base_sha256=loaded.base_sha256,
         extra={"config": cfg.training_job(), "train": train_info},
     )
+    if any(aml_val):
+        save_aml_calibration(model, tok, cfg, aml_val, adapter_dir)
     rows = evaluate_tasks(model, tok, cfg.data, load_test_sets(cfg, splits, cfg.data.eval_limit) if sentiment else {},
                           aml_test, cfg.eval, progress=progress)
     for r in rows:
@@ -130,6 +133,29 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
     write_text_atomic(out_dir / "config.yaml", _yaml(cfg))
     return {"out_dir": str(out_dir), "adapter": str(adapter_dir), "metrics": str(json_path), "table": str(md_path),
             "plot": str(out_dir / "report.png"), "rows": rows, **extra}
+
+
+def save_aml_calibration(model, tokenizer, cfg: Config, val: list[list], adapter_dir: Path) -> None:
+    """Fit the risk score's calibration on the validation cases (one histogram per bank, as a federation does) and
+    save it beside the adapter, where the inference service reads it; a fit the cases cannot give is logged."""
+    from .common.evaluate import score_aml
+    from .common.tasks.aml_calibration import Calibration, CalibrationError, score_histogram
+
+    ecfg = cfg.eval.model_copy(update={"method": "likelihood"})
+    hists = []
+    for cases in val:
+        if cases:
+            p, _ = score_aml(model, tokenizer, cases, ecfg, max_length=cfg.data.max_length,
+                             max_lines=cfg.data.aml.max_lines, typology=False)
+            hists.append(score_histogram(p, [c.suspicious for c in cases]))
+    try:
+        cal = Calibration.fit(hists)
+    except CalibrationError as err:
+        log.warning("no AML calibration saved: %s", err)
+        return
+    cal.save(adapter_dir)
+    log.info("AML risk calibration (%d validation cases): threshold %.3f, validation F1 %.3f", cal.n_positive +
+             cal.n_negative, cal.threshold, cal.validation_f1)
 
 
 def run_eval(cfg: Config, adapter: str | Path | None = None, out: str | Path | None = None,

@@ -3,6 +3,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -110,10 +111,14 @@ def test_centralized_training_pools_every_banks_aml_cases(tiny_config, data_dir,
     raw["data"].update({"data_dir": str(data_dir), "tasks": ["sentiment", "aml"], "max_length": 160,
                         "eval_sets": ["fpb"], "eval_limit": 6,
                         "aml": {"generator": {"accounts_per_bank": 40, "laundering_rate": 0.2}, "eval_limit": 8,
-                                "max_lines": 4, "mix": 0.5}})
+                                "max_lines": 4, "mix": 0.5, "val_share": 0.3}})
     raw["training"].update({"max_steps": 2, "eval_every": None})
     out = run_train(config_from_dict(raw), tmp_path / "train", progress=False)
     assert [r["dataset"] for r in out["rows"]] == ["fpb", "aml"]
     aml = out["rows"][1]
     assert aml["n"] == 8 and 0 <= aml["f1"] <= 1 and aml["recall_by_typology"]
     assert "| aml |" in (tmp_path / "train" / "metrics.md").read_text()
+    from fedfingpt.common.tasks.aml_calibration import Calibration
+
+    cal = Calibration.load(Path(out["adapter"]))  # fitted on the pooled banks' validation cases, beside the adapter
+    assert cal is not None and 0 < cal.threshold < 1 and cal.n_positive > 0 and cal.n_negative > 0
