@@ -74,9 +74,26 @@ def trees_cell(cfg, cases, test, seed: int) -> dict:
             "threshold": round(model.threshold, 4), "trees": model.booster.num_trees()}
 
 
-def trained_cell(cfg, cases, val: list, steps: int, test, seed_offset: int, reasons: list) -> dict:
+def trained_cell(cfg, cases, val: list, steps: int, test, seed_offset: int, reasons: list,
+                 curve: list | None = None) -> dict:
     """The one training loop on `cases` for `steps` steps (cosine from training.lr), then the held-out score with
-    the risk score calibrated (and the threshold tuned) on `val`, one list of validation cases per bank."""
+    the risk score calibrated (and the threshold tuned) on `val`, one list of validation cases per bank. With
+    `curve` (validation cases), PR-AUC and ROC-AUC on them every steps/4 steps: whether the decision is being learnt."""
+    from fedfingpt.common.evaluate import score_aml
+    from fedfingpt.common.metrics import binary_intervals
+
+    points: list[dict] = []
+
+    def periodic(step: int) -> dict:
+        p, _ = score_aml(model, loaded.tokenizer, curve, cfg.eval.model_copy(update={"method": "likelihood"}),
+                         max_length=cfg.data.max_length, max_lines=cfg.data.aml.max_lines, typology=False)
+        r = aml_report([c.typology for c in curve], [float(x) for x in p], [None] * len(curve), threshold=0.5)
+        ci = binary_intervals([int(c.suspicious) for c in curve], [float(x) for x in p], 0.5, seed=cfg.training.seed)
+        points.append({"step": step, "pr_auc": round(r["pr_auc"], 4), "pr_auc_ci95": _ci(ci["pr_auc"]),
+                       "roc_auc": round(r["roc_auc"], 4), "mean_p": round(float(np.mean(p)), 4)})
+        log.info("curve step %d: %s", step, points[-1])
+        return points[-1]
+
     t0 = time.perf_counter()
     with TreeRSS() as rss:
         model, loaded = fresh_model(cfg)
@@ -84,16 +101,17 @@ def trained_cell(cfg, cases, val: list, steps: int, test, seed_offset: int, reas
                          decision_weight=cfg.data.aml.decision_weight)
         log.info("%d training cases, %.0f tokens each on average (data.max_length %d)", len(enc),
                  np.mean([len(e) for e in enc]), cfg.data.max_length)
-        tcfg = cfg.training.model_copy(update={"max_steps": steps, "epochs": None, "eval_every": None,
+        tcfg = cfg.training.model_copy(update={"max_steps": steps, "epochs": None,
+                                               "eval_every": max(1, steps // 4) if curve else None,
                                                "warmup_ratio": 0.0, "seed": cfg.training.seed + seed_offset,
                                                "log_every": max(1, steps // 8)})
-        t_train = time.perf_counter()
-        train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False,
-              on_log=lambda s, l: log.info("step %d/%d loss %.4f", s, steps, l))
-        train_s = time.perf_counter() - t_train
+        result = train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False,
+                       eval_fn=periodic if curve else None,
+                       on_log=lambda s, l: log.info("step %d/%d loss %.4f", s, steps, l))
+        train_s = result.wall_s  # without the curve's evaluations
         r = score(model, loaded, cfg, test, val, reasons)
     return {**scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20), **extras(r),
-            "s_per_step": round(train_s / steps, 2)}
+            "s_per_step": round(train_s / steps, 2), "losses": result.losses, **({"curve": points} if curve else {})}
 
 
 def extras(r: dict) -> dict:
@@ -196,6 +214,8 @@ def main() -> None:
                     "same cases, and the results say it is a sample); default all")
     ap.add_argument("--local-banks", default=None, help="comma-separated banks whose local-only adapter cells run "
                     "(default all)")
+    ap.add_argument("--curve-cases", type=int, default=120, help="validation cases (a seeded sample) scored every "
+                    "quarter of the centralized training: the learning curve of the decision (0 = none)")
     ap.add_argument("--reasons", type=int, default=40, help="held-out cases whose generated replies are checked "
                     "for faithful reasons, per adapter cell (seeded, half laundering)")
     args = ap.parse_args()
@@ -258,8 +278,10 @@ def main() -> None:
         save("federated", federated_cell(cfg, test, work, val, reasons))
     if "centralized" in wanted and "centralized" not in cells:
         pooled = [c for bank in split.train for c in bank]
+        val_all = [c for bank in val for c in bank]
+        curve = test_sample(val_all, args.curve_cases, cfg.data.seed) if args.curve_cases else None
         save("centralized", trained_cell(cfg, pooled, val, f.num_banks * per_bank, test, seed_offset=100,
-                                         reasons=reasons))
+                                         reasons=reasons, curve=curve))
     write(args, cfg, split, test, cells, time.perf_counter() - t_all)
     log.info("wrote %s.{json,md,png}", args.out)
 
