@@ -33,7 +33,7 @@ import torch
 
 from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
-from fedfingpt.common.config import load_config
+from fedfingpt.common.config import load_config, parse_override
 from fedfingpt.common.metrics import aml_report
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results, write_text_atomic
 from fedfingpt.common.tasks.aml import TYPOLOGIES, encode_aml
@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--test-sample", type=int, default=None,
                     help="score a seeded sample of this many held-out cases (stratified by typology; every cell the "
                     "same cases, and the results say it is a sample); default all")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key after the world's (e.g. data.aml.decision_weight=50); the cell "
+                    "cache refuses a folder of other settings: give --work and --out too")
     ap.add_argument("--local-banks", default=None, help="comma-separated banks whose local-only adapter cells run "
                     "(default all)")
     ap.add_argument("--curve-cases", type=int, default=120, help="validation cases (a seeded sample) scored every "
@@ -230,7 +233,7 @@ def main() -> None:
     t_all = time.perf_counter()
     cfg = load_config(args.config, {"federation.resume": False, "federation.server_eval_every": 0,
                                     "federation.strategy": "fedavg",  # the plain federated baseline
-                                    **WORLDS[args.world]})
+                                    **WORLDS[args.world], **dict(parse_override(o) for o in args.set)})
     f = cfg.federation
     split = aml_split(cfg.data, f.num_banks)
     test = split.test if not args.test_sample else test_sample(split.test, args.test_sample, cfg.data.seed)
@@ -345,10 +348,11 @@ def plot(rows: list[dict], unseen: list[str], typs: list[str], path: Path, bank:
     width = 0.8 / max(1, len(show))
     for i, r in enumerate(show):
         ax.bar(np.arange(len(typs)) + i * width, [r["recall_by_typology"].get(t, 0) for t in typs], width,
-               label=r["setting"])
+               label=f"{r['setting']} (alert rate {r['alert_rate']:.2f})")
     ax.set_xticks(np.arange(len(typs)) + 0.4 - width / 2, [t + ("*" if t in unseen else "") for t in typs],
                   rotation=20, fontsize=8)
-    ax.set(ylim=(0, 1.05), ylabel="recall", title=f"AML recall per typology (* = never in bank {bank}'s training)")
+    ax.set(ylim=(0, 1.05), ylabel="recall", title=f"AML recall per typology (* = never in bank {bank}'s training); "
+           "a high alert rate buys recall")
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
