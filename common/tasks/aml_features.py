@@ -97,10 +97,14 @@ def features_text(case: AmlCase, reporting_threshold: float = 10_000.0) -> str:
     return "Features: " + "; ".join(facts(case, reporting_threshold)) + "."
 
 
-# the clauses (by their place in `facts`) a reason for each typology cites: the evidence that shape leaves
-_EVIDENCE = {"fan_in": (1, 0), "fan_out": (2, 0), "cycle": (10, 3), "scatter_gather": (1, 2, 0),
-             "gather_scatter": (1, 2, 0), "bipartite": (1, 2, 3), "stack": (3, 0), "random": (3, 0),
-             "structuring": (7, 0), "none": (0, 3, 11)}
+# the names of `facts`' clauses, in order, and the ones a reason for each typology cites: the evidence it leaves
+FACT_NAMES = ("span", "in_degree", "out_degree", "counterparties", "total", "median", "max", "near_threshold",
+              "cross_border", "offshore", "cycle", "rules")
+_EVIDENCE = {"fan_in": ("in_degree", "span"), "fan_out": ("out_degree", "span"), "cycle": ("cycle", "counterparties"),
+             "scatter_gather": ("in_degree", "out_degree", "span"), "gather_scatter": ("in_degree", "out_degree", "span"),
+             "bipartite": ("in_degree", "out_degree", "counterparties"), "stack": ("counterparties", "span"),
+             "random": ("counterparties", "span"), "structuring": ("near_threshold", "span"),
+             "none": ("span", "counterparties", "rules")}
 REASON_SEPARATOR = "; "
 
 
@@ -109,11 +113,11 @@ def evidence_reason(case: AmlCase, typology: str, reporting_threshold: float = 1
     leaves, plus cross-border and offshore hops where there are any (for a suspicious case)."""
     from .aml import NONE
 
-    fs = facts(case, reporting_threshold)
+    fs = dict(zip(FACT_NAMES, facts(case, reporting_threshold)))
     picks = list(_EVIDENCE[typology])
     if typology != NONE:
-        picks += [i for i in (8, 9) if not fs[i].startswith("0 ")]
-    return REASON_SEPARATOR.join(fs[i] for i in picks)
+        picks += [k for k in ("cross_border", "offshore") if not fs[k].startswith("0 ")]
+    return REASON_SEPARATOR.join(fs[k] for k in picks)
 
 
 def reason_problems(case: AmlCase, reason: str, reporting_threshold: float = 10_000.0) -> list[str]:
