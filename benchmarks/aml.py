@@ -122,19 +122,14 @@ def score(model, loaded, cfg, test, val: list, reasons: list) -> dict:
     """Scores on the held-out cases: P(suspicious) calibrated on the banks' validation histograms (each bank's
     counts only, summed: common/tasks/aml_calibration.py), flagged at the calibration's F1-best threshold; the
     uncalibrated P at 0.5 beside it; and the generated replies' reasons checked on `reasons`."""
-    from fedfingpt.common.evaluate import check_aml_reasons, score_aml
+    from fedfingpt.common.evaluate import check_aml_reasons, fit_aml_calibration, score_aml
     from fedfingpt.common.metrics import expected_calibration_error
-    from fedfingpt.common.tasks.aml_calibration import Calibration, score_histogram
 
     ecfg = cfg.eval.model_copy(update={"method": "likelihood"})
-    kw = {"max_length": cfg.data.max_length, "max_lines": cfg.data.aml.max_lines, "typology": False}
-    hists = []
-    for bank in val:
-        p_val, _ = score_aml(model, loaded.tokenizer, bank, ecfg, **kw)
-        hists.append(score_histogram(p_val, [c.suspicious for c in bank]))
-    cal = Calibration.fit(hists)
+    kw = {"max_length": cfg.data.max_length, "max_lines": cfg.data.aml.max_lines}
+    cal = fit_aml_calibration(model, loaded.tokenizer, val, cfg.eval, **kw)
     t0 = time.perf_counter()
-    p, _ = score_aml(model, loaded.tokenizer, test, ecfg, **kw)
+    p, _ = score_aml(model, loaded.tokenizer, test, ecfg, **kw, typology=False)
     eval_s = time.perf_counter() - t0
     q = np.asarray(cal.probability(p))
     y = [c.suspicious for c in test]

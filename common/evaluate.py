@@ -173,6 +173,22 @@ def evaluate_aml(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_leng
             "scores": [round(float(x), 5) for x in p]}
 
 
+def fit_aml_calibration(model, tokenizer, val: Sequence[Sequence], cfg: EvalConfig, *, max_length: int,
+                        max_lines: int):
+    """The risk score's calibration from validation cases, one list per bank: each bank's scores become its
+    histogram (what a bank would send) and the fit reads their sum (common/tasks/aml_calibration.py). Raises
+    CalibrationError where the cases cannot give one."""
+    from .tasks.aml_calibration import Calibration, score_histogram
+
+    ecfg = cfg.model_copy(update={"method": "likelihood"})
+    hists = []
+    for cases in val:
+        if cases:
+            p, _ = score_aml(model, tokenizer, cases, ecfg, max_length=max_length, max_lines=max_lines, typology=False)
+            hists.append(score_histogram(p, [c.suspicious for c in cases]))
+    return Calibration.fit(hists)
+
+
 def check_aml_reasons(model, tokenizer, cases: Sequence, cfg: EvalConfig, *, max_length: int, max_lines: int,
                       max_new_tokens: int = 96) -> dict:
     """Generate the model's reply to each case and check it: strict JSON (`parse_answer`) and a reason whose every

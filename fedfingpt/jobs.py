@@ -138,18 +138,12 @@ def run_train(cfg: Config, out: str | Path | None = None, progress: bool = True)
 def save_aml_calibration(model, tokenizer, cfg: Config, val: list[list], adapter_dir: Path) -> None:
     """Fit the risk score's calibration on the validation cases (one histogram per bank, as a federation does) and
     save it beside the adapter, where the inference service reads it; a fit the cases cannot give is logged."""
-    from .common.evaluate import score_aml
-    from .common.tasks.aml_calibration import Calibration, CalibrationError, score_histogram
+    from .common.evaluate import fit_aml_calibration
+    from .common.tasks.aml_calibration import CalibrationError
 
-    ecfg = cfg.eval.model_copy(update={"method": "likelihood"})
-    hists = []
-    for cases in val:
-        if cases:
-            p, _ = score_aml(model, tokenizer, cases, ecfg, max_length=cfg.data.max_length,
-                             max_lines=cfg.data.aml.max_lines, typology=False)
-            hists.append(score_histogram(p, [c.suspicious for c in cases]))
     try:
-        cal = Calibration.fit(hists)
+        cal = fit_aml_calibration(model, tokenizer, val, cfg.eval, max_length=cfg.data.max_length,
+                                  max_lines=cfg.data.aml.max_lines)
     except CalibrationError as err:
         log.warning("no AML calibration saved: %s", err)
         return
