@@ -1,12 +1,26 @@
-"""Every LoRA aggregation strategy side by side on SmolLM2-135M-Instruct, 5 banks, under Dirichlet label skew
-(alpha 0.1, 0.5, 1.0) and source skew, with centralized training on the union of the banks' rows as the ceiling.
+"""Every LoRA aggregation strategy side by side on SmolLM2-135M-Instruct, 5 banks, under label skew (iid, Dirichlet
+alpha 1.0, 0.5, 0.1) and source skew, with centralized training on the union of the banks' rows as the ceiling, over
+one or several seeds, with each strategy's server settings as given (a sweep) or as a sweep chose them (--tuned).
 
-Every cell trains the same steps (rounds x local steps x banks); the server scores the final global adapter on a
-seeded sample of FPB test and TFNS valid. FedSA-LoRA has no global model: its row is the mean over banks of each
-bank's own model (shared A + the bank's B) on the same rows. Cells are cached in the run folder, so an interrupted
-benchmark continues where it stopped; the result files are rewritten after every cell.
-Writes benchmarks/results/aggregation.{json,md,png}.
-Usage: python benchmarks/aggregation.py [--partitions dirichlet-0.1,source] [--strategies fedavg,ffa_lora]
+Every cell trains the same budget: rounds x local steps x banks optimizer steps of the same batch (centralized sees
+as many examples). A seed moves the partition, the initial adapter and every bank's data order together; the test
+rows stay the same, so cells compare row by row. The benchmark scores each final adapter itself and keeps every
+prediction: a cell's weighted F1 has a bootstrap 95 % interval over the test rows (seeds averaged inside each
+resample), and each strategy is compared with FedAvg under the same partition by a paired bootstrap over the same
+rows and seeds (difference, its interval, a two-sided p); an interval that holds 0 is reported as a tie, not ranked.
+FedSA-LoRA has no global model: its figures are the mean over banks of each bank's own model (shared A + its B).
+
+A strategy is named with optional server settings, `NAME@KEY=VALUE:KEY=VALUE` (keys of
+federation.aggregation, e.g. `fedadam@adaptive_lr=1e-3:tau=1e-3`); with several settings of one strategy under one
+partition the results name the best (`best` in the JSON), which `--tuned FILE` hands to a later grid. Cells are cached
+in the work folder, so an interrupted run continues where it stopped; the result files are rewritten after every cell.
+Writes OUT.{json,md,png} (default benchmarks/results/aggregation).
+
+Usage:
+  python benchmarks/aggregation.py --partitions dirichlet-0.5 --strategies fedavg,fedadam,fedadam@adaptive_lr=1e-3 \\
+      --rounds 5 --local-steps 4 --eval-rows 400 --work runs/benchmarks/aggregation_sweep \\
+      --out benchmarks/results/aggregation_sweep
+  python benchmarks/aggregation.py --tuned benchmarks/results/aggregation_sweep.json --seeds 0,1,2 --eval-rows 0
 """
 
 from __future__ import annotations
@@ -21,29 +35,85 @@ import torch
 from fedfingpt.simulations.bank_folders import simulated_bank_rows
 from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
-from fedfingpt.common.config import load_config
+from fedfingpt.common.config import AggregationConfig, load_config
 from fedfingpt.server.strategies import STRATEGY_NAMES
 from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
-from fedfingpt.common.report import TreeRSS, machine_info, save_figure, write_results
+from fedfingpt.common.metrics import weighted_f1_from_indices
+from fedfingpt.common.report import TreeRSS, machine_info, save_figure
 from fedfingpt.common.tasks.sentiment import encode_sentiment
-from fedfingpt.common.tasks.sentiment_data import sentiment_splits
+from fedfingpt.common.tasks.sentiment_data import LABELS as CLASSES, sentiment_splits
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, federation_args, fresh_model# benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, federation_args, finish_results, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
-PARTITIONS = {"dirichlet-0.1": {"kind": "dirichlet", "alpha": 0.1}, "dirichlet-0.5": {"kind": "dirichlet", "alpha": 0.5},
-              "dirichlet-1.0": {"kind": "dirichlet", "alpha": 1.0}, "source": {"kind": "source"}}
+PARTITIONS = {"iid": {"kind": "iid"}, "dirichlet-1.0": {"kind": "dirichlet", "alpha": 1.0},
+              "dirichlet-0.5": {"kind": "dirichlet", "alpha": 0.5}, "dirichlet-0.1": {"kind": "dirichlet", "alpha": 0.1},
+              "source": {"kind": "source"}}
 HETLORA_RANKS = {0: 4, 1: 4}  # two banks with small machines train rank 4; the others the global rank 8
+SETS = ("fpb", "tfns")
+RESAMPLES = 1000
+SEED_BASE = 42  # seed s: partition seed and training seed (initial adapter, data order) 42 + s
+LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+          "ffa_lora": "FFA-LoRA", "fedsa_lora": "FedSA-LoRA (own B)", "fedex_lora": "FedEx-LoRA (exact)",
+          "hetlora": "HetLoRA (ranks 4,4,8,8,8)", "median": "Median", "trimmed_mean": "Trimmed mean",
+          "norm_bound": "Norm bound"}
 
 
-def score(model, tok, tests, cfg) -> dict:
+# --- naming a strategy with its server settings ------------------------------------------------------------------
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'fedadam@adaptive_lr=1e-3:tau=1e-3' -> ('fedadam', {'adaptive_lr': 0.001, 'tau': 0.001}); names and keys are
+    checked so that a typo fails before hours of training, not after."""
+    name, _, rest = spec.strip().partition("@")
+    if name not in STRATEGY_NAMES:
+        raise SystemExit(f"--strategies: unknown strategy {name!r} in {spec!r}; known: {', '.join(STRATEGY_NAMES)}")
+    overrides: dict = {}
+    for item in filter(None, rest.split(":")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in AggregationConfig.model_fields:
+            raise SystemExit(f"--strategies: {item!r} in {spec!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(AggregationConfig.model_fields)}")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise SystemExit(f"--strategies: {key}={value!r} in {spec!r} is not a number") from None
+    return name, overrides
+
+
+def spec_key(name: str, overrides: dict) -> str:
+    """The canonical cell name: keys sorted, numbers in shortest form."""
+    return name + ("@" + ":".join(f"{k}={v:g}" for k, v in sorted(overrides.items())) if overrides else "")
+
+
+def spec_label(name: str, overrides: dict, tuned: bool = False) -> str:
+    label = LABELS.get(name, name)
+    if overrides:
+        label += " (" + ", ".join(f"{k} {v:g}" for k, v in sorted(overrides.items())) + ")"
+    return label + (" tuned" if tuned else "")
+
+
+# --- cells --------------------------------------------------------------------------------------------------------
+
+def predictions(model, tok, tests, cfg) -> dict:
+    """Each test set's predicted class indices as a string ('0' negative, '1' neutral, '2' positive, in CLASSES
+    order), plus its weighted F1."""
     rows = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
-                              max_length=cfg.data.max_length, progress=False)
-    return {**{r["dataset"]: r["weighted_f1"] for r in rows}, **{f"{r['dataset']}_macro": r["macro_f1"] for r in rows}}
+                              max_length=cfg.data.max_length, progress=False, keep_predictions=True)
+    out = {}
+    for r in rows:
+        out[r["dataset"]] = r["weighted_f1"]
+        out[f"{r['dataset']}_pred"] = "".join(str(CLASSES.index(p)) for p in r["predictions"])
+    return out
 
+
+def seeded(cfg, seed: int):
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.partition.seed = SEED_BASE + seed
+    cfg.training.seed = SEED_BASE + seed
+    return cfg
 
 
 def centralized(cfg, banks: int, total_steps: int, tests) -> dict:
@@ -54,8 +124,9 @@ def centralized(cfg, banks: int, total_steps: int, tests) -> dict:
     t0 = time.perf_counter()
     with TreeRSS() as rss:
         train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False)
-        s = score(model, loaded.tokenizer, tests, cfg)
-    return {**s, "mb_up": 0.0, "mb_down": 0.0, "wall_s": round(time.perf_counter() - t0, 1),
+        train_s = time.perf_counter() - t0
+        s = predictions(model, loaded.tokenizer, tests, cfg)
+    return {**s, "mb_up": 0.0, "mb_down": 0.0, "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "peak_rss_mb": round(rss.peak / 2**20)}
 
 
@@ -63,212 +134,277 @@ def federated(cfg, run_dir: Path, tests) -> dict:
     t0 = time.perf_counter()
     with TreeRSS() as rss:
         out = simulate(cfg, run_dir, progress=False)
-    wall = time.perf_counter() - t0
-    trains = [h["train"] for h in out["history"] if h.get("train")]
-    if not any(t["banks"] for t in trains):
-        raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
-    up = np.mean([b["bytes_up"] for t in trains for b in t["banks"]]) / 1e6
-    down = np.mean([b["bytes_down"] for t in trains for b in t["banks"]]) / 1e6
-    cell = {"mb_up": round(float(up), 3), "mb_down": round(float(down), 3), "wall_s": round(wall, 1),
-            "peak_rss_mb": round(rss.peak / 2**20), "dropped": sum(len(t["dropped"]) for t in trains),
-            "curve_loss": [round(sum(b["train_loss"] * b["num_examples"] for b in t["banks"])
-                                 / sum(b["num_examples"] for b in t["banks"]), 4) if t["banks"] else None
-                           for t in trains]}
-    last = out["history"][-1]
-    if last["eval"]:
-        cell.update({e["dataset"]: e["weighted_f1"] for e in last["eval"]})
-        cell.update({f"{e['dataset']}_macro": e["macro_f1"] for e in last["eval"]})
-    else:  # FedSA-LoRA: each bank's own model, scored on the same rows
+        train_s = time.perf_counter() - t0
+        trains = [h["train"] for h in out["history"] if h.get("train")]
+        if not any(t["banks"] for t in trains):
+            raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
         model, loaded = fresh_model(cfg)
         rnd, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
         set_lora_arrays(model, peft_names_to_ours(saved, list(get_lora_arrays(model))), source=f"round {rnd}")
         per_bank = []
-        for b in range(cfg.federation.num_banks):
-            z = np.load(run_dir / "banks" / f"bank-{b}" / "local_lora_B.npz")
-            set_lora_arrays(model, {k: z[k] for k in z.files if k != "__round"}, source=f"bank {b} B", partial=True)
-            per_bank.append(score(model, loaded.tokenizer, tests, cfg))
-        cell.update({k: float(np.mean([p[k] for p in per_bank])) for k in ("fpb", "tfns")})
-        cell.update({f"{k}_macro": float(np.mean([p[f"{k}_macro"] for p in per_bank])) for k in ("fpb", "tfns")})
-        cell["per_bank"] = per_bank
+        if cfg.federation.strategy != "fedsa_lora":
+            scores = predictions(model, loaded.tokenizer, tests, cfg)
+        else:  # each bank's own model on the same rows: every bank's predictions kept, the F1 the banks' mean
+            for b in range(cfg.federation.num_banks):
+                z = np.load(run_dir / "banks" / f"bank-{b}" / "local_lora_B.npz")
+                set_lora_arrays(model, {k: z[k] for k in z.files if k != "__round"}, source=f"bank {b} B", partial=True)
+                per_bank.append(predictions(model, loaded.tokenizer, tests, cfg))
+            scores = {**{k: float(np.mean([p[k] for p in per_bank])) for k in SETS},
+                      **{f"{k}_pred": [p[f"{k}_pred"] for p in per_bank] for k in SETS}}
+    up = np.mean([b["bytes_up"] for t in trains for b in t["banks"]]) / 1e6
+    down = np.mean([b["bytes_down"] for t in trains for b in t["banks"]]) / 1e6
+    cell = {**scores, "mb_up": round(float(up), 3), "mb_down": round(float(down), 3), "train_s": round(train_s, 1),
+            "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(rss.peak / 2**20),
+            "dropped": sum(len(t["dropped"]) for t in trains),
+            "curve_loss": [round(sum(b["train_loss"] * b["num_examples"] for b in t["banks"])
+                                 / sum(b["num_examples"] for b in t["banks"]), 4) if t["banks"] else None
+                           for t in trains]}
+    if per_bank:
+        cell["per_bank"] = [{k: p[k] for k in SETS} for p in per_bank]
     return cell
 
 
+# --- statistics over rows and seeds ---------------------------------------------------------------------------------
+
+class Stats:
+    """Bootstrap resamples of the test rows (one seeded draw shared by every cell, so comparisons are paired)."""
+
+    def __init__(self, tests: dict) -> None:
+        rng = np.random.default_rng(0)
+        self.truth = {k: np.array([CLASSES.index(r.label) for r in v]) for k, v in tests.items()}
+        self.rows = {k: rng.integers(0, len(t), size=(RESAMPLES, len(t))) for k, t in self.truth.items()}
+
+    def resampled(self, cells: list[dict]) -> np.ndarray:
+        """Per resample: the mean over the given seeds' cells of the mean over FPB and TFNS of the weighted F1 (a
+        personalised cell, one prediction string per bank: the banks' mean)."""
+        out = np.zeros(RESAMPLES)
+        for k in SETS:
+            t = self.truth[k][self.rows[k]]
+            for c in cells:
+                preds = c[f"{k}_pred"] if isinstance(c[f"{k}_pred"], list) else [c[f"{k}_pred"]]
+                for p in preds:
+                    pred = np.frombuffer(p.encode(), dtype=np.uint8) - ord("0")
+                    if len(pred) != len(self.truth[k]):
+                        raise SystemExit(f"a cached cell scored {len(pred)} {k} rows, this run {len(self.truth[k])}: "
+                                         "its test rows differ; use another --work")
+                    out += weighted_f1_from_indices(t, pred[self.rows[k]], len(CLASSES)) / len(preds)
+        return out / (len(SETS) * len(cells))
+
+
+def summarise(cells: dict, stats: Stats, args, tuned: dict) -> tuple[list[dict], dict]:
+    """One row per (partition, strategy setting) over its seeds; the best setting per strategy and partition."""
+    groups: dict[tuple[str, str], dict[int, dict]] = {}
+    for key, cell in cells.items():
+        part, spec, seed = key.split("|")
+        groups.setdefault((part, spec), {})[int(seed.lstrip("s"))] = cell
+    rows, best = [], {}
+    for (part, spec), by_seed in groups.items():
+        seeds = sorted(by_seed)
+        name, overrides = parse_spec(spec) if spec != "centralized" else ("centralized", {})
+        means = [(by_seed[s]["fpb"] + by_seed[s]["tfns"]) / 2 for s in seeds]
+        boot = stats.resampled([by_seed[s] for s in seeds])
+        row = {"partition": part, "strategy": "centralized (ceiling)" if spec == "centralized" else
+               spec_label(name, overrides, tuned=name in tuned and tuned[name] == overrides and bool(overrides)),
+               "spec": spec, "seeds": len(seeds),
+               "fpb_wf1": float(np.mean([by_seed[s]["fpb"] for s in seeds])),
+               "tfns_wf1": float(np.mean([by_seed[s]["tfns"] for s in seeds])),
+               "mean_wf1": float(np.mean(means)), "seed_sd": float(np.std(means, ddof=1)) if len(seeds) > 1 else None,
+               "mean_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])]}
+        ref = groups.get((part, "fedavg"))
+        common = [s for s in seeds if ref and s in ref]
+        if spec not in ("fedavg", "centralized") and common:
+            d = stats.resampled([by_seed[s] for s in common]) - stats.resampled([ref[s] for s in common])
+            lo, hi = np.quantile(d, [0.025, 0.975])
+            point = np.mean([(by_seed[s]["fpb"] + by_seed[s]["tfns"] - ref[s]["fpb"] - ref[s]["tfns"]) / 2
+                             for s in common])
+            row.update({"vs_fedavg": float(point), "vs_fedavg_ci95": [round(float(lo), 4), round(float(hi), 4)],
+                        "p_vs_fedavg": float(min(1.0, 2 * (min((d < 0).mean(), (d > 0).mean()) + (d == 0).mean() / 2))),
+                        "vs_fedavg_verdict": "tie" if lo <= 0 <= hi else ("better" if lo > 0 else "worse")})
+        cells0 = [by_seed[s] for s in seeds]
+        for k in ("mb_up", "mb_down", "train_s", "wall_s", "peak_rss_mb"):
+            row[k] = float(np.mean([c[k] for c in cells0]))
+        row["cpu_min"] = row["train_s"] * args.cpus / 60
+        rows.append(row)
+        settings = {s for p, s in groups if p == part and s.split("@")[0] == name}
+        if spec != "centralized" and len(settings) > 1:  # a swept strategy: keep its best setting
+            b = best.setdefault(part, {})
+            if name not in b or row["mean_wf1"] > b[name]["mean_wf1"]:
+                b[name] = {"overrides": overrides, "mean_wf1": row["mean_wf1"], "spec": spec}
+    order = {p: i for i, p in enumerate(["-", *PARTITIONS])}
+    rows.sort(key=lambda r: (order.get(r["partition"], 99), -r["mean_wf1"]))
+    return rows, best
+
+
+def floor_row(tests: dict) -> dict:
+    from fedfingpt.common.metrics import classification_report
+
+    f = {k: classification_report([r.label for r in v], ["neutral"] * len(v), CLASSES)["weighted_f1"]
+         for k, v in tests.items()}
+    return {"partition": "-", "strategy": "always 'neutral' (floor)", "fpb_wf1": f["fpb"], "tfns_wf1": f["tfns"],
+            "mean_wf1": (f["fpb"] + f["tfns"]) / 2}
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+
 def main() -> None:
     ap = benchmark_parser("aggregation", __doc__, config="federated.yaml")
-    federation_args(ap, banks=5, rounds=4, local_steps=3, lr=1e-3)
+    federation_args(ap, banks=5, rounds=4, local_steps=3, eval_rows=400)
+    ap.add_argument("--lr", type=float, default=None, help="client learning rate (default: the config's)")
     ap.add_argument("--partitions", default=",".join(PARTITIONS))
-    ap.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
+    ap.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
+                    help="comma-separated NAME or NAME@KEY=VALUE:KEY=VALUE (federation.aggregation keys)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seed offsets (partition, adapter, data order)")
+    ap.add_argument("--tuned", default=None, help="a sweep's results JSON: plain strategy names take its best "
+                    "settings (chosen under the sweep's partition)")
     ap.add_argument("--client-cpus", type=float, default=2.0, help="2: banks train one at a time with 2 threads")
+    ap.add_argument("--cpus", type=int, default=2, help="threads each training process uses (CPU-minutes)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.cpus)
     t_all = time.perf_counter()
-    base = load_config(args.config, {
+    overrides = {
         "federation.num_banks": args.banks, "federation.rounds": args.rounds, "federation.local_steps": args.local_steps,
         "federation.client_eval": False, "federation.resume": False, "federation.min_banks": args.banks - 1,
-        "federation.server_eval_limit": args.eval_rows, "federation.server_eval_every": 0, "training.lr": args.lr,
+        "federation.server_eval_sets": [],  # the benchmark scores the final adapter itself, keeping predictions
         "federation.client_cpus": args.client_cpus,
         "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
-    })
+    }
+    if args.lr is not None:
+        overrides["training.lr"] = args.lr
+    base = load_config(args.config, overrides)
+    tuned: dict = {}
+    if args.tuned:
+        sweep = json.loads(Path(args.tuned).read_text())
+        tuned = {name: b["overrides"] for part in sweep.get("best", {}).values() for name, b in part.items()}
+    specs = []
+    for s in args.strategies.split(","):
+        name, ov = parse_spec(s)
+        specs.append((name, ov or tuned.get(name, {})))
+    seeds = [int(s) for s in args.seeds.split(",")]
     total_steps = args.banks * args.rounds * args.local_steps
     splits = sentiment_splits(base.data.data_dir)
-    tests = {k: sample_rows(splits["test"][k], args.eval_rows, base.data.seed) for k in ("fpb", "tfns")}
+    tests = {k: sample_rows(splits["test"][k], args.eval_rows or None, base.data.seed) for k in SETS}
+    stats = Stats(tests)
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     cache = CellCache(work, {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps,
-                             "lr": args.lr, "config": args.config, "eval_rows": args.eval_rows,
+                             "lr": base.training.lr, "config": Path(args.config).name, "eval_rows": args.eval_rows,
                              "client_cpus": args.client_cpus})
     cells = cache.cells
 
     def save_cell(key: str, cell: dict) -> None:
         cache.save(key, cell)
-        write(args, base, cells, total_steps, time.perf_counter() - t_all, work, tests)
+        write(args, base, cells, stats, tests, total_steps, tuned, time.perf_counter() - t_all)
 
-    if "centralized" not in cells:
-        log.info("centralized: %d steps on the union of the banks' rows", total_steps)
-        save_cell("centralized", centralized(base, args.banks, total_steps, tests))
-    for part in args.partitions.split(","):
-        for strategy in args.strategies.split(","):
-            key = f"{part}/{strategy}"
-            if key in cells:
-                continue
-            cfg = base.model_copy(deep=True)
-            cfg.name = f"agg-{part}-{strategy}"
-            cfg.federation.partition = cfg.federation.partition.model_copy(update=PARTITIONS[part])
-            cfg.federation.strategy = strategy
-            if strategy == "hetlora":
-                cfg.federation.aggregation.bank_ranks = dict(HETLORA_RANKS)
-            cfg = type(cfg).model_validate(cfg.model_dump())
-            log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks, args.rounds, args.local_steps)
-            cell = federated(cfg, work / cfg.name, tests)
-            log.info("%s: fpb %.3f tfns %.3f (%.0f s)", key, cell["fpb"], cell["tfns"], cell["wall_s"])
-            save_cell(key, cell)
-    write(args, base, cells, total_steps, time.perf_counter() - t_all, work, tests)
+    for seed in seeds:
+        key = f"-|centralized|s{seed}"
+        if key not in cells:
+            log.info("centralized, seed %d: %d steps on the union of the banks' rows", seed, total_steps)
+            save_cell(key, centralized(seeded(base, seed), args.banks, total_steps, tests))
+    for seed in seeds:
+        for part in args.partitions.split(","):
+            if part not in PARTITIONS:
+                raise SystemExit(f"--partitions: unknown {part!r}; known: {', '.join(PARTITIONS)}")
+            for name, ov in specs:
+                key = f"{part}|{spec_key(name, ov)}|s{seed}"
+                if key in cells:
+                    continue
+                cfg = seeded(base, seed)
+                cfg.name = f"agg-{part}-{spec_key(name, ov).replace('@', '-').replace(':', '-')}-s{seed}"
+                cfg.federation.partition = cfg.federation.partition.model_copy(update=PARTITIONS[part])
+                cfg.federation.strategy = name
+                cfg.federation.aggregation = cfg.federation.aggregation.model_copy(update=ov)
+                if name == "hetlora":
+                    cfg.federation.aggregation.bank_ranks = dict(HETLORA_RANKS)
+                cfg = type(cfg).model_validate(cfg.model_dump())
+                log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks, args.rounds, args.local_steps)
+                cell = federated(cfg, work / cfg.name, tests)
+                log.info("%s: fpb %.3f tfns %.3f (%.0f s)", key, cell["fpb"], cell["tfns"], cell["wall_s"])
+                save_cell(key, cell)
+    write(args, base, cells, stats, tests, total_steps, tuned, time.perf_counter() - t_all)
     log.info("wrote %s.{json,md,png}", args.out)
 
 
-LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-          "ffa_lora": "FFA-LoRA", "fedsa_lora": "FedSA-LoRA (own B)", "fedex_lora": "FedEx-LoRA (exact)",
-          "hetlora": "HetLoRA (ranks 4,4,8,8,8)", "median": "Median", "trimmed_mean": "Trimmed mean",
-          "norm_bound": "Norm bound"}
-
-
-def macro(cell: dict, key: str, work: Path, run: str):
-    """Macro F1 (cells cached before it was recorded: read back from the run's own report)."""
-    if f"{key}_macro" in cell:
-        return cell[f"{key}_macro"]
-    report = work / run / "federated.json"
-    if report.is_file():
-        for e in json.loads(report.read_text())["history"][-1]["eval"]:
-            if e["dataset"] == key:
-                return e["macro_f1"]
-    return None
-
-
-def write(args, base, cells: dict, total_steps: int, wall: float, work: Path, tests: dict) -> None:
-    from fedfingpt.common.metrics import classification_report
-    from fedfingpt.common.tasks.sentiment_data import LABELS as CLASSES
-
-    rows = []
-    # the floor: a model that answers "neutral" to everything (what label-skewed federations collapse to)
-    floor = {k: classification_report([r.label for r in v], ["neutral"] * len(v), CLASSES) for k, v in tests.items()}
-    rows.append({"strategy": "always 'neutral' (floor)", "partition": "-", "fpb_wf1": floor["fpb"]["weighted_f1"],
-                 "tfns_wf1": floor["tfns"]["weighted_f1"], "mean_wf1": (floor["fpb"]["weighted_f1"]
-                                                                         + floor["tfns"]["weighted_f1"]) / 2,
-                 "fpb_macro": floor["fpb"]["macro_f1"], "tfns_macro": floor["tfns"]["macro_f1"]})
-    c = cells.get("centralized")
-    if c:
-        rows.append({"strategy": "centralized (ceiling)", "partition": "-", "fpb_wf1": c["fpb"], "tfns_wf1": c["tfns"],
-                     "mean_wf1": (c["fpb"] + c["tfns"]) / 2, "fpb_macro": c.get("fpb_macro"),
-                     "tfns_macro": c.get("tfns_macro"), "mb_up": 0.0, "mb_down": 0.0, "wall_s": c["wall_s"],
-                     "peak_rss_mb": c["peak_rss_mb"]})
-    for key, cell in cells.items():
-        if key == "centralized":
-            continue
-        part, strategy = key.split("/")
-        run = f"agg-{part}-{strategy}"
-        rows.append({"strategy": LABELS.get(strategy, strategy), "partition": part, "fpb_wf1": cell["fpb"],
-                     "tfns_wf1": cell["tfns"], "mean_wf1": (cell["fpb"] + cell["tfns"]) / 2,
-                     "fpb_macro": macro(cell, "fpb", work, run), "tfns_macro": macro(cell, "tfns", work, run),
-                     "mb_up": cell["mb_up"],
-                     "mb_down": cell["mb_down"], "wall_s": cell["wall_s"], "peak_rss_mb": cell["peak_rss_mb"]})
-    order = {p: i for i, p in enumerate(["-", *PARTITIONS])}
-    rows.sort(key=lambda r: (order.get(r["partition"], 99), -r["mean_wf1"]))
+def write(args, base, cells: dict, stats: Stats, tests: dict, total_steps: int, tuned: dict, wall: float) -> None:
+    rows, best = summarise(cells, stats, args, tuned)
+    rows.insert(0, floor_row(tests))
     out = Path(args.out)
-    write_results(
+    examples = total_steps * base.training.batch_size
+    n = {k: len(v) for k, v in tests.items()}
+    rows_said = ("the full FPB test and TFNS test sets" if not args.eval_rows else
+                 f"a seeded sample of {args.eval_rows} rows of FPB test and of TFNS test (a sample)")
+    rows_said = rows_said.replace("TFNS test", "TFNS test (its published validation split)", 1)
+    best_said = "; ".join(f"{part}: " + ", ".join(
+        f"{LABELS.get(k, k)} " + (", ".join(f"{o} {v:g}" for o, v in sorted(b["overrides"].items())) or "the config's defaults")
+        for k, b in chosen.items()) for part, chosen in best.items() if chosen)
+    md_extra = "\n".join([
+        f"Budget per cell: {total_steps} optimizer steps of batch {base.training.batch_size} ({examples:,} examples; "
+        f"{args.banks} banks x {args.rounds} rounds x {args.local_steps} local steps; centralized the same steps on "
+        f"the union of the banks' rows); client lr {base.training.lr:g}. `cpu_min` = training wall time x "
+        f"{args.cpus} cores.",
+        "",
+        f"Scored on {rows_said} ({n['fpb']} + {n['tfns']} rows). `mean_wf1` is the mean of the FPB and TFNS weighted "
+        "F1 over the seeds; its interval is a 1,000-resample bootstrap over the test rows (seeds averaged inside each "
+        "resample); `seed_sd` the standard deviation over seeds. `vs_fedavg` is the paired difference from FedAvg "
+        "under the same partition and seeds, with its bootstrap interval and two-sided p: an interval holding 0 is a "
+        "tie (`vs_fedavg_verdict`), not a ranking.",
+        "",
+        *([f"Best setting per swept strategy: {best_said}."] if best_said else []),
+    ])
+    finish_results(
         out, benchmark="aggregation", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
-        columns=["partition", "strategy", "fpb_wf1", "tfns_wf1", "mean_wf1", "fpb_macro", "tfns_macro", "mb_up",
-                 "mb_down", "wall_s", "peak_rss_mb"],
+        columns=["partition", "strategy", "seeds", "fpb_wf1", "tfns_wf1", "mean_wf1", "mean_wf1_ci95", "seed_sd",
+                 "vs_fedavg", "vs_fedavg_ci95", "p_vs_fedavg", "vs_fedavg_verdict", "mb_up", "mb_down", "cpu_min",
+                 "peak_rss_mb"],
         title=f"LoRA aggregation strategies, {base.model.base}, {args.banks} banks, {args.rounds} rounds x "
-              f"{args.local_steps} local steps x batch {base.training.batch_size} ({total_steps} steps per cell), "
-              f"weighted F1 on {args.eval_rows} rows of FPB test and TFNS valid",
-        extra={"eval_rows": args.eval_rows, "total_steps": total_steps, "hetlora_bank_ranks": HETLORA_RANKS,
-               "cells": cells, "wall_s": round(wall, 1), "machine": machine_info()},
+              f"{args.local_steps} local steps x batch {base.training.batch_size} ({total_steps} steps, {examples:,} "
+              f"examples per cell), weighted F1 on {rows_said}",
+        md_extra=md_extra,
+        extra={"eval_rows": n, "total_steps": total_steps, "examples": examples, "hetlora_bank_ranks": HETLORA_RANKS,
+               "seed_base": SEED_BASE, "best": best,
+               "aggregation_defaults": AggregationConfig().model_dump(mode="json"), "tuned_from": args.tuned, "tuned": tuned,
+               "cells": {k: {f: v for f, v in c.items() if not f.endswith("_pred")} for k, c in cells.items()},
+               "wall_s": round(wall, 1), "machine": machine_info()},
     )
-    plot(rows, cells, out.with_suffix(".png"))
+    plot(rows, out.with_suffix(".png"))
 
 
-def plot(rows: list[dict], cells: dict, path: Path) -> None:
-    """Left: every strategy under every partition. Middle: the score against the skew (the curve the alpha 0.1
-    target is read from). Right: the banks' local training loss per round, FedAvg under each partition."""
+def plot(rows: list[dict], path: Path) -> None:
+    """One panel per partition: every strategy setting's mean weighted F1 with its bootstrap interval, FedAvg's
+    setting dark, ties with FedAvg hatched grey, better or worse in colour; the centralized ceiling and the
+    always-'neutral' floor as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     parts = [p for p in PARTITIONS if any(r["partition"] == p for r in rows)]
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows if r["partition"] != "-"))
     if not parts:
         return
-    ceiling = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("centralized")), None)
+    ceiling = next((r for r in rows if r["strategy"].startswith("centralized")), None)
     floor = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("always")), None)
-    fig, (ax, ax_skew, ax_loss) = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2.6, 1, 1]})
-    width = 0.8 / len(parts)
-    score = {(r["partition"], r["strategy"]): r["mean_wf1"] for r in rows}
-    for j, p in enumerate(parts):
-        xs = [i + (j - (len(parts) - 1) / 2) * width for i in range(len(strategies))]
-        ax.bar(xs, [score.get((p, s), np.nan) for s in strategies], width, label=p)
-    for a in (ax, ax_skew):
-        if ceiling is not None:
-            a.axhline(ceiling, color="k", ls="--", lw=1, label="centralized")
+    height = max(3.0, 0.32 * max(sum(r["partition"] == p for r in rows) for p in parts) + 1.2)
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), height), squeeze=False, sharex=True)
+    colour = {"better": "tab:green", "worse": "tab:red", "tie": "0.7", None: "tab:blue"}
+    for ax, p in zip(axes[0], parts):
+        these = sorted((r for r in rows if r["partition"] == p), key=lambda r: r["mean_wf1"])
+        y = np.arange(len(these))
+        lo = [r["mean_wf1"] - r["mean_wf1_ci95"][0] for r in these]
+        hi = [r["mean_wf1_ci95"][1] - r["mean_wf1"] for r in these]
+        ax.barh(y, [r["mean_wf1"] for r in these], xerr=[lo, hi], capsize=2,
+                color=["k" if r["spec"] == "fedavg" else colour[r.get("vs_fedavg_verdict")] for r in these],
+                hatch=None)
+        ax.set_yticks(y, [r["strategy"] for r in these], fontsize=7)
+        if ceiling:
+            ax.axvline(ceiling["mean_wf1"], color="k", ls="--", lw=1, label="centralized")
         if floor is not None:
-            a.axhline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
-    ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="weighted F1 (mean of FPB, TFNS)", ylim=(0, 1), title="LoRA aggregation under non-IID banks")
-    ax.legend(fontsize=8, ncol=3, loc="upper right")
-
-    # the curve: score against label skew (alpha, log axis), source skew as a point of its own on the right
-    alphas = [(PARTITIONS[p]["alpha"], p) for p in parts if "alpha" in PARTITIONS[p]]
-    x_source = 2.0 if len(alphas) else 1.0
-    # FedAvg and each partition's best strategy in colour, the others in grey
-    best = {max((s for s in strategies if (p, s) in score), key=lambda s: score[(p, s)]) for p in parts}
-    shown = [s for s in strategies if s == LABELS["fedavg"] or s in best]
-    for s in [s for s in strategies if s not in shown] + shown:
-        style = {"marker": "o", "ms": 4, "lw": 1.5, "label": s} if s in shown else {"color": "0.75", "lw": 0.8}
-        pts = [(a, score[(p, s)]) for a, p in alphas if (p, s) in score]
-        line = ax_skew.plot(*zip(*pts), **style)[0] if pts else None
-        if ("source", s) in score:
-            ax_skew.plot([x_source], [score[("source", s)]], marker="s", ms=5 if s in shown else 3, ls="",
-                         color=line.get_color() if line else "0.75")
-    ax_skew.set_xscale("log")
-    with_source = ["source"] if "source" in parts else []
-    ax_skew.set_xticks([a for a, _ in alphas] + [x_source] * len(with_source),
-                       [f"{a:g}" for a, _ in alphas] + with_source)
-    ax_skew.minorticks_off()
-    ax_skew.set(xlabel="Dirichlet alpha (smaller = more label skew)", ylim=(0, 1),
-                title="score against skew (grey: the other strategies)")
-    ax_skew.legend(fontsize=7, loc="lower right")
-
-    for p in parts:
-        curve = (cells.get(f"{p}/fedavg") or {}).get("curve_loss")
-        if curve:
-            ax_loss.plot(range(1, len(curve) + 1), curve, marker="o", label=f"FedAvg, {p}")
-    ax_loss.xaxis.get_major_locator().set_params(integer=True)
-    ax_loss.set(xlabel="round", ylabel="banks' local training loss (row-weighted)",
-                title="what the banks fit locally")
-    ax_loss.legend(fontsize=8)
+            ax.axvline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
+        ax.set(xlim=(0, 1), xlabel="weighted F1, mean of FPB and TFNS (95 % interval)", title=p)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("black: FedAvg; green / red: better / worse than FedAvg (paired interval excludes 0); grey: a tie",
+                 fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
 
 if __name__ == "__main__":
     main()

@@ -79,9 +79,12 @@ def evaluate_sentiment(
     *,
     max_length: int = 256,
     progress: bool = True,
+    keep_predictions: bool = False,
 ) -> list[dict]:
     """One row per set and method: weighted F1 with a bootstrap 95 % interval (1,000 resamples of the rows), macro
-    and micro F1, accuracy, per-class F1, the confusion matrix, and, for label scoring, calibration (ECE).
+    and micro F1, accuracy, per-class F1, the confusion matrix, and, for label scoring, calibration (ECE). With
+    `keep_predictions`, each row also holds `predictions`, the predicted label of every example in order (None
+    where a generated answer did not parse): what paired comparisons between models resample.
 
     Label scoring runs each set in length-sorted batches, computes the instructions' keys and values once, and
     reads only the label words' rows of the output head: the probabilities are normalised over the labels, which
@@ -108,6 +111,8 @@ def evaluate_sentiment(
                 preds = [LABELS[i] for i in probs.argmax(1)]
                 rows.append(_summary(name, method, classification_report(truth, preds, LABELS, probs=probs), wall,
                                      bootstrap_interval(truth, preds, LABELS)))
+                if keep_predictions:
+                    rows[-1]["predictions"] = preds
         if cfg.method in ("generate", "both"):
             t0 = time.perf_counter()
             with tqdm(total=len(prompts), desc=f"generate {name}", disable=not progress, leave=False, mininterval=2) as bar:
@@ -122,6 +127,8 @@ def evaluate_sentiment(
             fingpt = classification_report(truth, [parse_fingpt_answer(o) for o in outputs], LABELS)
             row["fingpt_parser_accuracy"] = fingpt["accuracy"]
             row["fingpt_parser_weighted_f1"] = fingpt["weighted_f1"]
+            if keep_predictions:
+                row["predictions"] = strict
             rows.append(row)
     return rows
 

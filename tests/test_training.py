@@ -410,3 +410,25 @@ def test_training_with_the_label_loss_learns_the_labels(tiny_config):
     truth = [LABELS.index(e.label) for e in EXAMPLES[:3]]
     assert after[range(3), truth].mean() > before[range(3), truth].mean() + 0.5
     assert list(after.argmax(1)) == truth
+
+
+def test_kept_predictions_are_the_ones_the_reported_scores_come_from(tiny_config):
+    """Paired comparisons resample per-example predictions: they must be exactly what the row's F1 was computed
+    from, one per example in order, and absent unless asked for."""
+    from fedfingpt.common.evaluate import evaluate_sentiment
+    from fedfingpt.common.metrics import classification_report
+
+    loaded = load_base_model(tiny_config.model)
+    model = attach_lora(loaded.model, tiny_config.lora, seed=0)
+    rows = [SentimentExample(text=f"Shares of company {i} moved {i} percent.", label=LABELS[i % 3], source="fpb", kind="news")
+            for i in range(10)]
+    cfg = tiny_config.eval.model_copy(update={"method": "both", "calibrate": False, "max_new_tokens": 3})
+    plain = evaluate_sentiment(model, loaded.tokenizer, {"fpb": rows}, cfg, max_length=96, progress=False)
+    kept = evaluate_sentiment(model, loaded.tokenizer, {"fpb": rows}, cfg, max_length=96, progress=False,
+                              keep_predictions=True)
+    assert all("predictions" not in r for r in plain)
+    assert [r["method"] for r in kept] == ["likelihood", "generate"]
+    for r in kept:
+        assert len(r["predictions"]) == len(rows)
+        report = classification_report([x.label for x in rows], r["predictions"], LABELS)
+        assert report["weighted_f1"] == r["weighted_f1"]
