@@ -1,18 +1,33 @@
-"""Privacy measured, not only claimed, on SmolLM2-135M-Instruct with 5 banks (Dirichlet alpha 0.5).
+"""Differential privacy that keeps a useful model: local DP-SGD (Opacus) on SmolLM2-135M-Instruct, 5 banks.
 
-1. Utility vs privacy: FedAvg and FFA-LoRA with local DP-SGD at epsilon 1, 3 and 8 (delta 1e-5, the noise derived
-   from each bank's budget by the RDP accountant) and without DP: weighted F1 on FPB test and TFNS valid.
-2. Audit, without DP and at epsilon 8, on a federation of small banks (each row is trained on about once):
-   - a loss-threshold membership-inference attack: score = log P(gold label | prompt) under the final model;
-     AUC of the banks' training rows (members) against held-out rows of the same pool (non-members);
-   - canary exposure: 5 secrets (fake account numbers in a sentence labelled against its content) repeated in
-     bank 0's own data; each is ranked by the final model's log P(its label | sentence) among 999 random numbers
-     of the same format; exposure = log2(1000) - log2(rank) (about 1.4 bits expected by chance, 10 = ranked first).
-3. Cost: DP-SGD against plain training on the same steps (one bank's data, the same loop): wall time, peak RSS.
+The scenario is one where a public warm start is honest. The public FPB and FiQA training rows train a starting
+adapter centrally (public data: no privacy cost, said so in the report); the banks' private rows are the TFNS
+training rows, cut by Dirichlet label skew; the test set is the whole TFNS test set, which the warm start never saw.
+Every federated cell starts from that adapter (federation.initial_adapter), trains the same rounds x local steps of
+logical batches and is scored on the same rows, so the no-DP cell and the DP cells differ only by DP-SGD.
+
+1. Utility: per strategy (FedAvg, FFA-LoRA: only B trains and travels) and epsilon (none, 8, 3, 1; delta 1e-5, the
+   noise derived from each bank's budget by the RDP accountant for the planned steps), over seeds (partition,
+   data order, sampling and noise): weighted F1 on TFNS test with a bootstrap interval, and the paired difference
+   from the no-DP cell of the same strategy on the same rows and seeds. The warm start alone is the floor a DP
+   cell must beat. The recipe (--dp-*): logical Poisson batches of --expected-batch examples run as physical
+   batches of --physical-batch (Opacus clips and sums per physical batch, adds the noise once per logical batch).
+2. Levers (--levers NAME:KEY=VALUE:KEY=VALUE,...): the same cells with one part of the recipe changed (logical
+   batch, learning rate, clip norm, LoRA rank or target modules), at the first epsilon of --lever-epsilons.
+3. What an epsilon covers: per bank, the training rows it protects, delta, the accountant, its ledger's entries
+   across rounds (every run of a cell starts a fresh ledger: an unfinished attempt's is removed first).
+4. Audit, without DP and at epsilon 8, on a federation of small banks (each row trained on a few times), both from
+   the warm start: a loss-threshold membership-inference attack (score = log P(gold label | prompt); AUC of the
+   banks' training rows against unseen rows of the same source) and canary exposure (5 fake account numbers in a
+   sentence labelled against its content, repeated in bank 0's data; exposure = log2(1000) - log2(rank) among 999
+   random numbers of the same format; about 1.4 bits by chance).
+5. Cost: DP-SGD against plain training of the same physical batches (one bank's rows, the same loop): seconds per
+   physical batch and peak memory.
 
 Cells are cached in the work folder (an interrupted run continues); results are rewritten after every cell.
-Writes benchmarks/results/privacy.{json,md}.
-Usage: python benchmarks/privacy.py [--epsilons 1,3,8] [--strategies fedavg,ffa_lora] [--skip-utility]
+Writes benchmarks/results/privacy.{json,md,png}.
+Usage: python benchmarks/privacy.py [--epsilons 8,3,1] [--strategies fedavg,ffa_lora] [--seeds 0,1,2]
+       [--levers batch32:privacy.expected_batch_size=32,lr5e-4:training.lr=5e-4] [--skip-audit]
 """
 
 from __future__ import annotations
@@ -28,27 +43,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedfingpt.simulations.bank_folders import simulated_bank_rows
-from fedfingpt.common.train import DPSpec
-from fedfingpt.common.train import train
-from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
+from fedfingpt.client.privacy import PrivacyLedger
+from fedfingpt.common.adapter import get_lora_arrays, save_adapter, set_lora_arrays
 from fedfingpt.common.config import load_config
-from fedfingpt.common.metrics import binary_report
+from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
+from fedfingpt.common.metrics import binary_report, weighted_f1_from_indices
 from fedfingpt.common.predict import label_logprobs
-from fedfingpt.common.report import TreeRSS, machine_info, write_results
+from fedfingpt.common.report import TreeRSS, machine_info, save_figure
 from fedfingpt.common.tasks.sentiment import encode_sentiment, sentiment_prompt
 from fedfingpt.common.tasks.sentiment_data import LABELS, SentimentExample, sentiment_splits
+from fedfingpt.common.train import DPSpec, train
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
+from fedfingpt.simulations.bank_folders import simulated_bank_rows
+from fedfingpt.simulations.partition import training_pool
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, federation_args, federation_overrides, fresh_model  # benchmarks/_shared.py
+from _shared import CellCache, benchmark_parser, federation_args, federation_overrides, finish_results, fresh_model
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
 CANARY = "Per the client's instruction the remaining balance was moved to account {} this morning."
 CANARY_LABEL = "negative"  # against the sentence's neutral content: only memorisation links the number to it
+PRIVATE = "tfns"
+RESAMPLES = 1000
+SEED_BASE = 42
 
 
+# --- pieces ---------------------------------------------------------------------------------------------------------
 
 def fresh_start(run_dir: Path) -> None:
     """A cell not in the cache starts over: the banks' ledgers of an interrupted attempt would otherwise count the
@@ -67,6 +88,17 @@ def final_model(cfg, run_dir: Path):
     return model, loaded
 
 
+def predictions(model, tok, tests: dict, cfg) -> dict:
+    """Weighted F1 and every predicted class index (a string, LABELS order) per test set."""
+    rows = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
+                              max_length=cfg.data.max_length, progress=False, keep_predictions=True)
+    out = {}
+    for r in rows:
+        out[r["dataset"]] = r["weighted_f1"]
+        out[f"{r['dataset']}_pred"] = "".join(str(LABELS.index(p)) for p in r["predictions"])
+    return out
+
+
 def account(rng: random.Random) -> str:
     return "-".join(f"{rng.randrange(10_000):04d}" for _ in range(3))
 
@@ -77,46 +109,124 @@ def gold_logp(model, tok, rows: list[SentimentExample], cfg) -> np.ndarray:
     return lp[np.arange(len(rows)), [LABELS.index(r.label) for r in rows]]
 
 
-def utility_cell(base, strategy: str, epsilon: float | None, work: Path) -> dict:
-    """The server scores the final adapter on the same seeded rows (federation.server_eval_limit)."""
+def seeded(cfg, seed: int):
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.partition.seed = SEED_BASE + seed
+    cfg.training.seed = SEED_BASE + seed
+    return cfg
+
+
+def with_overrides(cfg, overrides: dict):
+    """cfg with dotted keys set (a lever), validated again."""
+    data = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        node = data
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return type(cfg).model_validate(data)
+
+
+def number_or_yaml(text: str):
+    """'32' -> 32, '5e-4' -> 0.0005 (YAML would keep it a string), '[q_proj, v_proj]' -> a list."""
+    import yaml
+
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def parse_levers(text: str) -> dict[str, dict]:
+    """'batch32:privacy.expected_batch_size=32,lr5e-4:training.lr=5e-4' -> {name: {key: value}}."""
+    levers = {}
+    for item in filter(None, text.split(",")):
+        name, *pairs = item.split(":")
+        if not pairs or any("=" not in p for p in pairs):
+            raise SystemExit(f"--levers: {item!r} is not NAME:KEY=VALUE[:KEY=VALUE]")
+        levers[name] = {k: number_or_yaml(v) for k, v in (p.split("=", 1) for p in pairs)}
+    return levers
+
+
+# --- cells ----------------------------------------------------------------------------------------------------------
+
+def warm_start_cell(base, args, work: Path, tests: dict) -> dict:
+    """The public warm start: centralized LoRA on the public sources' training rows (the private source's rows
+    never included), saved as an adapter the federations start from."""
     cfg = base.model_copy(deep=True)
-    cfg.name = f"priv-{strategy}-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
-    cfg.federation.strategy = strategy
-    if epsilon is not None:
-        cfg.privacy = cfg.privacy.model_copy(update={"mode": "local", "epsilon": epsilon})
-    cfg = type(cfg).model_validate(cfg.model_dump())
-    fresh_start(work / cfg.name)
+    model, loaded = fresh_model(cfg)
+    splits = sentiment_splits(cfg.data.data_dir)
+    public = training_pool(splits["train"], cfg.federation.partition.model_copy(
+        update={"sources": args.public.split(","), "max_rows": None}))
+    enc = encode_sentiment(loaded.tokenizer, public, cfg.data.max_length)
+    tcfg = cfg.training.model_copy(update={"max_steps": args.warm_steps, "eval_every": None, "warmup_ratio": 0.05,
+                                           "lr": args.warm_lr})
     t0 = time.perf_counter()
     with TreeRSS() as rss:
-        out = simulate(cfg, work / cfg.name, progress=False)
-    last = out["history"][-1]
-    spent = [b.get("dp_epsilon") for h in out["history"] if h.get("train") for b in h["train"]["banks"]]
-    noise = [b.get("dp_noise_multiplier") for h in out["history"] if h.get("train") for b in h["train"]["banks"]]
-    return {**{e["dataset"]: e["weighted_f1"] for e in last["eval"]}, "wall_s": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(rss.peak / 2**20), "epsilon_spent_max": max((s for s in spent if s), default=None),
-            "noise_multiplier": max((s for s in noise if s), default=None)}
+        res = train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=True, desc="public warm start")
+        out = save_adapter(model, work / "warm-start", base_id=loaded.base_id, base_sha256=loaded.base_sha256,
+                           extra={"trained_on": f"public rows of {args.public} ({len(public)} rows)",
+                                  "steps": args.warm_steps})
+        scores = predictions(model, loaded.tokenizer, tests, cfg)
+    return {**scores, "adapter": str(out), "public_rows": len(public), "steps": res.steps,
+            "examples": res.examples, "train_s": round(res.wall_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(rss.peak / 2**20)}
 
 
-def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secrets: list[str], args) -> dict:
-    cfg = base.model_copy(deep=True)
-    cfg.name = f"priv-audit-{'nodp' if epsilon is None else f'eps{epsilon:g}'}"
-    cfg.federation.strategy = "fedavg"  # the audit's rows say FedAvg
-    cfg.federation.partition = cfg.federation.partition.model_copy(update={"max_rows": args.audit_rows})
-    cfg.data.bank_extra_train = {0: str(canary_file)}
-    if epsilon is not None:
-        cfg.privacy = cfg.privacy.model_copy(update={"mode": "local", "epsilon": epsilon})
-    cfg = type(cfg).model_validate(cfg.model_dump())
-    fresh_start(work / cfg.name)
+def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict:
+    """Without DP the same recipe: steps of the logical batch's size (shuffled batches instead of Poisson samples),
+    as gradient accumulation over physical batches."""
+    p = cfg.privacy
+    if epsilon is None:
+        cfg = with_overrides(cfg, {"training.batch_size": p.physical_batch_size,
+                                   "training.grad_accum": max(1, p.expected_batch_size // p.physical_batch_size)})
+    else:
+        cfg = with_overrides(cfg, {"privacy.mode": "local", "privacy.epsilon": epsilon})
+    fresh_start(run_dir)
     t0 = time.perf_counter()
-    simulate(cfg, work / cfg.name, progress=False)
+    with TreeRSS() as rss:
+        out = simulate(cfg, run_dir, progress=False)
+        train_s = time.perf_counter() - t0
+        model, loaded = final_model(cfg, run_dir)
+        scores = predictions(model, loaded.tokenizer, tests, cfg)
+    banks = [b for h in out["history"] if h.get("train") for b in h["train"]["banks"]]
+    if not banks:
+        raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
+    covered = {}
+    if epsilon is not None:  # what the epsilon covers, from each bank's own ledger
+        for b in sorted({b["bank"] for b in banks}):
+            ledger = PrivacyLedger.open(run_dir / "banks" / f"bank-{b}", bank=b, accountant_kind=cfg.privacy.accountant,
+                                        delta=cfg.privacy.delta)
+            rows = max(x["num_examples"] for x in banks if x["bank"] == b)
+            covered[str(b)] = {"rows_protected": rows, "epsilon": round(ledger.epsilon(), 4),
+                               "ledger_entries": len(ledger.data["entries"]),
+                               "steps": sum(int(e["steps"]) for e in ledger.data["entries"]),
+                               "noise_multiplier": max(x.get("dp_noise_multiplier") or 0 for x in banks if x["bank"] == b),
+                               "sample_rate": max(x.get("dp_sample_rate") or 0 for x in banks if x["bank"] == b)}
+    return {**scores, "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(rss.peak / 2**20), "covered": covered,
+            "epsilon_spent_max": max((c["epsilon"] for c in covered.values()), default=None),
+            "noise_multiplier": max((c["noise_multiplier"] for c in covered.values()), default=None)}
+
+
+def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, secrets: list[str], args) -> dict:
+    cfg = with_overrides(cfg, {"federation.partition.max_rows": args.audit_rows,
+                               "federation.rounds": args.audit_rounds,
+                               "data.bank_extra_train": {0: str(canary_file)}})
+    if epsilon is not None:
+        cfg = with_overrides(cfg, {"privacy.mode": "local", "privacy.epsilon": epsilon})
+    fresh_start(run_dir)
+    t0 = time.perf_counter()
+    simulate(cfg, run_dir, progress=False)
     wall = time.perf_counter() - t0
-    model, loaded = final_model(cfg, work / cfg.name)
+    model, loaded = final_model(cfg, run_dir)
     n = cfg.federation.num_banks
     members = [r for b in range(n) for r in simulated_bank_rows(cfg, b, n)[0] if r.source != "bank"]
     held = [r for b in range(n) for r in simulated_bank_rows(cfg, b, n)[1]]
-    # more non-members from the same pool, never given to any bank
-    from fedfingpt.simulations.partition import training_pool
-
+    # more non-members from the same source, never given to any bank
     pool = training_pool(sentiment_splits(cfg.data.data_dir)["train"], cfg.federation.partition.model_copy(
         update={"max_rows": None}))
     used = {r.text for r in members} | {r.text for r in held}
@@ -127,6 +237,13 @@ def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secre
                              gold_logp(model, loaded.tokenizer, non_members, cfg)])
     y = [1] * len(members) + [0] * len(non_members)
     mia = binary_report(y, scores, threshold=float(np.median(scores)))
+    auc_boot = []
+    brng = np.random.default_rng(0)
+    yv = np.array(y)
+    for _ in range(RESAMPLES // 5):
+        i = brng.integers(0, len(yv), len(yv))
+        if 0 < yv[i].sum() < len(i):
+            auc_boot.append(binary_report(list(yv[i]), scores[i], threshold=0.0)["roc_auc"])
     exposures = []
     for i, secret in enumerate(secrets):
         crng = random.Random(1000 + i)
@@ -136,108 +253,258 @@ def audit_cell(base, epsilon: float | None, work: Path, canary_file: Path, secre
         lp = gold_logp(model, loaded.tokenizer, rows, cfg)
         rank = 1 + int(np.sum(lp[1:] > lp[0])) + 0.5 * int(np.sum(lp[1:] == lp[0]))
         exposures.append(math.log2(len(candidates)) - math.log2(rank))
-    return {"mia_auc": mia["roc_auc"], "members": len(members), "non_members": len(non_members),
+    return {"mia_auc": mia["roc_auc"], "mia_auc_ci95": [round(float(q), 4) for q in np.quantile(auc_boot, [0.025, 0.975])],
+            "members": len(members), "non_members": len(non_members),
             "canary_exposure_mean": float(np.mean(exposures)), "canary_exposure_max": float(np.max(exposures)),
             "exposures": [round(e, 3) for e in exposures], "wall_s": round(wall, 1)}
 
 
-def cost_cell(base, dp: bool, steps: int) -> dict:
-    model, loaded = fresh_model(base)
-    rows = simulated_bank_rows(base, 0, base.federation.num_banks)[0]
-    enc = encode_sentiment(loaded.tokenizer, rows, base.data.max_length)
-    tcfg = base.training.model_copy(update={"max_steps": steps, "eval_every": None, "log_every": steps})
-    spec = DPSpec(1.0, base.privacy.max_grad_norm, base.training.batch_size / len(enc), base.training.batch_size)
+def cost_cell(cfg, dp: bool, steps: int, args) -> dict:
+    """`steps` physical batches of --physical-batch rows of one bank, plain or under DP-SGD."""
+    model, loaded = fresh_model(cfg)
+    rows = simulated_bank_rows(cfg, 0, cfg.federation.num_banks)[0]
+    enc = encode_sentiment(loaded.tokenizer, rows, cfg.data.max_length)
+    phys = args.physical_batch
+    tcfg = cfg.training.model_copy(update={"max_steps": steps, "eval_every": None, "log_every": steps,
+                                           "batch_size": phys})
+    spec = DPSpec(1.0, cfg.privacy.max_grad_norm, phys / len(enc), phys, phys)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     res = train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False, dp=spec if dp else None)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"train_s": round(res.wall_s, 1), "s_per_step": round(res.wall_s / steps, 2), "examples": res.examples,
-            "peak_rss_mb": round(after / 1024), "rss_growth_mb": round((after - before) / 1024)}
+    return {"train_s": round(res.wall_s, 1), "s_per_batch": round(res.wall_s / steps, 2), "examples": res.examples,
+            "physical_batch": phys, "peak_rss_mb": round(after / 1024), "rss_growth_mb": round((after - before) / 1024)}
 
+
+# --- the run --------------------------------------------------------------------------------------------------------
 
 def main() -> None:
     ap = benchmark_parser("privacy", __doc__, config="federated.yaml")
-    federation_args(ap, banks=5, rounds=4, local_steps=3, lr=1e-3)
-    ap.add_argument("--epsilons", default="1,3,8")
+    federation_args(ap, banks=5, rounds=3, local_steps=4, lr=2e-3, eval_rows=0)
+    ap.add_argument("--epsilons", default="8,3,1")
     ap.add_argument("--strategies", default="fedavg,ffa_lora")
+    ap.add_argument("--seeds", default="0", help="comma-separated seed offsets (partition, data order, noise)")
+    ap.add_argument("--expected-batch", type=int, default=128, help="logical DP-SGD batch (expected Poisson size)")
+    ap.add_argument("--physical-batch", type=int, default=16, help="rows per forward/backward inside it")
+    ap.add_argument("--clip", type=float, default=1.0, help="per-example clip norm")
+    ap.add_argument("--public", default="fpb,fiqa", help="public sources of the warm start")
+    ap.add_argument("--warm-steps", type=int, default=300, help="warm start steps of batch 8 (0: no warm start)")
+    ap.add_argument("--warm-lr", type=float, default=2e-3)
+    ap.add_argument("--levers", default="", help="NAME:KEY=VALUE[:KEY=VALUE],... recipe changes measured")
+    ap.add_argument("--lever-epsilons", default="8", help="epsilons (and 'none') the levers run at")
     ap.add_argument("--audit-rows", type=int, default=500, help="pool rows of the audit federation (small banks)")
-    ap.add_argument("--audit-rounds", type=int, default=6)
+    ap.add_argument("--audit-rounds", type=int, default=3)
     ap.add_argument("--canary-repeats", type=int, default=6)
     ap.add_argument("--candidates", type=int, default=999)
-    ap.add_argument("--cost-steps", type=int, default=8)
+    ap.add_argument("--cost-steps", type=int, default=6)
+    ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-utility", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     base = load_config(args.config, {
-        **federation_overrides(args),
-        "federation.server_eval_limit": args.eval_rows, "federation.server_eval_every": 0, "training.lr": args.lr,
+        **federation_overrides(args), "training.lr": args.lr,
+        "federation.server_eval_sets": [],  # the benchmark scores the final adapter itself, keeping predictions
         "federation.client_cpus": 2.0, "federation.partition.alpha": 0.5,
+        "federation.partition.sources": [PRIVATE],
+        "privacy.expected_batch_size": args.expected_batch, "privacy.physical_batch_size": args.physical_batch,
+        "privacy.max_grad_norm": args.clip,
         "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
     })
+    splits = sentiment_splits(base.data.data_dir)
+    tests = {PRIVATE: sample_rows(splits["test"][PRIVATE], args.eval_rows or None, base.data.seed)}
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    cache = CellCache(work)
+    cache = CellCache(work, {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps,
+                             "lr": args.lr, "expected_batch": args.expected_batch, "clip": args.clip,
+                             "public": args.public, "warm_steps": args.warm_steps, "eval_rows": args.eval_rows,
+                             "config": Path(args.config).name})
     cells = cache.cells
+    levers = parse_levers(args.levers)
 
     def save(key: str, cell: dict) -> None:
         cache.save(key, cell)
-        write(args, base, cells, time.perf_counter() - t_all)
-        log.info("%s: %s", key, {k: v for k, v in cell.items() if not isinstance(v, list)})
+        write(args, base, cells, tests, levers, time.perf_counter() - t_all)
+        log.info("%s: %s", key, {k: v for k, v in cell.items() if not isinstance(v, (list, dict))
+                                 and not k.endswith("_pred")})
 
     for dp in (False, True):
-        key = f"cost/{'dp' if dp else 'plain'}"
+        key = f"cost|{'dp' if dp else 'plain'}"
         if key not in cells:
-            save(key, cost_cell(base, dp, args.cost_steps))
+            save(key, cost_cell(base, dp, args.cost_steps, args))
+    if args.warm_steps:
+        if "warm" not in cells:
+            log.info("public warm start: %d steps on %s", args.warm_steps, args.public)
+            save("warm", warm_start_cell(base, args, work, tests))
+        base = with_overrides(base, {"federation.initial_adapter": cells["warm"]["adapter"]})
+    eps_all = [None, *[float(e) for e in args.epsilons.split(",")]]
+    lever_eps = [None if e == "none" else float(e) for e in args.lever_epsilons.split(",")]
+    runs = [("recipe", {}, eps_all)] + [(name, ov, lever_eps) for name, ov in levers.items()]
     if not args.skip_utility:
-        for strategy in args.strategies.split(","):
-            for eps in [None, *[float(e) for e in args.epsilons.split(",")]]:
-                key = f"utility/{strategy}/{'none' if eps is None else f'{eps:g}'}"
-                if key not in cells:
-                    save(key, utility_cell(base, strategy, eps, work))
-    rng = random.Random(2026)
-    secrets = [account(rng) for _ in range(5)]
-    canary_file = work / "canaries.jsonl"
-    with open(canary_file, "w", encoding="utf-8") as f:
-        for s in secrets:
-            for _ in range(args.canary_repeats):
-                f.write(json.dumps({"instruction": "What is the sentiment of this news? Please choose an answer from "
-                                    "{negative/neutral/positive}.", "input": CANARY.format(s),
-                                    "output": CANARY_LABEL}) + "\n")
-    audit_base = base.model_copy(deep=True)
-    audit_base.federation.rounds = args.audit_rounds
-    for eps in (None, 8.0):
-        key = f"audit/{'none' if eps is None else f'{eps:g}'}"
-        if key not in cells:
-            save(key, audit_cell(audit_base, eps, work, canary_file, secrets, args))
-    log.info("wrote %s.{json,md}", args.out)
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for variant, overrides, epsilons in runs:
+                for strategy in args.strategies.split(","):
+                    for eps in epsilons:
+                        e = "none" if eps is None else f"{eps:g}"
+                        key = f"utility|{strategy}|{e}|{variant}|s{seed}"
+                        if key in cells:
+                            continue
+                        cfg = with_overrides(seeded(base, seed), {"federation.strategy": strategy, **overrides})
+                        cfg.name = f"priv-{strategy}-{e}-{variant}-s{seed}"
+                        log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks, args.rounds,
+                                 args.local_steps)
+                        save(key, utility_cell(cfg, eps, work / cfg.name, tests))
+    if not args.skip_audit:
+        rng = random.Random(2026)
+        secrets = [account(rng) for _ in range(5)]
+        canary_file = work / "canaries.jsonl"
+        with open(canary_file, "w", encoding="utf-8") as f:
+            for s in secrets:
+                for _ in range(args.canary_repeats):
+                    f.write(json.dumps({"instruction": "What is the sentiment of this news? Please choose an answer "
+                                        "from {negative/neutral/positive}.", "input": CANARY.format(s),
+                                        "output": CANARY_LABEL}) + "\n")
+        for eps in (None, 8.0):
+            key = f"audit|{'none' if eps is None else f'{eps:g}'}"
+            if key not in cells:
+                cfg = with_overrides(base, {"federation.strategy": "fedavg"})
+                save(key, audit_cell(cfg, eps, work / f"priv-audit-{key.split('|')[1]}", canary_file, secrets, args))
+    write(args, base, cells, tests, levers, time.perf_counter() - t_all)
+    log.info("wrote %s.{json,md,png}", args.out)
 
 
-def write(args, base, cells: dict, wall: float) -> None:
+# --- the report -----------------------------------------------------------------------------------------------------
+
+def resampled(cells: list[dict], truth: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(rows))
+    for c in cells:
+        pred = np.frombuffer(c[f"{PRIVATE}_pred"].encode(), dtype=np.uint8) - ord("0")
+        out += weighted_f1_from_indices(truth[rows], pred[rows], len(LABELS))
+    return out / len(cells)
+
+
+def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> None:
+    truth = np.array([LABELS.index(r.label) for r in tests[PRIVATE]])
+    rows_idx = np.random.default_rng(0).integers(0, len(truth), size=(RESAMPLES, len(truth)))
     rows = []
+    warm = cells.get("warm")
+    if warm:
+        boot = resampled([warm], truth, rows_idx)
+        rows.append({"part": "utility", "strategy": "public warm start alone", "variant": "-", "epsilon": "-",
+                     "seeds": 1, "tfns_wf1": warm[PRIVATE],
+                     "tfns_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
+                     "wall_s": warm["wall_s"], "peak_rss_mb": warm["peak_rss_mb"]})
+    groups: dict[tuple, dict[int, dict]] = {}
     for key, c in cells.items():
-        kind, *rest = key.split("/")
-        if kind == "utility":
-            strategy, eps = rest
-            rows.append({"part": "utility", "strategy": strategy, "epsilon": eps, "fpb_wf1": c.get("fpb"),
-                         "tfns_wf1": c.get("tfns"), "epsilon_spent": c.get("epsilon_spent_max"),
-                         "noise_multiplier": c.get("noise_multiplier"), "wall_s": c["wall_s"],
-                         "peak_rss_mb": c["peak_rss_mb"]})
-        elif kind == "audit":
-            rows.append({"part": "audit", "strategy": "fedavg", "epsilon": rest[0], "mia_auc": c["mia_auc"],
+        if key.startswith("utility|"):
+            _, strategy, eps, variant, seed = key.split("|")
+            groups.setdefault((strategy, eps, variant), {})[int(seed[1:])] = c
+    for (strategy, eps, variant), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][2] != "recipe", kv[0][2],
+                                                                                      kv[0][0], kv[0][1] != "none",
+                                                                                      -float(kv[0][1]) if kv[0][1] != "none" else 0)):
+        seeds = sorted(by_seed)
+        vals = [by_seed[s][PRIVATE] for s in seeds]
+        boot = resampled([by_seed[s] for s in seeds], truth, rows_idx)
+        row = {"part": "utility", "strategy": strategy, "variant": variant, "epsilon": eps, "seeds": len(seeds),
+               "tfns_wf1": float(np.mean(vals)), "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+               "tfns_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
+               "epsilon_spent": max((by_seed[s].get("epsilon_spent_max") or 0 for s in seeds), default=None) or None,
+               "noise_multiplier": by_seed[seeds[0]].get("noise_multiplier"),
+               "wall_s": float(np.mean([by_seed[s]["wall_s"] for s in seeds])),
+               "peak_rss_mb": max(by_seed[s]["peak_rss_mb"] for s in seeds)}
+        ref = groups.get((strategy, "none", variant)) or groups.get((strategy, "none", "recipe"))
+        common = [s for s in seeds if ref and s in ref]
+        if eps != "none" and common:
+            d = resampled([by_seed[s] for s in common], truth, rows_idx) - resampled([ref[s] for s in common], truth,
+                                                                                     rows_idx)
+            row["vs_no_dp"] = float(np.mean([by_seed[s][PRIVATE] - ref[s][PRIVATE] for s in common]))
+            row["vs_no_dp_ci95"] = [round(float(q), 4) for q in np.quantile(d, [0.025, 0.975])]
+        if warm:
+            row["vs_warm_start"] = row["tfns_wf1"] - warm[PRIVATE]
+        rows.append(row)
+    for key, c in cells.items():
+        if key.startswith("audit|"):
+            rows.append({"part": "audit", "strategy": "fedavg", "variant": "recipe", "epsilon": key.split("|")[1],
+                         "mia_auc": c["mia_auc"], "mia_auc_ci95": c.get("mia_auc_ci95"),
                          "canary_exposure_mean": c["canary_exposure_mean"],
                          "canary_exposure_max": c["canary_exposure_max"], "wall_s": c["wall_s"]})
-        else:
-            rows.append({"part": "cost", "strategy": rest[0], "s_per_step": c["s_per_step"],
+        elif key.startswith("cost|"):
+            rows.append({"part": "cost", "strategy": key.split("|")[1], "s_per_batch": c["s_per_batch"],
                          "wall_s": c["train_s"], "peak_rss_mb": c["peak_rss_mb"]})
-    write_results(
+    covered = {key: c["covered"] for key, c in cells.items() if c.get("covered")}
+    p = base.privacy
+    n_test = len(tests[PRIVATE])
+    md_extra = "\n".join([
+        f"Scenario: the warm start trains {args.warm_steps} steps of batch {base.training.batch_size} on the public "
+        f"{args.public} training rows ({warm['public_rows'] if warm else '?'} rows; public data, no privacy cost). "
+        f"The {args.banks} banks hold the {PRIVATE.upper()} training rows (Dirichlet alpha "
+        f"{base.federation.partition.alpha}); every cell starts from the warm start and trains {args.rounds} rounds x "
+        f"{args.local_steps} local steps; scores are on "
+        + ("all " if not args.eval_rows else "a seeded sample (labelled so) of ")
+        + f"{n_test} rows of the {PRIVATE.upper()} test set, which the warm start never saw.",
+        "",
+        f"Recipe: client lr {args.lr:g} (AdamW, cosine over rounds); under DP a step is one Poisson sample of expected "
+        f"{args.expected_batch} rows (physical batches of {args.physical_batch}), per-example clip {args.clip:g}, "
+        f"delta {p.delta:g}, accountant {p.accountant.upper()}; the noise multiplier is derived from each bank's budget "
+        "for the run's planned steps. Without DP the same steps take shuffled batches of "
+        f"{args.expected_batch // args.physical_batch * args.physical_batch} rows (gradient accumulation).",
+        "",
+        "`tfns_wf1_ci95`: 1,000-resample bootstrap over the test rows (seeds averaged inside each resample); "
+        "`vs_no_dp`: the paired difference from the no-DP cell of the same strategy and seeds on the same rows.",
+        "",
+        "What each epsilon covers (each bank's ledger: the rows it protects, the steps accounted, the entries):",
+        "",
+        *[f"- {key}: " + "; ".join(f"bank {b}: {v['rows_protected']} rows, epsilon {v['epsilon']:.3f} over "
+                                   f"{v['steps']} steps in {v['ledger_entries']} ledger entries (noise "
+                                   f"{v['noise_multiplier']:.3f}, sampling rate {v['sample_rate']:.4f})"
+                                   for b, v in cov.items()) for key, cov in covered.items()],
+        *([""] + [f"Levers: {', '.join(f'{k} ({v})' for k, v in levers.items())}."] if levers else []),
+    ])
+    finish_results(
         Path(args.out), benchmark="privacy", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
-        columns=["part", "strategy", "epsilon", "fpb_wf1", "tfns_wf1", "epsilon_spent", "noise_multiplier",
-                 "mia_auc", "canary_exposure_mean", "canary_exposure_max", "s_per_step", "wall_s", "peak_rss_mb"],
-        title=f"Privacy on {base.model.base}, {args.banks} banks, local DP-SGD (Opacus, RDP accountant, "
-              f"delta 1e-5), per-example clip {base.privacy.max_grad_norm}",
-        extra={"cells": cells, "wall_s": round(wall, 1), "machine": machine_info(), "args": vars(args)},
+        columns=["part", "strategy", "variant", "epsilon", "seeds", "tfns_wf1", "tfns_wf1_ci95", "seed_sd", "vs_no_dp",
+                 "vs_no_dp_ci95", "vs_warm_start", "epsilon_spent", "noise_multiplier", "mia_auc", "mia_auc_ci95",
+                 "canary_exposure_mean", "canary_exposure_max", "s_per_batch", "wall_s", "peak_rss_mb"],
+        title=f"Local DP-SGD on {base.model.base}, {args.banks} banks from a public warm start: utility on "
+              f"{PRIVATE.upper()} test, audit, cost",
+        md_extra=md_extra,
+        extra={"cells": {k: {f: v for f, v in c.items() if not f.endswith("_pred")} for k, c in cells.items()},
+               "levers": levers, "wall_s": round(wall, 1), "machine": machine_info(), "args": vars(args)},
     )
+    plot(rows, Path(args.out).with_suffix(".png"))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Weighted F1 against epsilon per strategy (the recipe), with intervals; no DP at the right, the warm start
+    alone as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    util = [r for r in rows if r["part"] == "utility" and r.get("variant") == "recipe"]
+    if not util:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    eps_vals = sorted({float(r["epsilon"]) for r in util if r["epsilon"] != "none"})
+    x_none = (max(eps_vals) * 2.5) if eps_vals else 1.0
+    for strategy in sorted({r["strategy"] for r in util}):
+        pts = sorted(((x_none if r["epsilon"] == "none" else float(r["epsilon"])), r) for r in util
+                     if r["strategy"] == strategy)
+        xs = [x for x, _ in pts]
+        ys = [r["tfns_wf1"] for _, r in pts]
+        err = [[r["tfns_wf1"] - r["tfns_wf1_ci95"][0] for _, r in pts], [r["tfns_wf1_ci95"][1] - r["tfns_wf1"] for _, r in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=strategy)
+    warm = next((r for r in rows if r["strategy"] == "public warm start alone"), None)
+    if warm:
+        ax.axhline(warm["tfns_wf1"], color="grey", ls=":", label="public warm start alone")
+    ax.set_xscale("log")
+    ax.set_xticks(eps_vals + [x_none], [f"{e:g}" for e in eps_vals] + ["no DP"])
+    ax.minorticks_off()
+    ax.set(xlabel="epsilon per bank (delta 1e-5)", ylabel="weighted F1 on TFNS test (95 % interval)", ylim=(0, 1),
+           title="local DP-SGD from a public warm start")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ def private_round(state: BankState, cfg: Config, context: Context, global_round:
     if p.delta >= 1 / n:
         raise ValueError(f"bank {state.bank}: privacy.delta {p.delta:g} is not below 1/n = 1/{n} of its training rows; "
                          "a delta that large allows leaking whole records: lower privacy.delta")
-    q = min(1.0, cfg.training.batch_size / n)
+    expected = p.expected_batch_size or cfg.training.batch_size
+    q = min(1.0, expected / n)
     ledger = PrivacyLedger.open(local_state_dir(cfg, context, state.bank), bank=state.bank,
                                 accountant_kind=p.accountant, delta=p.delta)
     steps = cfg.federation.local_steps
@@ -155,7 +156,7 @@ def private_round(state: BankState, cfg: Config, context: Context, global_round:
                         noise_multiplier=p.noise_multiplier)
     step = (sigma, q, steps)
     ledger.check(step, budget, state.bank)
-    return DPSpec(sigma, p.max_grad_norm, q, cfg.training.batch_size), ledger, step
+    return DPSpec(sigma, p.max_grad_norm, q, round(q * n), p.physical_batch_size or cfg.training.batch_size), ledger, step
 
 
 def bank_budget(cfg: Config, context: Context, bank: int) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..common.adapter import start_from_adapter
 from ..common.bank_folder import parse_label_map
 from ..common.bank_rows import folder_training_set, simulated_training_set
 from ..common.config import Config
@@ -41,10 +42,15 @@ def _model(cfg: Config, rank: int):
     lora = cfg.lora
     if rank != cfg.lora.r:
         lora = cfg.lora.model_copy(update={"r": rank, "alpha": cfg.lora.alpha * rank / cfg.lora.r})
-    key = cfg.model.model_dump_json() + lora.model_dump_json()
+    start = cfg.federation.initial_adapter
+    key = cfg.model.model_dump_json() + lora.model_dump_json() + str(start)
     if key not in _MODELS:
         loaded = load_base_model(cfg.model)
-        _MODELS[key] = (attach_lora(loaded.model, lora, seed=cfg.training.seed), loaded)
+        model = attach_lora(loaded.model, lora, seed=cfg.training.seed)
+        if start:  # the federation's starting point, as the server's (server/app.py): matrices the bank never
+            # receives (FFA-LoRA's frozen A) must be the server's too
+            start_from_adapter(model, start, base_sha256=loaded.base_sha256)
+        _MODELS[key] = (model, loaded)
     return _MODELS[key]
 
 

@@ -301,6 +301,29 @@ def load_adapter(base_model, adapter_dir: str | Path, *, base_sha256: str, is_tr
     return model, manifest
 
 
+def start_from_adapter(model: torch.nn.Module, adapter_dir: str | Path, *, base_sha256: str) -> dict:
+    """Put a saved adapter's LoRA matrices into `model` (a federation's starting point, e.g. a public warm start)
+    after checking its checksum and base model; a model of lower LoRA rank (a HetLoRA bank) takes the first
+    components. Returns the adapter's manifest."""
+    from safetensors.numpy import load_file
+
+    d = Path(adapter_dir)
+    manifest = read_manifest(d)
+    if manifest["base_model_sha256"] != base_sha256:
+        raise AdapterError(f"{d}: the starting adapter was trained on base {manifest['base_model']!r}, not on the "
+                           "loaded base model; give federation.initial_adapter an adapter of model.base")
+    if read_base_residual(d):
+        raise AdapterError(f"{d}: the adapter carries a base residual (FedEx-LoRA); a federation cannot start from "
+                           "it: give federation.initial_adapter a plain adapter")
+    ours = get_lora_arrays(model)
+    saved = peft_names_to_ours(load_file(str(d / ADAPTER_WEIGHTS)), list(ours))
+    ranks = {rank_of(k, v) for k, v in ours.items()}
+    if len(ranks) == 1 and (r := ranks.pop()) < max(rank_of(k, v) for k, v in saved.items()):
+        saved = truncate_rank(saved, r)
+    set_lora_arrays(model, saved, source=f"starting adapter {d}")
+    return manifest
+
+
 # ------------------------------------------------------------------------------------------ archives
 
 def peft_names_to_ours(arrays: dict, ours: list[str]) -> dict:

@@ -76,8 +76,11 @@ def cut_key(cfg: Config, num_banks: int) -> str:
     """What decides a simulated bank's rows, as a short digest: the data folder, the partitioning, the bank count."""
     from .tasks.sentiment_data import data_dir_from_env
 
+    partition = cfg.federation.partition.model_dump(mode="json")
+    if partition.get("sources") is None:  # all sources: the digest cuts made before the setting existed have
+        partition.pop("sources", None)
     what = json.dumps({"data_dir": str(data_dir_from_env(cfg.data.data_dir).resolve()),
-                       "partition": cfg.federation.partition.model_dump(mode="json"), "num_banks": num_banks},
+                       "partition": partition, "num_banks": num_banks},
                       sort_keys=True)
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 

@@ -233,6 +233,9 @@ class PartitionConfig(_Strict):
         None, gt=0, description="Use a seeded sample of the training pool of this size (None = all unique rows)."
     )
     local_test_share: float = Field(0.1, gt=0, lt=0.5, description="Share of each bank's rows held out locally.")
+    sources: list[Literal["fpb", "fiqa", "tfns"]] | None = Field(
+        None, min_length=1, description="Training sources the banks' rows are cut from (None = all): e.g. [tfns] "
+        "for banks whose data a public warm start on FPB and FiQA never saw.")
     seed: int = Field(42)
 
 
@@ -289,6 +292,11 @@ class FederationConfig(_Strict):
         1_000_000, gt=0, description="A bank reporting more training examples than this is dropped as implausible."
     )
     resume: bool = Field(True, description="Continue from the newest round checkpoint in the run folder, if any.")
+    initial_adapter: str | None = Field(
+        None, description="An adapter folder written by fedfingpt (PEFT files + manifest) that the server and every "
+        "bank start from instead of the seeded random LoRA initialisation: e.g. one trained on public data (a public "
+        "warm start: no privacy cost). Its base model and LoRA shapes must match; a bank of lower rank (HetLoRA) "
+        "takes its first components.")
 
     @model_validator(mode="after")
     def _min_le_banks(self) -> "FederationConfig":
@@ -313,6 +321,13 @@ class PrivacyConfig(_Strict):
     delta: float = Field(1e-5, description="Delta of the (epsilon, delta) guarantee; must be below 1/n of a bank.")
     noise_multiplier: float | None = Field(None, description="Set the noise yourself (else derived from epsilon).")
     max_grad_norm: float = Field(1.0, gt=0, description="Per-example gradient clipping bound (DP-SGD's C).")
+    expected_batch_size: int | None = Field(
+        None, gt=0, description="local: the logical DP-SGD batch, the expected size of a step's Poisson sample (the "
+        "sampling rate is this over the bank's rows); None = training.batch_size. The noise is added once per "
+        "logical batch, so hundreds of examples per step keep the signal above it.")
+    physical_batch_size: int | None = Field(
+        None, gt=0, description="local: examples per forward and backward pass inside a logical batch (their clipped "
+        "gradients are summed before the one noisy step); None = training.batch_size. Bounds the memory only.")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant composing the ledger.")
     clipping: Literal["fixed", "adaptive"] = Field("fixed", description="central: fixed or adaptive clipping.")
     clipping_side: Literal["server", "client"] = Field("server", description="central: who clips the update.")

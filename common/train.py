@@ -2,7 +2,10 @@
 
 Read it top to bottom: batches -> forward (answer-only loss, optional extra term) -> backward -> clip -> step.
 With `dp` (DP-SGD through Opacus) the same loop draws Poisson-sampled batches, Opacus computes a gradient per
-example for the LoRA parameters only, clips each to `dp.max_grad_norm` and adds Gaussian noise at the step.
+example for the LoRA parameters only, clips each to `dp.max_grad_norm` and adds Gaussian noise at the step. A
+large logical batch runs as physical batches of `dp.physical_batch_size` (as Opacus's BatchMemoryManager does:
+each physical batch's clipped gradients are summed, the optimizer told to skip its step until the logical batch
+ends), so the noise is added once per logical batch whatever the memory allows.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class DPSpec:
     noise_multiplier: float
     max_grad_norm: float  # per-example clipping bound
     sample_rate: float  # Poisson sampling: each example joins a step's batch with this probability
-    expected_batch_size: int
+    expected_batch_size: int  # the logical batch: sample_rate x examples
+    physical_batch_size: int | None = None  # examples per forward/backward; None = the whole logical batch at once
 
 
 @dataclass
@@ -297,12 +301,29 @@ def train(
         gen = torch.Generator().manual_seed(cfg.seed)
         forward, optimizer = make_private(model, optimizer, dp, gen)
 
+    if dp is not None and cfg.grad_accum != 1:
+        raise ValueError("training.grad_accum must be 1 under DP-SGD: a step is one Poisson batch (make it larger "
+                         "with privacy.expected_batch_size; privacy.physical_batch_size bounds the memory)")
+
     def micro_batches():
         if dp is not None:
             while True:
                 yield poisson_batch(len(examples), dp.sample_rate, gen)
         while True:  # epochs until the step budget is spent
             yield from batch_order(lengths, cfg.batch_size, rng, cfg.group_by_length, cfg.shuffle, groups)
+
+    def micro_steps(first: list[int]):
+        """(indices, last of the step) for one optimizer step: grad_accum micro-batches, or under DP one Poisson
+        batch cut into physical batches."""
+        if dp is None:
+            yield first, cfg.grad_accum == 1
+            for i in range(1, cfg.grad_accum):
+                yield next(batches), i == cfg.grad_accum - 1
+            return
+        size = dp.physical_batch_size or max(1, len(first))
+        chunks = [first[i:i + size] for i in range(0, len(first), size)] or [[]]
+        for i, chunk in enumerate(chunks):
+            yield chunk, i == len(chunks) - 1
 
     result = TrainResult(steps=0, examples=0, tokens=0, wall_s=0.0)
     batches = micro_batches()
@@ -312,8 +333,9 @@ def train(
     t0 = time.perf_counter()
     try:
         for step in range(1, steps + 1):
-            for _ in range(cfg.grad_accum):
-                idx = next(batches)
+            for idx, last in micro_steps(next(batches)):
+                if dp is not None and not last:  # a physical batch inside a logical one: clip and sum, no step
+                    optimizer.signal_skip_step(do_skip=True)
                 if not idx:  # an empty Poisson batch: the step still happens and adds noise only
                     for p in optimizer.params:
                         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
@@ -331,6 +353,9 @@ def train(
                 running_n += 1
                 result.examples += len(idx)
                 result.tokens += int(batch["attention_mask"].sum())
+                if dp is not None and not last:
+                    optimizer.step()  # skipped by Opacus: the clipped per-example gradients are summed
+                    optimizer.zero_grad(set_to_none=True)
             if cfg.max_grad_norm is not None and dp is None:  # DP clips each example's gradient instead
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
             optimizer.step()

@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from ..common.adapter import (arrays_to_record, get_lora_arrays, read_base_residual, record_to_arrays, select_parts,
-                              set_lora_arrays)
+                              set_lora_arrays, start_from_adapter)
 from ..common.config import Config
 from ..common.evaluate import evaluate_tasks, sample_rows
 from ..common.metrics import format_markdown_table
@@ -50,6 +50,9 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, context: Context | None =
     t_start = time.perf_counter()
     loaded = load_base_model(cfg.model)
     model = attach_lora(loaded.model, cfg.lora, seed=cfg.training.seed)  # the same LoRA init the banks build
+    if f.initial_adapter:  # a starting point every bank loads too (client/bank.py)
+        start_from_adapter(model, f.initial_adapter, base_sha256=loaded.base_sha256)
+        log.info("the federation starts from the adapter in %s", f.initial_adapter)
     config_json = cfg.training_job()
 
     history: list[dict] = []

@@ -25,11 +25,14 @@ class PartitionError(ValueError):
 
 
 def training_pool(train: dict[str, list[SentimentExample]], cfg: PartitionConfig) -> list[SentimentExample]:
-    """The unique training rows of every source, shuffled with the seed (optionally a seeded sample). Repeated
-    texts (FPB and TFNS hold a few) are kept once, so a bank's local test row is never also a training row."""
+    """The unique training rows of every source (or of `cfg.sources`), shuffled with the seed (optionally a seeded
+    sample). Repeated texts (FPB and TFNS hold a few) are kept once, so a bank's local test row is never also a
+    training row."""
     seen: set[str] = set()
     pool = []
     for name in sorted(train):
+        if cfg.sources is not None and name not in cfg.sources:
+            continue
         for ex in train[name]:
             key = " ".join(ex.text.lower().split())
             if key not in seen:

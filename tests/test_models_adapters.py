@@ -155,3 +155,27 @@ def test_a_packed_record_that_does_not_add_up_is_refused(tamper, message):
     tamper(record)
     with pytest.raises(ValueError, match=re.escape(message)):
         record_to_arrays(record)
+
+
+def test_a_federation_start_takes_a_saved_adapter_and_refuses_others(tiny_config, tmp_path):
+    from fedfingpt.common.adapter import start_from_adapter
+
+    loaded, model = _tiny(tiny_config, r=8)
+    rng = np.random.default_rng(1)
+    warm = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in get_lora_arrays(model).items()}
+    set_lora_arrays(model, warm)
+    out = save_adapter(model, tmp_path / "warm", base_id=loaded.base_id, base_sha256=loaded.base_sha256)
+    fresh_loaded, fresh = _tiny(tiny_config, r=8)
+    assert any(not np.array_equal(v, warm[k]) for k, v in get_lora_arrays(fresh).items())
+    start_from_adapter(fresh, out, base_sha256=fresh_loaded.base_sha256)
+    for k, v in get_lora_arrays(fresh).items():
+        np.testing.assert_array_equal(v, warm[k])
+    # a bank of lower rank (HetLoRA) starts from the first components
+    low_loaded, low = _tiny(tiny_config, r=4)
+    start_from_adapter(low, out, base_sha256=low_loaded.base_sha256)
+    for k, v in get_lora_arrays(low).items():
+        np.testing.assert_array_equal(v, warm[k][:4] if ".lora_A." in k else warm[k][:, :4])
+    with pytest.raises(AdapterError, match="initial_adapter"):
+        start_from_adapter(fresh, out, base_sha256="0" * 64)
+    with pytest.raises(AdapterError, match="no fedfingpt_manifest.json"):
+        start_from_adapter(fresh, tmp_path, base_sha256=fresh_loaded.base_sha256)

@@ -132,3 +132,24 @@ def test_a_bank_adds_its_own_rows_and_bad_rows_are_named(tiny_config, data_dir, 
     base["data"]["bank_extra_train"] = {1: str(extra)}
     with pytest.raises(DataFormatError, match="own.jsonl"):
         bank_rows(config_from_dict(base), 1, 3)
+
+
+def test_banks_cut_from_chosen_sources_only(data_dir, tiny_config):
+    """A scenario whose banks hold only TFNS rows (what a public warm start on FPB and FiQA never saw): the pool
+    has no other source, and its cut is cached apart from the all-sources cut."""
+    from fedfingpt.common.bank_rows import cut_key
+
+    train = fingpt_sentiment_splits(data_dir)["train"]
+    only = training_pool(train, PartitionConfig(sources=["tfns"]))
+    every = training_pool(train, PartitionConfig())
+    assert {ex.source for ex in only} == {"tfns"} and len(only) < len(every)
+    assert {ex.source for ex in every} >= {"fpb", "fiqa", "tfns"}
+    parts = partition_pool(only, 3, PartitionConfig(sources=["tfns"], kind="iid"))
+    assert _covers(parts, len(only))
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.data.data_dir = str(data_dir)
+    keyed = cfg.model_copy(deep=True)
+    keyed.federation.partition.sources = ["tfns"]
+    assert cut_key(cfg, 3) != cut_key(keyed, 3)
+    with pytest.raises(ValueError):
+        PartitionConfig(sources=["nwgi"])

@@ -152,7 +152,7 @@ def test_dp_banks_in_simulation_keep_ledgers_and_a_bank_past_its_budget_skips(ti
                          "partition": {"kind": "iid", "max_rows": 300}}
     # a set noise; banks 0 and 1 can afford both rounds, bank 2's budget is below what one round costs
     cfg["privacy"] = {"mode": "local", "epsilon": 20, "noise_multiplier": 0.9, "bank_epsilon": {2: 0.05},
-                      "delta": 1e-3}
+                      "delta": 1e-3, "expected_batch_size": 16, "physical_batch_size": 4}
     cfg = config_from_dict(cfg)
     run_dir = tmp_path / "run"
     out = simulate(cfg, run_dir)
@@ -162,6 +162,8 @@ def test_dp_banks_in_simulation_keep_ledgers_and_a_bank_past_its_budget_skips(ti
         assert sorted(b["bank"] for b in t["banks"]) == [0, 1]
         assert len(t["dropped"]) == 1 and "past its budget 0.05" in t["dropped"][0]["reason"]
         assert all(b["dp_noise_multiplier"] == pytest.approx(0.9) for b in t["banks"])
+        # the logical batch sets the sampling rate the ledger accounts: 16 of the bank's training rows per step
+        assert all(b["dp_sample_rate"] == pytest.approx(16 / b["num_examples"]) for b in t["banks"])
     for bank in (0, 1):
         ledger = PrivacyLedger.open(run_dir / "banks" / f"bank-{bank}", bank=bank, accountant_kind="rdp", delta=1e-3)
         assert [e["round"] for e in ledger.data["entries"]] == [1, 2]
@@ -380,3 +382,29 @@ def test_per_example_gradients_with_the_head_only_at_answer_positions_equal_full
     assert samples[0] and all(s.shape[0] == 5 for s in samples[0].values())
     for n in samples[0]:
         torch.testing.assert_close(samples[1][n], samples[0][n], rtol=1e-5, atol=1e-7)
+
+
+def test_a_logical_batch_in_physical_batches_is_one_noisy_step(tiny):
+    """The same Poisson batches and noise with the logical batch run whole or in physical batches of 3: the same
+    LoRA weights after two steps (the clipped gradients are summed and the noise added once per logical batch;
+    a step per physical batch, or noise per physical batch, would differ)."""
+    model, tok, enc, cfg = tiny
+    start = get_lora_arrays(model)
+    tcfg = cfg.training.model_copy(update={"max_steps": 2, "warmup_ratio": 0.0})
+    after = {}
+    for physical in (None, 3):
+        from fedfingpt.common.adapter import set_lora_arrays
+
+        set_lora_arrays(model, start)
+        res = train(model, enc, tcfg, pad_id=tok.pad_token_id, progress=False,
+                    dp=DPSpec(0.5, 1.0, 12 / 24, 12, physical_batch_size=physical))
+        assert res.steps == 2 and res.examples > 6  # two logical batches of about 12
+        after[physical] = (get_lora_arrays(model), res.examples)
+    assert after[None][1] == after[3][1]
+    moved = max(np.abs(after[None][0][k] - start[k]).max() for k in start)
+    assert moved > 1e-4
+    for k in start:
+        np.testing.assert_allclose(after[3][0][k], after[None][0][k], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="grad_accum must be 1 under DP"):
+        train(model, enc, tcfg.model_copy(update={"grad_accum": 2}), pad_id=tok.pad_token_id, progress=False,
+              dp=DPSpec(0.5, 1.0, 0.5, 12))

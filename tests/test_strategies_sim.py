@@ -198,3 +198,35 @@ def _initial(cfg) -> dict:
     loaded = load_base_model(cfg.model)
     torch.manual_seed(cfg.training.seed)
     return get_lora_arrays(attach_lora(loaded.model, cfg.lora))
+
+
+def test_a_federation_started_from_a_saved_adapter_trains_from_it(tiny_config, data_dir, tmp_path):
+    """federation.initial_adapter (a public warm start): the banks receive its B in round 1, and under FFA-LoRA,
+    whose A never travels, the banks' frozen A is the adapter's A (the final adapter keeps it exactly)."""
+    from fedfingpt.common.adapter import get_lora_arrays, save_adapter, set_lora_arrays
+    from fedfingpt.common.models import attach_lora
+    from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
+
+    loaded = load_base_model(tiny_config.model)
+    model = attach_lora(loaded.model, tiny_config.lora, seed=tiny_config.training.seed)
+    rng = np.random.default_rng(3)
+    warm = {k: (0.05 * rng.normal(size=v.shape)).astype(np.float32) for k, v in get_lora_arrays(model).items()}
+    set_lora_arrays(model, warm)
+    start = save_adapter(model, tmp_path / "warm", base_id=loaded.base_id, base_sha256=loaded.base_sha256)
+    cfg = strategy_config(tiny_config, data_dir, tmp_path, "ffa_lora")
+    cfg.federation.rounds = 1
+    cfg.federation.initial_adapter = str(start)
+    record = tmp_path / "record"
+    record.mkdir()
+    run_dir = tmp_path / "run"
+    simulate(cfg, run_dir, client_app=recording_app(cfg, record))
+    received, _ = load(record / "in-r1-b0.npz")
+    assert received and all(".lora_B." in k for k in received)
+    for k, v in received.items():
+        np.testing.assert_array_equal(v, warm[k])
+    _, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
+    final = peft_names_to_ours(saved, list(warm))
+    for k in warm:
+        if ".lora_A." in k:
+            np.testing.assert_array_equal(final[k], warm[k])
+    assert any(not np.allclose(final[k], warm[k]) for k in warm if ".lora_B." in k)

@@ -217,8 +217,8 @@ class LoraFedAvg(FedAvg):
                 "bytes_down": self._sent.get(node, 0), "bytes_up": arrays_nbytes(arrays),
                 # per-message process start-up and time in the bank's handler (the deployment benchmark's breakdown)
                 **{k.replace("-", "_"): metrics[k] for k in ("startup-s", "handler-s") if k in metrics},
-                **({"dp_epsilon": metrics["dp-epsilon"], "dp_noise_multiplier": metrics.get("dp-noise-multiplier")}
-                   if "dp-epsilon" in metrics else {}),
+                **({"dp_epsilon": metrics["dp-epsilon"], "dp_noise_multiplier": metrics.get("dp-noise-multiplier"),
+                    "dp_sample_rate": metrics.get("dp-sample-rate")} if "dp-epsilon" in metrics else {}),
             })
         for node in set(self._sent) - replied:
             self._drop(entry, node, self._bank_of.get(node), "no reply before the round timeout")
