@@ -56,7 +56,7 @@ HETLORA_RANKS = {0: 4, 1: 4}  # two banks with small machines train rank 4; the 
 SETS = ("fpb", "tfns")
 RESAMPLES = 1000
 SEED_BASE = 42  # seed s: partition seed and training seed (initial adapter, data order) 42 + s
-LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+LABELS = {"local": "local only (mean bank)", "fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
           "ffa_lora": "FFA-LoRA", "fedsa_lora": "FedSA-LoRA (own B)", "fedex_lora": "FedEx-LoRA (exact)",
           "hetlora": "HetLoRA (ranks 4,4,8,8,8)", "median": "Median", "trimmed_mean": "Trimmed mean",
           "norm_bound": "Norm bound"}
@@ -68,7 +68,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     """'fedadam@adaptive_lr=1e-3:tau=1e-3' -> ('fedadam', {'adaptive_lr': 0.001, 'tau': 0.001}); names and keys are
     checked so that a typo fails before hours of training, not after."""
     name, _, rest = spec.strip().partition("@")
-    if name not in STRATEGY_NAMES:
+    if name not in STRATEGY_NAMES + ("local",):
         raise SystemExit(f"--strategies: unknown strategy {name!r} in {spec!r}; known: {', '.join(STRATEGY_NAMES)}")
     overrides: dict = {}
     for item in filter(None, rest.split(":")):
@@ -130,6 +130,26 @@ def centralized(cfg, banks: int, total_steps: int, tests) -> dict:
             "peak_rss_mb": round(rss.peak / 2**20)}
 
 
+def local_only(cfg, tests) -> dict:
+    """Every bank alone: its share of the budget (rounds x local steps) on its own rows, from the same initial
+    adapter, the learning rate on one cosine; the cell's F1 is the banks' mean, every bank's predictions kept."""
+    f = cfg.federation
+    per_bank, t0 = [], time.perf_counter()
+    with TreeRSS() as rss:
+        for b in range(f.num_banks):
+            model, loaded = fresh_model(cfg)
+            enc = encode_sentiment(loaded.tokenizer, simulated_bank_rows(cfg, b, f.num_banks)[0], cfg.data.max_length)
+            tcfg = cfg.training.model_copy(update={"max_steps": f.rounds * f.local_steps, "eval_every": None,
+                                                   "warmup_ratio": 0.05, "seed": cfg.training.seed + b})
+            train(model, enc, tcfg, pad_id=loaded.tokenizer.pad_token_id, progress=False)
+            per_bank.append(predictions(model, loaded.tokenizer, tests, cfg))
+    return {**{k: float(np.mean([p[k] for p in per_bank])) for k in SETS},
+            **{f"{k}_pred": [p[f"{k}_pred"] for p in per_bank] for k in SETS},
+            "per_bank": [{k: p[k] for k in SETS} for p in per_bank], "mb_up": 0.0, "mb_down": 0.0,
+            "train_s": round(time.perf_counter() - t0, 1), "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(rss.peak / 2**20)}
+
+
 def federated(cfg, run_dir: Path, tests) -> dict:
     t0 = time.perf_counter()
     with TreeRSS() as rss:
@@ -161,6 +181,10 @@ def federated(cfg, run_dir: Path, tests) -> dict:
                            for t in trains]}
     if per_bank:
         cell["per_bank"] = [{k: p[k] for k in SETS} for p in per_bank]
+    curve = [float(np.mean([e["weighted_f1"] for e in h["eval"] if e["dataset"] in SETS]))
+             for h in out["history"] if h.get("train") and h.get("eval")]
+    if curve:  # the server's per-round scores on --curve-rows samples
+        cell["curve_f1"] = [round(x, 4) for x in curve]
     return cell
 
 
@@ -193,24 +217,25 @@ class Stats:
 
 def summarise(cells: dict, stats: Stats, args, tuned: dict) -> tuple[list[dict], dict]:
     """One row per (partition, strategy setting) over its seeds; the best setting per strategy and partition."""
-    groups: dict[tuple[str, str], dict[int, dict]] = {}
+    groups: dict[tuple[str, str, str], dict[int, dict]] = {}
+    default_layout = f"{args.rounds}x{args.local_steps}"
     for key, cell in cells.items():
-        part, spec, seed = key.split("|")
-        groups.setdefault((part, spec), {})[int(seed.lstrip("s"))] = cell
+        part, spec, seed, *layout = key.split("|")
+        groups.setdefault((part, spec, layout[0] if layout else default_layout), {})[int(seed.lstrip("s"))] = cell
     rows, best = [], {}
-    for (part, spec), by_seed in groups.items():
+    for (part, spec, layout), by_seed in groups.items():
         seeds = sorted(by_seed)
         name, overrides = parse_spec(spec) if spec != "centralized" else ("centralized", {})
         means = [(by_seed[s]["fpb"] + by_seed[s]["tfns"]) / 2 for s in seeds]
         boot = stats.resampled([by_seed[s] for s in seeds])
         row = {"partition": part, "strategy": "centralized (ceiling)" if spec == "centralized" else
                spec_label(name, overrides, tuned=name in tuned and tuned[name] == overrides and bool(overrides)),
-               "spec": spec, "seeds": len(seeds),
+               "spec": spec, "rounds_x_steps": layout if spec not in ("centralized", "local") else "-", "seeds": len(seeds),
                "fpb_wf1": float(np.mean([by_seed[s]["fpb"] for s in seeds])),
                "tfns_wf1": float(np.mean([by_seed[s]["tfns"] for s in seeds])),
                "mean_wf1": float(np.mean(means)), "seed_sd": float(np.std(means, ddof=1)) if len(seeds) > 1 else None,
                "mean_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])]}
-        ref = groups.get((part, "fedavg"))
+        ref = groups.get((part, "fedavg", layout)) or groups.get((part, "fedavg", default_layout))
         common = [s for s in seeds if ref and s in ref]
         if spec not in ("fedavg", "centralized") and common:
             d = stats.resampled([by_seed[s] for s in common]) - stats.resampled([ref[s] for s in common])
@@ -221,12 +246,14 @@ def summarise(cells: dict, stats: Stats, args, tuned: dict) -> tuple[list[dict],
                         "p_vs_fedavg": float(min(1.0, 2 * (min((d < 0).mean(), (d > 0).mean()) + (d == 0).mean() / 2))),
                         "vs_fedavg_verdict": "tie" if lo <= 0 <= hi else ("better" if lo > 0 else "worse")})
         cells0 = [by_seed[s] for s in seeds]
+        if all(c.get("curve_f1") for c in cells0):
+            row["curve_f1"] = [float(x) for x in np.mean([c["curve_f1"] for c in cells0], axis=0)]
         for k in ("mb_up", "mb_down", "train_s", "wall_s", "peak_rss_mb"):
             row[k] = float(np.mean([c[k] for c in cells0]))
         row["cpu_min"] = row["train_s"] * args.cpus / 60
         rows.append(row)
-        settings = {s for p, s in groups if p == part and s.split("@")[0] == name}
-        if spec != "centralized" and len(settings) > 1:  # a swept strategy: keep its best setting
+        settings = {s for p, s, _ in groups if p == part and s.split("@")[0] == name}
+        if spec != "centralized" and len(settings) > 1 and layout == default_layout:  # swept: keep its best
             b = best.setdefault(part, {})
             if name not in b or row["mean_wf1"] > b[name]["mean_wf1"]:
                 b[name] = {"overrides": overrides, "mean_wf1": row["mean_wf1"], "spec": spec}
@@ -256,6 +283,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seed offsets (partition, adapter, data order)")
     ap.add_argument("--tuned", default=None, help="a sweep's results JSON: plain strategy names take its best "
                     "settings (chosen under the sweep's partition)")
+    ap.add_argument("--splits", default=None, help="rounds x local steps at the same budget, e.g. 5x40,20x10,50x4 "
+                    "(each its own cells; the product must equal --rounds x --local-steps)")
+    ap.add_argument("--curve-rows", type=int, default=0, help="the server also scores this many rows of FPB and "
+                    "TFNS test after every round (the F1-against-rounds plot); 0: the final adapter only")
     ap.add_argument("--client-cpus", type=float, default=2.0, help="2: banks train one at a time with 2 threads")
     ap.add_argument("--cpus", type=int, default=2, help="threads each training process uses (CPU-minutes)")
     args = ap.parse_args()
@@ -265,7 +296,9 @@ def main() -> None:
     overrides = {
         "federation.num_banks": args.banks, "federation.rounds": args.rounds, "federation.local_steps": args.local_steps,
         "federation.client_eval": False, "federation.resume": False, "federation.min_banks": args.banks - 1,
-        "federation.server_eval_sets": [],  # the benchmark scores the final adapter itself, keeping predictions
+        # the benchmark scores the final adapter itself, keeping predictions; the server only the per-round curve
+        "federation.server_eval_sets": ["fpb", "tfns"] if args.curve_rows else [],
+        "federation.server_eval_limit": args.curve_rows or None, "federation.final_eval_full": False,
         "federation.client_cpus": args.client_cpus,
         "data.tasks": ["sentiment"], "data.max_length": 256,  # the sentiment federation (the default adds AML)
     }
@@ -282,13 +315,19 @@ def main() -> None:
         specs.append((name, ov or tuned.get(name, {})))
     seeds = [int(s) for s in args.seeds.split(",")]
     total_steps = args.banks * args.rounds * args.local_steps
+    layouts = [(args.rounds, args.local_steps)]
+    if args.splits:
+        layouts = [tuple(int(x) for x in sp.split("x")) for sp in args.splits.split(",")]
+        if any(r * ls != args.rounds * args.local_steps for r, ls in layouts):
+            raise SystemExit(f"--splits {args.splits}: every rounds x local steps must equal --rounds x --local-steps "
+                             f"= {args.rounds * args.local_steps} (the same budget)")
     splits = sentiment_splits(base.data.data_dir)
     tests = {k: sample_rows(splits["test"][k], args.eval_rows or None, base.data.seed) for k in SETS}
     stats = Stats(tests)
     work = Path(args.work)
     cache = CellCache(work, {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps,
                              "lr": base.training.lr, "config": Path(args.config).name, "eval_rows": args.eval_rows,
-                             "client_cpus": args.client_cpus})
+                             "client_cpus": args.client_cpus, "curve_rows": args.curve_rows})
     cells = cache.cells
 
     def save_cell(key: str, cell: dict) -> None:
@@ -304,20 +343,23 @@ def main() -> None:
         for part in args.partitions.split(","):
             if part not in PARTITIONS:
                 raise SystemExit(f"--partitions: unknown {part!r}; known: {', '.join(PARTITIONS)}")
-            for name, ov in specs:
-                key = f"{part}|{spec_key(name, ov)}|s{seed}"
-                if key in cells:
-                    continue
+            for (rounds, local_steps), (name, ov) in ((lay, sp) for lay in layouts for sp in specs):
+                layout = f"|{rounds}x{local_steps}" if args.splits else ""
+                key = f"{part}|{spec_key(name, ov)}|s{seed}{layout}"
+                if key in cells or (name == "local" and (rounds, local_steps) != layouts[0]):
+                    continue  # local only: one cell per budget, whatever its split
                 cfg = seeded(base, seed)
-                cfg.name = f"agg-{part}-{spec_key(name, ov).replace('@', '-').replace(':', '-')}-s{seed}"
+                cfg.federation.rounds, cfg.federation.local_steps = rounds, local_steps
+                cfg.name = (f"agg-{part}-{spec_key(name, ov).replace('@', '-').replace(':', '-')}-s{seed}"
+                            + layout.replace("|", "-"))
                 cfg.federation.partition = cfg.federation.partition.model_copy(update=PARTITIONS[part])
-                cfg.federation.strategy = name
+                cfg.federation.strategy = "fedavg" if name == "local" else name
                 cfg.federation.aggregation = cfg.federation.aggregation.model_copy(update=ov)
                 if name == "hetlora":
                     cfg.federation.aggregation.bank_ranks = dict(HETLORA_RANKS)
                 cfg = type(cfg).model_validate(cfg.model_dump())
-                log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks, args.rounds, args.local_steps)
-                cell = federated(cfg, work / cfg.name, tests)
+                log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks, rounds, local_steps)
+                cell = local_only(cfg, tests) if name == "local" else federated(cfg, work / cfg.name, tests)
                 log.info("%s: fpb %.3f tfns %.3f (%.0f s)", key, cell["fpb"], cell["tfns"], cell["wall_s"])
                 save_cell(key, cell)
     write(args, base, cells, stats, tests, total_steps, tuned, time.perf_counter() - t_all)
@@ -352,7 +394,7 @@ def write(args, base, cells: dict, stats: Stats, tests: dict, total_steps: int, 
     ])
     finish_results(
         out, benchmark="aggregation", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
-        columns=["partition", "strategy", "seeds", "fpb_wf1", "tfns_wf1", "mean_wf1", "mean_wf1_ci95", "seed_sd",
+        columns=["partition", "strategy", "rounds_x_steps", "seeds", "fpb_wf1", "tfns_wf1", "mean_wf1", "mean_wf1_ci95", "seed_sd",
                  "vs_fedavg", "vs_fedavg_ci95", "p_vs_fedavg", "vs_fedavg_verdict", "mb_up", "mb_down", "cpu_min",
                  "peak_rss_mb"],
         title=f"LoRA aggregation strategies, {base.model.base}, {args.banks} banks, {args.rounds} rounds x "
@@ -383,7 +425,9 @@ def plot(rows: list[dict], path: Path) -> None:
     ceiling = next((r for r in rows if r["strategy"].startswith("centralized")), None)
     floor = next((r["mean_wf1"] for r in rows if r["strategy"].startswith("always")), None)
     height = max(3.0, 0.32 * max(sum(r["partition"] == p for r in rows) for p in parts) + 1.2)
-    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), height), squeeze=False, sharex=True)
+    curves = [r for r in rows if r.get("curve_f1")]
+    fig, axes = plt.subplots(1, len(parts) + bool(curves), figsize=(5.2 * (len(parts) + bool(curves)), height),
+                             squeeze=False)
     colour = {"better": "tab:green", "worse": "tab:red", "tie": "0.7", None: "tab:blue"}
     for ax, p in zip(axes[0], parts):
         these = sorted((r for r in rows if r["partition"] == p), key=lambda r: r["mean_wf1"])
@@ -400,6 +444,18 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.axvline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
         ax.set(xlim=(0, 1), xlabel="weighted F1, mean of FPB and TFNS (95 % interval)", title=p)
     axes[0][0].legend(fontsize=7, loc="lower right")
+    if curves:  # F1 against rounds: FedAvg and the best three other settings of the first partition with curves
+        ax = axes[0][-1]
+        part = curves[0]["partition"]
+        these = sorted((r for r in curves if r["partition"] == part), key=lambda r: -r["mean_wf1"])
+        shown = [r for r in these if r["spec"] == "fedavg"][:1] + [r for r in these if r["spec"] != "fedavg"][:3]
+        for r in shown:
+            ax.plot(range(1, len(r["curve_f1"]) + 1), r["curve_f1"], marker="o", ms=3,
+                    label=f"{r['strategy']} {r['rounds_x_steps']}", color="k" if r["spec"] == "fedavg" else None)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set(xlabel="round", ylabel="weighted F1 on the per-round samples", ylim=(0, 1),
+               title=f"{part}: F1 against rounds (FedAvg and the best three)")
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("black: FedAvg; green / red: better / worse than FedAvg (paired interval excludes 0); grey: a tie",
                  fontsize=8)
     fig.tight_layout()
