@@ -9,6 +9,9 @@ prediction: a cell's weighted F1 has a bootstrap 95 % interval over the test row
 resample), and each strategy is compared with FedAvg under the same partition by a paired bootstrap over the same
 rows and seeds (difference, its interval, a two-sided p); an interval that holds 0 is reported as a tie, not ranked.
 FedSA-LoRA has no global model: its figures are the mean over banks of each bank's own model (shared A + its B).
+`local` (a pseudo-strategy) is every bank alone with its share of the budget: the mean bank's figures. `--splits
+5x40,20x10,50x4` runs rounds x local steps at the same budget; `--curve-rows N` has the server score N rows of each
+test set after every round (the F1-against-rounds panel).
 
 A strategy is named with optional server settings, `NAME@KEY=VALUE:KEY=VALUE` (keys of
 federation.aggregation, e.g. `fedadam@adaptive_lr=1e-3:tau=1e-3`); with several settings of one strategy under one
