@@ -55,6 +55,33 @@ def fresh_model(cfg):
     return attach_lora(loaded.model, cfg.lora, seed=cfg.training.seed), loaded
 
 
+SEED_BASE = 42  # a benchmark's seed s: partition seed and training seed (initial adapter, data order) 42 + s
+
+
+def seeded(cfg, seed: int):
+    """cfg for seed offset `seed`: the partition, the initial adapter, the banks' data order and DP's sampling and
+    noise move together; the test rows (data.seed) stay, so seeds compare row by row."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.partition.seed = SEED_BASE + seed
+    cfg.training.seed = SEED_BASE + seed
+    return cfg
+
+
+def predictions(model, tok, tests: dict, cfg) -> dict:
+    """Each test set's weighted F1 and every predicted class as a string of indices into the sentiment LABELS
+    ('0' negative, '1' neutral, '2' positive): what paired bootstrap comparisons between cells resample."""
+    from fedfingpt.common.evaluate import evaluate_sentiment
+    from fedfingpt.common.tasks.sentiment_data import LABELS
+
+    rows = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
+                              max_length=cfg.data.max_length, progress=False, keep_predictions=True)
+    out = {}
+    for r in rows:
+        out[r["dataset"]] = r["weighted_f1"]
+        out[f"{r['dataset']}_pred"] = "".join(str(LABELS.index(p)) for p in r["predictions"])
+    return out
+
+
 def dev_serving_files(work: Path, token: str) -> tuple[dict, Path]:
     """Development certificates and a tokens file with one analyst token, under `work`."""
     certs = make_dev_certs(work / "certs")

@@ -40,7 +40,7 @@ from fedfingpt.common.train import train
 from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import AggregationConfig, load_config
 from fedfingpt.server.strategies import STRATEGY_NAMES
-from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
+from fedfingpt.common.evaluate import sample_rows
 from fedfingpt.common.metrics import weighted_f1_from_indices
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure
 from fedfingpt.common.tasks.sentiment import encode_sentiment
@@ -48,7 +48,8 @@ from fedfingpt.common.tasks.sentiment_data import LABELS as CLASSES, sentiment_s
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, federation_args, finish_results, fresh_model  # benchmarks/_shared.py
+from _shared import (SEED_BASE, CellCache, benchmark_parser, federation_args, finish_results, fresh_model,  # benchmarks/_shared.py
+                     predictions, seeded)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -58,7 +59,6 @@ PARTITIONS = {"iid": {"kind": "iid"}, "dirichlet-1.0": {"kind": "dirichlet", "al
 HETLORA_RANKS = {0: 4, 1: 4}  # two banks with small machines train rank 4; the others the global rank 8
 SETS = ("fpb", "tfns")
 RESAMPLES = 1000
-SEED_BASE = 42  # seed s: partition seed and training seed (initial adapter, data order) 42 + s
 LABELS = {"local": "local only (mean bank)", "fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
           "ffa_lora": "FFA-LoRA", "fedsa_lora": "FedSA-LoRA (own B)", "fedex_lora": "FedEx-LoRA (exact)",
           "hetlora": "HetLoRA (ranks 4,4,8,8,8)", "median": "Median", "trimmed_mean": "Trimmed mean",
@@ -99,25 +99,6 @@ def spec_label(name: str, overrides: dict, tuned: bool = False) -> str:
 
 
 # --- cells --------------------------------------------------------------------------------------------------------
-
-def predictions(model, tok, tests, cfg) -> dict:
-    """Each test set's predicted class indices as a string ('0' negative, '1' neutral, '2' positive, in CLASSES
-    order), plus its weighted F1."""
-    rows = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
-                              max_length=cfg.data.max_length, progress=False, keep_predictions=True)
-    out = {}
-    for r in rows:
-        out[r["dataset"]] = r["weighted_f1"]
-        out[f"{r['dataset']}_pred"] = "".join(str(CLASSES.index(p)) for p in r["predictions"])
-    return out
-
-
-def seeded(cfg, seed: int):
-    cfg = cfg.model_copy(deep=True)
-    cfg.federation.partition.seed = SEED_BASE + seed
-    cfg.training.seed = SEED_BASE + seed
-    return cfg
-
 
 def centralized(cfg, banks: int, total_steps: int, tests) -> dict:
     model, loaded = fresh_model(cfg)

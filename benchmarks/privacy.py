@@ -46,7 +46,7 @@ import torch
 from fedfingpt.client.privacy import PrivacyLedger
 from fedfingpt.common.adapter import get_lora_arrays, save_adapter, set_lora_arrays
 from fedfingpt.common.config import load_config
-from fedfingpt.common.evaluate import evaluate_sentiment, sample_rows
+from fedfingpt.common.evaluate import sample_rows
 from fedfingpt.common.metrics import binary_report, weighted_f1_from_indices
 from fedfingpt.common.predict import label_logprobs
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure
@@ -58,7 +58,8 @@ from fedfingpt.simulations.bank_folders import simulated_bank_rows
 from fedfingpt.simulations.partition import training_pool
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, federation_args, federation_overrides, finish_results, fresh_model
+from _shared import (CellCache, benchmark_parser, federation_args, federation_overrides, finish_results, fresh_model,
+                     predictions, seeded)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -66,7 +67,6 @@ CANARY = "Per the client's instruction the remaining balance was moved to accoun
 CANARY_LABEL = "negative"  # against the sentence's neutral content: only memorisation links the number to it
 PRIVATE = "tfns"
 RESAMPLES = 1000
-SEED_BASE = 42
 
 
 # --- pieces ---------------------------------------------------------------------------------------------------------
@@ -88,17 +88,6 @@ def final_model(cfg, run_dir: Path):
     return model, loaded
 
 
-def predictions(model, tok, tests: dict, cfg) -> dict:
-    """Weighted F1 and every predicted class index (a string, LABELS order) per test set."""
-    rows = evaluate_sentiment(model, tok, tests, cfg.eval.model_copy(update={"method": "likelihood", "calibrate": False}),
-                              max_length=cfg.data.max_length, progress=False, keep_predictions=True)
-    out = {}
-    for r in rows:
-        out[r["dataset"]] = r["weighted_f1"]
-        out[f"{r['dataset']}_pred"] = "".join(str(LABELS.index(p)) for p in r["predictions"])
-    return out
-
-
 def account(rng: random.Random) -> str:
     return "-".join(f"{rng.randrange(10_000):04d}" for _ in range(3))
 
@@ -107,13 +96,6 @@ def gold_logp(model, tok, rows: list[SentimentExample], cfg) -> np.ndarray:
     lp = label_logprobs(model, tok, [sentiment_prompt(r) for r in rows], LABELS, max_length=cfg.data.max_length,
                         batch_size=cfg.eval.batch_size, bf16=cfg.eval.bf16_autocast)
     return lp[np.arange(len(rows)), [LABELS.index(r.label) for r in rows]]
-
-
-def seeded(cfg, seed: int):
-    cfg = cfg.model_copy(deep=True)
-    cfg.federation.partition.seed = SEED_BASE + seed
-    cfg.training.seed = SEED_BASE + seed
-    return cfg
 
 
 def with_overrides(cfg, overrides: dict):
