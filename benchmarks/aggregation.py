@@ -309,9 +309,11 @@ def main() -> None:
     tests = {k: sample_rows(splits["test"][k], args.eval_rows or None, base.data.seed) for k in SETS}
     stats = Stats(tests)
     work = Path(args.work)
-    cache = CellCache(work, {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps,
-                             "lr": base.training.lr, "config": Path(args.config).name, "eval_rows": args.eval_rows,
-                             "client_cpus": args.client_cpus, "curve_rows": args.curve_rows})
+    settings = {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps, "lr": base.training.lr,
+                "config": Path(args.config).name, "eval_rows": args.eval_rows, "client_cpus": args.client_cpus}
+    if args.curve_rows:  # (caches written before the option hold no such key)
+        settings["curve_rows"] = args.curve_rows
+    cache = CellCache(work, settings)
     cells = cache.cells
 
     def save_cell(key: str, cell: dict) -> None:
