@@ -428,7 +428,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.axvline(ceiling["mean_wf1"], color="k", ls="--", lw=1, label="centralized")
         if floor is not None:
             ax.axvline(floor, color="grey", ls=":", lw=1, label="always 'neutral'")
-        ax.set(xlim=(0, 1), xlabel="weighted F1, mean of FPB and TFNS (95 % interval)", title=p)
+        ax.set(xlim=(0, 1), xlabel="weighted F1, mean of FPB and TFNS\n(95 % bootstrap interval)", title=p)
     axes[0][0].legend(fontsize=7, loc="lower right")
     if curves:  # F1 against rounds: FedAvg and the best three other settings of the first partition with curves
         ax = axes[0][-1]
@@ -442,7 +442,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set(xlabel="round", ylabel="weighted F1 on the per-round samples", ylim=(0, 1),
                title=f"{part}: F1 against rounds (FedAvg and the best three)")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("black: FedAvg; green / red: better / worse than FedAvg (paired interval excludes 0); grey: a tie",
+    fig.suptitle("black: FedAvg; green / red: better / worse than FedAvg\n(paired interval excludes 0); grey: a tie",
                  fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
