@@ -82,6 +82,38 @@ def predictions(model, tok, tests: dict, cfg) -> dict:
     return out
 
 
+class RowBootstrap:
+    """Bootstrap resamples of the test rows, one seeded draw shared by every cell, so that cells compare paired."""
+
+    def __init__(self, tests: dict, resamples: int = 1000) -> None:
+        import numpy as np
+        from fedfingpt.common.tasks.sentiment_data import LABELS
+
+        rng = np.random.default_rng(0)
+        self.resamples, self.classes = resamples, len(LABELS)
+        self.truth = {k: np.array([LABELS.index(r.label) for r in v]) for k, v in tests.items()}
+        self.rows = {k: rng.integers(0, len(t), size=(resamples, len(t))) for k, t in self.truth.items()}
+
+    def resampled(self, cells: list[dict]):
+        """Per resample: the mean over the given cells (seeds) of the mean over the test sets of the weighted F1,
+        from each cell's `<set>_pred` strings (a personalised cell, one string per bank: the banks' mean)."""
+        import numpy as np
+        from fedfingpt.common.metrics import weighted_f1_from_indices
+
+        out = np.zeros(self.resamples)
+        for k, truth in self.truth.items():
+            t = truth[self.rows[k]]
+            for c in cells:
+                preds = c[f"{k}_pred"] if isinstance(c[f"{k}_pred"], list) else [c[f"{k}_pred"]]
+                for p in preds:
+                    pred = np.frombuffer(p.encode(), dtype=np.uint8) - ord("0")
+                    if len(pred) != len(truth):
+                        raise SystemExit(f"a cached cell scored {len(pred)} {k} rows, this run {len(truth)}: "
+                                         "its test rows differ; use another --work")
+                    out += weighted_f1_from_indices(t, pred[self.rows[k]], self.classes) / len(preds)
+        return out / (len(self.truth) * len(cells))
+
+
 def dev_serving_files(work: Path, token: str) -> tuple[dict, Path]:
     """Development certificates and a tokens file with one analyst token, under `work`."""
     certs = make_dev_certs(work / "certs")

@@ -41,7 +41,6 @@ from fedfingpt.common.adapter import get_lora_arrays, set_lora_arrays
 from fedfingpt.common.config import AggregationConfig, load_config
 from fedfingpt.server.strategies import STRATEGY_NAMES
 from fedfingpt.common.evaluate import sample_rows
-from fedfingpt.common.metrics import weighted_f1_from_indices
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure
 from fedfingpt.common.tasks.sentiment import encode_sentiment
 from fedfingpt.common.tasks.sentiment_data import LABELS as CLASSES, sentiment_splits
@@ -49,7 +48,7 @@ from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
 from _shared import (SEED_BASE, CellCache, benchmark_parser, federation_args, finish_results, fresh_model,  # benchmarks/_shared.py
-                     predictions, seeded)
+                     RowBootstrap, predictions, seeded)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -58,7 +57,6 @@ PARTITIONS = {"iid": {"kind": "iid"}, "dirichlet-1.0": {"kind": "dirichlet", "al
               "source": {"kind": "source"}}
 HETLORA_RANKS = {0: 4, 1: 4}  # two banks with small machines train rank 4; the others the global rank 8
 SETS = ("fpb", "tfns")
-RESAMPLES = 1000
 LABELS = {"local": "local only (mean bank)", "fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi",
           "ffa_lora": "FFA-LoRA", "fedsa_lora": "FedSA-LoRA (own B)", "fedex_lora": "FedEx-LoRA (exact)",
           "hetlora": "HetLoRA (ranks 4,4,8,8,8)", "median": "Median", "trimmed_mean": "Trimmed mean",
@@ -174,32 +172,7 @@ def federated(cfg, run_dir: Path, tests) -> dict:
 
 # --- statistics over rows and seeds ---------------------------------------------------------------------------------
 
-class Stats:
-    """Bootstrap resamples of the test rows (one seeded draw shared by every cell, so comparisons are paired)."""
-
-    def __init__(self, tests: dict) -> None:
-        rng = np.random.default_rng(0)
-        self.truth = {k: np.array([CLASSES.index(r.label) for r in v]) for k, v in tests.items()}
-        self.rows = {k: rng.integers(0, len(t), size=(RESAMPLES, len(t))) for k, t in self.truth.items()}
-
-    def resampled(self, cells: list[dict]) -> np.ndarray:
-        """Per resample: the mean over the given seeds' cells of the mean over FPB and TFNS of the weighted F1 (a
-        personalised cell, one prediction string per bank: the banks' mean)."""
-        out = np.zeros(RESAMPLES)
-        for k in SETS:
-            t = self.truth[k][self.rows[k]]
-            for c in cells:
-                preds = c[f"{k}_pred"] if isinstance(c[f"{k}_pred"], list) else [c[f"{k}_pred"]]
-                for p in preds:
-                    pred = np.frombuffer(p.encode(), dtype=np.uint8) - ord("0")
-                    if len(pred) != len(self.truth[k]):
-                        raise SystemExit(f"a cached cell scored {len(pred)} {k} rows, this run {len(self.truth[k])}: "
-                                         "its test rows differ; use another --work")
-                    out += weighted_f1_from_indices(t, pred[self.rows[k]], len(CLASSES)) / len(preds)
-        return out / (len(SETS) * len(cells))
-
-
-def summarise(cells: dict, stats: Stats, args, tuned: dict) -> tuple[list[dict], dict]:
+def summarise(cells: dict, stats: RowBootstrap, args, tuned: dict) -> tuple[list[dict], dict]:
     """One row per (partition, strategy setting) over its seeds; the best setting per strategy and partition."""
     groups: dict[tuple[str, str, str], dict[int, dict]] = {}
     default_layout = f"{args.rounds}x{args.local_steps}"
@@ -307,7 +280,7 @@ def main() -> None:
                              f"= {args.rounds * args.local_steps} (the same budget)")
     splits = sentiment_splits(base.data.data_dir)
     tests = {k: sample_rows(splits["test"][k], args.eval_rows or None, base.data.seed) for k in SETS}
-    stats = Stats(tests)
+    stats = RowBootstrap(tests)
     work = Path(args.work)
     settings = {"banks": args.banks, "rounds": args.rounds, "local_steps": args.local_steps, "lr": base.training.lr,
                 "config": Path(args.config).name, "eval_rows": args.eval_rows, "client_cpus": args.client_cpus}
@@ -352,7 +325,7 @@ def main() -> None:
     log.info("wrote %s.{json,md,png}", args.out)
 
 
-def write(args, base, cells: dict, stats: Stats, tests: dict, total_steps: int, tuned: dict, wall: float) -> None:
+def write(args, base, cells: dict, stats: RowBootstrap, tests: dict, total_steps: int, tuned: dict, wall: float) -> None:
     rows, best = summarise(cells, stats, args, tuned)
     rows.insert(0, floor_row(tests))
     out = Path(args.out)

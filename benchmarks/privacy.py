@@ -47,7 +47,7 @@ from fedfingpt.client.privacy import PrivacyLedger
 from fedfingpt.common.adapter import get_lora_arrays, save_adapter, set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import sample_rows
-from fedfingpt.common.metrics import binary_report, weighted_f1_from_indices
+from fedfingpt.common.metrics import binary_report
 from fedfingpt.common.predict import label_logprobs
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure
 from fedfingpt.common.tasks.sentiment import encode_sentiment, sentiment_prompt
@@ -59,7 +59,7 @@ from fedfingpt.simulations.partition import training_pool
 from fedfingpt.simulations.run import simulate
 
 from _shared import (CellCache, benchmark_parser, federation_args, federation_overrides, finish_results, fresh_model,
-                     predictions, seeded)
+                     RowBootstrap, predictions, seeded)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -356,21 +356,12 @@ def main() -> None:
 
 # --- the report -----------------------------------------------------------------------------------------------------
 
-def resampled(cells: list[dict], truth: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(rows))
-    for c in cells:
-        pred = np.frombuffer(c[f"{PRIVATE}_pred"].encode(), dtype=np.uint8) - ord("0")
-        out += weighted_f1_from_indices(truth[rows], pred[rows], len(LABELS))
-    return out / len(cells)
-
-
 def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> None:
-    truth = np.array([LABELS.index(r.label) for r in tests[PRIVATE]])
-    rows_idx = np.random.default_rng(0).integers(0, len(truth), size=(RESAMPLES, len(truth)))
+    stats = RowBootstrap(tests)
     rows = []
     warm = cells.get("warm")
     if warm:
-        boot = resampled([warm], truth, rows_idx)
+        boot = stats.resampled([warm])
         rows.append({"part": "utility", "strategy": "public warm start alone", "variant": "-", "epsilon": "-",
                      "seeds": 1, "tfns_wf1": warm[PRIVATE],
                      "tfns_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
@@ -385,7 +376,7 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
                                                                                       -float(kv[0][1]) if kv[0][1] != "none" else 0)):
         seeds = sorted(by_seed)
         vals = [by_seed[s][PRIVATE] for s in seeds]
-        boot = resampled([by_seed[s] for s in seeds], truth, rows_idx)
+        boot = stats.resampled([by_seed[s] for s in seeds])
         row = {"part": "utility", "strategy": strategy, "variant": variant, "epsilon": eps, "seeds": len(seeds),
                "tfns_wf1": float(np.mean(vals)), "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
                "tfns_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
@@ -396,8 +387,7 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
         ref = groups.get((strategy, "none", variant)) or groups.get((strategy, "none", "recipe"))
         common = [s for s in seeds if ref and s in ref]
         if eps != "none" and common:
-            d = resampled([by_seed[s] for s in common], truth, rows_idx) - resampled([ref[s] for s in common], truth,
-                                                                                     rows_idx)
+            d = stats.resampled([by_seed[s] for s in common]) - stats.resampled([ref[s] for s in common])
             row["vs_no_dp"] = float(np.mean([by_seed[s][PRIVATE] - ref[s][PRIVATE] for s in common]))
             row["vs_no_dp_ci95"] = [round(float(q), 4) for q in np.quantile(d, [0.025, 0.975])]
         if warm:
