@@ -11,6 +11,7 @@ Usage: python benchmarks/gate.py [--bank-texts 2000] [--seed 1]
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -21,7 +22,9 @@ from fedfingpt.common.config import load_config
 from fedfingpt.common.report import peak_rss_mb
 from fedfingpt.common.pii.gate import ComplianceGate
 from fedfingpt.simulations.pii_bank_texts import bank_pii_texts
-from serving import redaction_quality, research_records
+from serving import nano_person_recall, redaction_quality, research_records
+
+from fedfingpt.common.tasks.sentiment_data import data_dir_from_env
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -71,16 +74,26 @@ def main() -> None:
     research_rows = redaction_quality(gate, research)
     for r in research_rows:
         log.info("research %s", r)
+    # a set the name rules were not read against: the finance-flavoured synthetic texts of nannigalaxy_pii_nano
+    nano = json.loads((data_dir_from_env(cfg.data.data_dir) / "pii" / "nannigalaxy_pii_nano" /
+                       "pii_syn_nano_en.json").read_text())
+    nano_r = nano_person_recall(gate, nano)
+    log.info("finance-flavoured PERSON %s", nano_r)
     rows = [{"set": f"bank-style ({len(items)} texts, seed {args.seed})", **r} for r in bank_rows] + \
            [{"set": f"Presidio research ({len(research)} texts)", "entity": r["entity"], "planted": r["gold"],
              "typed_recall": round(r["recall"], 4), "precision": r["precision"] and round(r["precision"], 4),
-             "found_as": r["found_as"], "note": r["note"]} for r in research_rows]
+             "found_as": r["found_as"], "note": r["note"]} for r in research_rows] + \
+           [{"set": f"finance-flavoured ({len(nano)} texts, nannigalaxy_pii_nano)", "entity": "PERSON",
+             "planted": nano_r["gold"], "typed_recall": nano_r["recall"],
+             "note": "not read while the name rules were chosen"}]
     worst = min((r for r in bank_rows if r.get("planted")), key=lambda r: r["typed_recall"])
     md = [f"Raw planted values left in the gate's output on the bank-style set: {len(leaks)} of "
           f"{sum(r.get('planted', 0) for r in bank_rows)} (by type: {dict(Counter(x['type'] for x in leaks))}).",
           f"Lowest typed recall on the bank-style set: {worst['entity']} {worst['typed_recall']}.",
           "The bank-style templates were written alongside the recognizers; another seed draws other values "
-          "(names, numbers, cities, formats) into the same templates, not other templates."]
+          "(names, numbers, cities, formats) into the same templates, not other templates. The name rules were "
+          "chosen by reading the research set's misses (no part of it held out), so its PERSON recall is the "
+          "optimistic figure; the finance-flavoured set was not read while choosing them."]
     finish_results(Path(args.out), benchmark="gate", config={"gate": cfg.gate.model_dump(mode="json"),
                    "bank_texts": args.bank_texts}, seed=args.seed, rows=rows,
                    columns=["set", "entity", "planted", "typed_recall", "removed_recall", "found", "precision",

@@ -22,6 +22,11 @@ def gates():
     ("Wire approved for Jouni Hahli yesterday.", "Jouni Hahli"),  # a curated first name, an unknown surname
     ("Transfer from Shane M Culp to savings.", "Shane M Culp"),  # with a middle initial
     ("Her maiden name is Brannvik.", "Brannvik"),  # unknown to the lists: the context word carries it
+    ("Why is Rebecca so impulsive?", "Rebecca"),  # spaCy reads a lone first name as a place
+    ("I want to add Irenke Sörös as a beneficiary to my account.", "Irenke Sörös"),  # "as" is no company word
+    ("Please follow up with naomi ryan next month.", "naomi ryan"),  # a lower-case full name
+    ("my name is vitoria", "vitoria"),  # spaCy's stop word "name" still raises a lone lower-case name
+    ('Who are you?\nElizabeth:"I\'m the new clerk".', "Elizabeth"),  # a name glued to a quote by the tokenizer
 ])
 def test_names_the_spacy_model_misses_are_redacted(gates, text, name):
     with_lists, without = gates
@@ -75,3 +80,14 @@ def test_a_missing_package_names_itself_and_the_switch(monkeypatch, tmp_path):
     monkeypatch.setattr(names.metadata, "version", version)
     with pytest.raises(names.NameListsError, match="gender-guesser.*gate.person_names: false"):
         names.load_name_lists(2000, tmp_path)
+
+
+@pytest.mark.parametrize("text,name,kind", [
+    ("David is a very sympathetic person.", "David", "PERSON"),  # a city too (Panama), but no place word before it
+    ("I'm so jealous! said the clerk to Logan", "Logan", "PERSON"),
+    ("The branch in Austin opened a new desk.", "Austin", "LOCATION"),  # a place word: the city
+    ("Exports from Georgia rose 4%.", "Georgia", "LOCATION"),  # a first name, and a state and a country
+])
+def test_a_lone_first_name_that_is_also_a_place_goes_by_the_word_before_it(gates, text, name, kind):
+    r = gates[0].scan(text, "analyst")
+    assert r.found.get(kind) == 1 and name not in r.text and f"<{kind}>" in r.text, r

@@ -77,12 +77,21 @@ class ComplianceGate:
             self.analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
         finally:
             presidio.setLevel(logging.WARNING)
-        for rec in financial_recognizers():
-            self.analyzer.registry.add_recognizer(rec)
+        first_names: frozenset[str] = frozenset()
         if cfg.person_names:
-            from .names import person_name_recognizer
+            from .names import _shared_lists, person_name_recognizer
 
+            first_names = _shared_lists(cfg.person_names_max_rank).curated
             self.analyzer.registry.add_recognizer(person_name_recognizer(cfg.person_names_max_rank))
+        for rec in financial_recognizers(first_names):
+            self.analyzer.registry.add_recognizer(rec)
+        # Presidio looks for context words only among the words around a finding that are not stop words, and
+        # spaCy counts "name" (and "call", "full", ...) as one: "my name is vitoria" would never raise its finding
+        vocab = engine.nlp["en"].vocab
+        for rec in self.analyzer.registry.recognizers:
+            for word in rec.context or []:
+                if " " not in word:
+                    vocab[word].is_stop = False
         self._key = self._hash_key(cfg.hash_key_file)
 
     @staticmethod

