@@ -32,6 +32,7 @@ from serving import TOKEN, load_level
 from fedfingpt.common.config import load_config
 from fedfingpt.common.metrics import bootstrap_interval, classification_report
 from fedfingpt.common.prompt import build_prompt
+from fedfingpt.common.models import cpu_has_native_bf16, use_bf16
 from fedfingpt.common.report import cpu_info, peak_rss_mb
 from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
 from fedfingpt.common.tasks.sentiment_data import LABELS, sentiment_splits
@@ -50,8 +51,12 @@ def zipf_stream(pool: list[str], n: int, seed: int, s: float = 1.1) -> list[str]
 
 
 def engine_cell(base, engine: str, args, callers, ca: str, headlines: list[str], fpb, gated: list[str]) -> dict:
+    """One engine measured; `torch-fp32` is the torch engine with bf16 off (the fp32 reference where the CPU has
+    native bf16 and `torch` serves bf16)."""
     cfg = base.model_copy(deep=True)
-    cfg.serving.engine = engine
+    cfg.serving.engine = "torch" if engine == "torch-fp32" else engine
+    if engine == "torch-fp32":
+        cfg.serving.bf16_autocast = False
     t0 = time.perf_counter()
     server = InferenceServer(cfg).start()
     start_s = time.perf_counter() - t0
@@ -70,7 +75,8 @@ def engine_cell(base, engine: str, args, callers, ca: str, headlines: list[str],
     gold = [r.label for r in fpb]
     report = classification_report(gold, preds, LABELS)
     ci = bootstrap_interval(gold, preds, LABELS)
-    return {"engine": engine, "start_s": round(start_s, 1),
+    return {"engine": engine, "start_s": round(start_s, 1), "bf16": use_bf16(cfg.serving.bf16_autocast)
+            if cfg.serving.engine == "torch" else False,
             "p50_ms": one["p50_ms"], "p95_ms": one["p95_ms"], "p99_ms": one["p99_ms"],
             "rps_1": one["requests_per_s"], "requests_1": one["requests"],
             "rps_32": many["requests_per_s"], "p99_ms_32": many["p99_ms"], "requests_32": many["requests"],
@@ -100,7 +106,9 @@ def cache_cell(base, args, callers, ca: str, pool: list[str]) -> dict:
 def main() -> None:
     ap = benchmark_parser("serving_engines", __doc__, config=None)
     ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint or a train output)")
-    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--engines", default=",".join(ENGINES + (("torch-fp32",) if cpu_has_native_bf16() else ())),
+                    help="engines to measure; torch-fp32 (torch with bf16 off) is the fp32 reference on a CPU with "
+                         "native bf16, where torch serves bf16")
     ap.add_argument("--requests", type=int, default=1000, help="requests at concurrency 1 per engine")
     ap.add_argument("--requests-32", type=int, default=640, help="requests at concurrency 32 per engine")
     ap.add_argument("--cache-pool", type=int, default=300, help="distinct headlines the cache stream draws from")
@@ -138,19 +146,22 @@ def main() -> None:
             cache.save("cache", cache_cell(base, args, callers, str(certs["ca.pem"]), pool))
     finally:
         callers.shutdown()
-    ref = cache.cells.get("engine:torch")
+    # quality is compared with the fp32 model: torch where it serves fp32, torch-fp32 where torch serves bf16
+    ref_name = "torch-fp32" if "engine:torch-fp32" in cache.cells else "torch"
+    ref = cache.cells.get(f"engine:{ref_name}")
     rows = []
-    for engine in ENGINES:
+    for engine in (*ENGINES, "torch-fp32"):
         c = cache.cells.get(f"engine:{engine}")
         if not c:
             continue
         row = {k: v for k, v in c.items() if k != "preds"}
         if ref:
-            row["agree_with_torch"] = round(float(np.mean([a == b for a, b in zip(c["preds"], ref["preds"])])), 4)
-            row["f1_ratio_to_torch"] = round(c["fpb_weighted_f1"] / ref["fpb_weighted_f1"], 4)
+            row["agree_with_fp32"] = round(float(np.mean([a == b for a, b in zip(c["preds"], ref["preds"])])), 4)
+            row["f1_ratio_to_fp32"] = round(c["fpb_weighted_f1"] / ref["fpb_weighted_f1"], 4)
         rows.append(row)
-    missing = [e for e in ENGINES if f"engine:{e}" not in cache.cells] + ([] if "cache" in cache.cells else ["cache"])
-    md = []
+    wanted = args.engines.split(",")
+    missing = [e for e in wanted if f"engine:{e}" not in cache.cells] + ([] if "cache" in cache.cells else ["cache"])
+    md = [f"Quality reference (agree_with_fp32, f1_ratio_to_fp32): the {ref_name} engine's fp32 labels."] if ref else []
     if c := cache.cells.get("cache"):
         md.append(f"## Response cache (torch engine, {c['size']} entries)\n\n{c['requests']} requests at concurrency 1 "
                   f"drawn Zipf-like (s = 1.1) from {c['pool']} FPB headlines ({c['distinct']} distinct):\n\n"
@@ -162,9 +173,9 @@ def main() -> None:
         md.append("\nNot yet measured: " + ", ".join(missing))
     finish_results(Path(args.out), benchmark="serving_engines", config=base.model_dump(mode="json"),
                    seed=job.training.seed, rows=rows,
-                   columns=["engine", "p50_ms", "p95_ms", "p99_ms", "rps_1", "rps_32", "scaling_32", "p99_ms_32",
-                            "fpb_weighted_f1", "fpb_weighted_f1_ci95", "agree_with_torch", "f1_ratio_to_torch",
-                            "start_s"],
+                   columns=["engine", "bf16", "p50_ms", "p95_ms", "p99_ms", "rps_1", "rps_32", "scaling_32",
+                            "p99_ms_32", "fpb_weighted_f1", "fpb_weighted_f1_ci95", "agree_with_fp32",
+                            "f1_ratio_to_fp32", "start_s"],
                    title=f"Serving engines: {base.model.base} + adapter, gate on, gRPC/TLS on 127.0.0.1, one FPB "
                          "headline per request",
                    extra={"cells": {k: v for k, v in cache.cells.items()}, "adapter": args.adapter,
