@@ -685,7 +685,9 @@ def test_the_onnx_engines_score_what_the_torch_engine_scores(tiny_config, tmp_pa
     """serving.engine onnx: the merged decoder in ONNX Runtime gives the torch engine's sentiment log-probabilities
     (fp32: to float rounding; weight-only int8: close); label sets of several tokens (AML's openings) go to the
     torch path of the same model and so match it exactly."""
+    from fedfingpt.common.prompt import build_prompt, encode_prompt
     from fedfingpt.common.tasks.aml import LABEL_OPENINGS
+    from fedfingpt.common.tasks.sentiment import INSTRUCTIONS
     from fedfingpt.common.tasks.sentiment_data import LABELS
 
     ref = ModelServer(serving_config(tiny_config, tmp_path, certs))
@@ -701,6 +703,16 @@ def test_the_onnx_engines_score_what_the_torch_engine_scores(tiny_config, tmp_pa
         np.testing.assert_allclose(got, want, atol=1e-4 if engine == "onnx" else 0.05)
         np.testing.assert_array_equal(served.engine.score(prompts, LABEL_OPENINGS),
                                       ref.engine.score(prompts, LABEL_OPENINGS))
+        # prompts that share a task's instruction run only their own tokens after its cached keys and values, and
+        # score what the whole prompts score through the same graph
+        shared = [build_prompt(INSTRUCTIONS["news"], t) for t in ("Profits rose.", "The bank cut 200 jobs.")]
+        encoded = [encode_prompt(served.tokenizer, p, 400) for p in shared]
+        assert served.engine.prefix is not None and served.engine.prefix.match(encoded)[0] > 0
+        cached = served.engine.score(shared, LABELS)
+        served.engine.prefix = None
+        # (int8: the cached instruction is the fp32 model's, the rest of the prompt runs through int8 weights)
+        np.testing.assert_allclose(cached, served.engine.score(shared, LABELS), atol=1e-4 if engine == "onnx" else 0.01)
+        np.testing.assert_allclose(cached, ref.engine.score(shared, LABELS), atol=1e-4 if engine == "onnx" else 0.05)
     finally:
         ref.close()
         served.close()

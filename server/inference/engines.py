@@ -4,6 +4,9 @@ torch      the merged model in PyTorch: the instructions' keys and values cached
            rows of the head; cast to bf16 once where the CPU has native bf16 (serving.bf16_autocast), fp32 elsewhere.
 onnx       the merged decoder exported to ONNX Runtime in memory at start (nothing written to disk), returning the
            last position's hidden state; the labels' rows of the head are applied to it. fp32: the same function.
+           The graph takes the keys and values of positions already run: with `serving.prefix_cache`, a batch whose
+           prompts share a task's instruction runs only the tokens after it (the instruction's keys and values are
+           computed once at start in fp32, as the torch engine caches them); otherwise an empty cache is passed.
 onnx-int8  the same graph with block-wise weight-only int8 matrices (MatMulNBits, block 64): activations stay in
            float, which SmolLM2's MLP outliers need (dynamic int8 quantisation of activations breaks it).
 
@@ -23,7 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...common.predict import label_logprobs, label_token_ids, pad_left, single_token_labels
+from ...common.evaluate import task_openings
+from ...common.predict import PrefixCache, label_logprobs, label_token_ids, pad_left, single_token_labels
 from ...common.prompt import encode_prompt
 
 log = logging.getLogger("fedfingpt.serve")
@@ -44,47 +48,70 @@ class TorchEngine:
                               batch_size=self.batch_size, bf16=self.bf16, prefix=self.prefix, among_labels=True)
 
 
+def cache_arrays(cache) -> list[torch.Tensor]:
+    """A key/value cache's tensors, layer by layer (keys, then values), each (batch, kv heads, positions, dim)."""
+    if hasattr(cache, "layers"):  # transformers 5.x
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [t for pair in zip(cache.key_cache, cache.value_cache) for t in pair]
+
+
 class _LastHidden(torch.nn.Module):
-    """The decoder's final (normed) hidden state at the last position of left-padded prompts: what the export runs."""
+    """The decoder's final (normed) hidden state at the last position of left-padded prompts, after the keys and
+    values of positions already run (`past`: per layer keys then values; zero positions for none): what the export
+    runs."""
 
-    def __init__(self, decoder: torch.nn.Module) -> None:
+    def __init__(self, decoder: torch.nn.Module, layers: int, cache_kw: str) -> None:
         super().__init__()
-        self.decoder = decoder
+        self.decoder, self.layers, self.cache_kw = decoder, layers, cache_kw
 
-    def forward(self, input_ids, attention_mask, position_ids):
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
         return self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False)[0][:, -1]
+                            use_cache=False, **{self.cache_kw: cache})[0][:, -1]
 
 
-def export_decoder(model, int8: bool = False) -> bytes:
-    """The model's decoder as an ONNX graph (bytes; opset 17, dynamic batch and length), optionally with its
-    matrices quantised weight-only to int8 in blocks of 64."""
-    inputs = ("input_ids", "attention_mask", "position_ids")
+def export_decoder(model, int8: bool = False) -> tuple[bytes, list[str]]:
+    """The model's decoder as an ONNX graph (bytes; opset 17, dynamic batch, length and cached positions) and the
+    names of its cache inputs, optionally with its matrices quantised weight-only to int8 in blocks of 64."""
+    from ...common.predict import cache_kwarg, output_cache
+
+    with torch.no_grad():
+        past = cache_arrays(output_cache(model(input_ids=torch.tensor([[3, 4]]), use_cache=True)))
+    past = [t.float().expand(2, -1, -1, -1).contiguous() for t in past]
+    layers = len(past) // 2
+    past_names = [f"past_{i}_{kv}" for i in range(layers) for kv in ("key", "value")]
     ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
-    mask = (ids != 0).long()
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones((2, 2), dtype=torch.long), (ids != 0).long()], dim=1)
+    pos = ((ids != 0).long().cumsum(1) - 1).clamp(min=0) + 2
+    axes = {"input_ids": {0: "batch", 1: "length"}, "position_ids": {0: "batch", 1: "length"},
+            "attention_mask": {0: "batch", 1: "total"}, **{n: {0: "batch", 2: "cached"} for n in past_names}}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow it folds
-        torch.onnx.export(_LastHidden(model.get_decoder()).eval(), (ids, mask, pos), buf, input_names=list(inputs),
+        torch.onnx.export(_LastHidden(model.get_decoder(), layers, cache_kwarg(model)).eval(), (ids, mask, pos, *past),
+                          buf, input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                           output_names=["hidden"], opset_version=17, dynamo=False,
-                          dynamic_axes={**{k: {0: "batch", 1: "length"} for k in inputs}, "hidden": {0: "batch"}})
+                          dynamic_axes={**axes, "hidden": {0: "batch"}})
     if not int8:
-        return buf.getvalue()
+        return buf.getvalue(), past_names
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     q = MatMulNBitsQuantizer(onnx.load_from_string(buf.getvalue()), bits=8, block_size=64, is_symmetric=True,
                              accuracy_level=4)
     q.process()
-    return q.model.model.SerializeToString()
+    return q.model.model.SerializeToString(), past_names
 
 
 class OnnxEngine:
     """Sentiment-style label scores from ONNX Runtime; other label sets through `fallback` (the torch engine)."""
 
     def __init__(self, model, tokenizer, max_length: int, batch_size: int, fallback: TorchEngine,
-                 int8: bool = False, threads: int | None = None) -> None:
+                 int8: bool = False, threads: int | None = None, prefix=None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:  # an optional engine: say what to install
@@ -99,7 +126,12 @@ class OnnxEngine:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(export_decoder(model, int8), opts, providers=["CPUExecutionProvider"])
+        graph, self.past_names = export_decoder(model, int8)
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        cfg = model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.kv_shape = (heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.prefix = prefix  # a PrefixCache of the same model in fp32, or None
         self._labels: dict[tuple[str, ...], list[int] | None] = {}
 
     def _rows(self, labels: tuple[str, ...]) -> list[int] | None:
@@ -118,9 +150,18 @@ class OnnxEngine:
         w = self.head_w[rows]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            ids, mask, pos = pad_left([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+            seqs = [encoded[i] for i in idx]
+            start, cache = self.prefix.match(seqs) if self.prefix is not None else (0, None)
+            ids, mask, pos = pad_left([q[start:] for q in seqs], self.tokenizer.pad_token_id)
+            if cache is not None:
+                past = [np.ascontiguousarray(t.float().numpy()) for t in cache_arrays(cache)]
+                mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
+            else:
+                empty = np.zeros((len(seqs), self.kv_shape[0], 0, self.kv_shape[1]), dtype=np.float32)
+                past = [empty] * len(self.past_names)
             hidden = self.session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                             "position_ids": pos.numpy()})[0]
+                                             "position_ids": (pos + start).numpy(),
+                                             **dict(zip(self.past_names, past))})[0]
             logits = hidden.astype(np.float64) @ w.T.astype(np.float64)
             if self.head_b is not None:
                 logits = logits + self.head_b[rows]
@@ -133,7 +174,10 @@ def make_engine(name: str, model, tokenizer, max_length: int, batch_size: int, b
     if name == "torch":
         return torch_engine
     if name in ("onnx", "onnx-int8"):
-        return OnnxEngine(model, tokenizer, max_length, batch_size, torch_engine, int8=name == "onnx-int8")
+        # the instructions' keys and values in fp32, whatever the torch path autocasts to: the graph is fp32
+        own = PrefixCache(model, tokenizer, task_openings(), bf16=False) if prefix is not None else None
+        return OnnxEngine(model, tokenizer, max_length, batch_size, torch_engine, int8=name == "onnx-int8",
+                          prefix=own)
     raise ValueError(f"serving.engine {name!r}: choose one of {', '.join(ENGINES)}")
 
 
