@@ -47,7 +47,7 @@ from fedfingpt.client.privacy import PrivacyLedger
 from fedfingpt.common.adapter import get_lora_arrays, save_adapter, set_lora_arrays
 from fedfingpt.common.config import load_config
 from fedfingpt.common.evaluate import sample_rows
-from fedfingpt.common.metrics import binary_report
+from fedfingpt.common.metrics import binary_report, classification_report
 from fedfingpt.common.predict import label_logprobs
 from fedfingpt.common.report import TreeRSS, machine_info, save_figure
 from fedfingpt.common.tasks.sentiment import encode_sentiment, sentiment_prompt
@@ -359,6 +359,9 @@ def main() -> None:
 def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> None:
     stats = RowBootstrap(tests)
     rows = []
+    gold = [r.label for r in tests[PRIVATE]]
+    rows.append({"part": "utility", "strategy": "always 'neutral' (floor)", "variant": "-", "epsilon": "-",
+                 "tfns_wf1": classification_report(gold, ["neutral"] * len(gold), LABELS)["weighted_f1"]})
     warm = cells.get("warm")
     if warm:
         boot = stats.resampled([warm])
@@ -469,6 +472,9 @@ def plot(rows: list[dict], path: Path) -> None:
     warm = next((r for r in rows if r["strategy"] == "public warm start alone"), None)
     if warm:
         ax.axhline(warm["tfns_wf1"], color="grey", ls=":", label="public warm start alone")
+    floor = next((r for r in rows if r["strategy"].startswith("always")), None)
+    if floor:
+        ax.axhline(floor["tfns_wf1"], color="black", ls="--", lw=0.8, label="always 'neutral'")
     ax.set_xscale("log")
     ax.set_xticks(eps_vals + [x_none], [f"{e:g}" for e in eps_vals] + ["no DP"])
     ax.minorticks_off()
