@@ -266,7 +266,8 @@ def main() -> None:
     ap.add_argument("--strategies", default="fedavg,ffa_lora")
     ap.add_argument("--seeds", default="0", help="comma-separated seed offsets (partition, data order, noise)")
     ap.add_argument("--expected-batch", type=int, default=128, help="logical DP-SGD batch (expected Poisson size)")
-    ap.add_argument("--physical-batch", type=int, default=16, help="rows per forward/backward inside it")
+    ap.add_argument("--physical-batch", type=int, default=32, help="rows per forward/backward inside it (32: the "
+                    "least DP time per row measured, 0.28 s against 0.39 at 16 and 0.32 at 64, at 8.3 GB)")
     ap.add_argument("--clip", type=float, default=1.0, help="per-example clip norm")
     ap.add_argument("--public", default="fpb,fiqa", help="public sources of the warm start")
     ap.add_argument("--warm-steps", type=int, default=300, help="warm start steps of batch 8 (0: no warm start)")
