@@ -281,9 +281,11 @@ def find_names(doc, lists: NameLists) -> list[tuple[int, int, float]]:
                 out.append([i, j, doc[i].idx, doc[j].idx + len(doc[j].text), FULL_NAME_SCORE])
                 i = j + 1
                 continue
-            listed = any(lower_name(k) for k in (i - 2, i + 2) if 0 <= k < n and doc[(i + k) // 2].lower_ in
-                         (",", "and", "or"))  # "they had 6: silvana, adam, kristina and caleb"
-            out.append([i, i, doc[i].idx, doc[i].idx + len(doc[i].text), SINGLE_NAME_SCORE if listed else UNKNOWN_SCORE])
+            # "they had 6: silvana, adam, kristina and caleb": another lower-case name one list word away
+            listed = any(0 <= i + 2 * d < n and doc[i + d].lower_ in LIST_WORDS and lower_name(i + 2 * d)
+                         for d in (-1, 1))
+            out.append([i, i, doc[i].idx, doc[i].idx + len(doc[i].text),
+                        SINGLE_NAME_SCORE if listed else UNKNOWN_SCORE])
         i += 1
     # names listed together ("our founders: Gerste, Johnson and Johnson", "Hleb, Sheila, Donna"): a weak one next
     # to a name the lists know, across a comma, "and" or "or", is a name too
