@@ -93,7 +93,7 @@ class PrefixCache:
         return best, cache
 
 
-def _cached_inputs(model, seqs: list[list[int]], pad_id: int, prefix: PrefixCache | None):
+def cached_inputs(model, seqs: list[list[int]], pad_id: int, prefix: PrefixCache | None):
     """Left-padded ids, attention mask, position ids and forward kwargs for sequences, starting after the longest
     opening `prefix` holds for all of them (its keys and values passed as the cache), or from the first token."""
     start, past = prefix.match(seqs) if prefix is not None and prefix.model is model else (0, None)
@@ -133,7 +133,7 @@ def _last_logits(model, seqs: list[list[int]], pad_id: int, keep: int, bf16,
     `logits_to_keep` computes every position and is sliced. With a prefix cache whose opening the sequences share,
     only the tokens after it are run, left-padded after the cached positions. With `rows`, the head's other rows are
     never read: SmolLM2's head is 113 MB of weights, about 10 ms per forward on two CPU cores for one position."""
-    ids, mask, pos, kwargs = _cached_inputs(model, seqs, pad_id, prefix)
+    ids, mask, pos, kwargs = cached_inputs(model, seqs, pad_id, prefix)
     plain = plain_head(model) if rows is not None else None
     with _autocast(bf16):
         if plain is not None:
@@ -225,7 +225,7 @@ def _continuations(model, seqs: list[list[int]], label_ids: list[list[int]], pad
         common += 1
     shared, rests = label_ids[0][:common], [t[common:] for t in label_ids]
     n, k = len(seqs), len(label_ids)
-    ids, mask, pos, kwargs = _cached_inputs(model, [s + shared for s in seqs], pad_id, prefix)
+    ids, mask, pos, kwargs = cached_inputs(model, [s + shared for s in seqs], pad_id, prefix)
     with _autocast(bf16):
         first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       logits_to_keep=common + 1, **kwargs)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ...common.evaluate import task_openings
-from ...common.predict import PrefixCache, label_logprobs, label_token_ids, pad_left, single_token_labels
+from ...common.predict import PrefixCache, cached_inputs, label_logprobs, label_token_ids, single_token_labels
 from ...common.prompt import encode_prompt
 
 log = logging.getLogger("fedfingpt.serve")
@@ -74,15 +74,15 @@ class _LastHidden(torch.nn.Module):
                             use_cache=False, **{self.cache_kw: cache})[0][:, -1]
 
 
-def export_decoder(model, int8: bool = False) -> tuple[bytes, list[str]]:
-    """The model's decoder as an ONNX graph (bytes; opset 17, dynamic batch, length and cached positions) and the
-    names of its cache inputs, optionally with its matrices quantised weight-only to int8 in blocks of 64."""
+def export_decoder(model, int8: bool = False) -> tuple[bytes, list[str], tuple[int, int]]:
+    """The model's decoder as an ONNX graph (bytes; opset 17, dynamic batch, length and cached positions), the
+    names of its cache inputs and their (kv heads, dim), optionally with its matrices quantised weight-only to int8 in blocks of 64."""
     from ...common.predict import cache_kwarg, output_cache
 
     with torch.no_grad():
         past = cache_arrays(output_cache(model(input_ids=torch.tensor([[3, 4]]), use_cache=True)))
     past = [t.float().expand(2, -1, -1, -1).contiguous() for t in past]
-    layers = len(past) // 2
+    layers, kv_shape = len(past) // 2, (past[0].shape[1], past[0].shape[3])
     past_names = [f"past_{i}_{kv}" for i in range(layers) for kv in ("key", "value")]
     ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
     mask = torch.cat([torch.ones((2, 2), dtype=torch.long), (ids != 0).long()], dim=1)
@@ -97,14 +97,14 @@ def export_decoder(model, int8: bool = False) -> tuple[bytes, list[str]]:
                           output_names=["hidden"], opset_version=17, dynamo=False,
                           dynamic_axes={**axes, "hidden": {0: "batch"}})
     if not int8:
-        return buf.getvalue(), past_names
+        return buf.getvalue(), past_names, kv_shape
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     q = MatMulNBitsQuantizer(onnx.load_from_string(buf.getvalue()), bits=8, block_size=64, is_symmetric=True,
                              accuracy_level=4)
     q.process()
-    return q.model.model.SerializeToString(), past_names
+    return q.model.model.SerializeToString(), past_names, kv_shape
 
 
 class OnnxEngine:
@@ -126,12 +126,9 @@ class OnnxEngine:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only
-        graph, self.past_names = export_decoder(model, int8)
+        graph, self.past_names, self.kv_shape = export_decoder(model, int8)
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        cfg = model.config
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        self.kv_shape = (heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-        self.prefix = prefix  # a PrefixCache of the same model in fp32, or None
+        self.model, self.prefix = model, prefix  # prefix: a PrefixCache of the same model in fp32, or None
         self._labels: dict[tuple[str, ...], list[int] | None] = {}
 
     def _rows(self, labels: tuple[str, ...]) -> list[int] | None:
@@ -150,18 +147,15 @@ class OnnxEngine:
         w = self.head_w[rows]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            seqs = [encoded[i] for i in idx]
-            start, cache = self.prefix.match(seqs) if self.prefix is not None else (0, None)
-            ids, mask, pos = pad_left([q[start:] for q in seqs], self.tokenizer.pad_token_id)
-            if cache is not None:
-                past = [np.ascontiguousarray(t.float().numpy()) for t in cache_arrays(cache)]
-                mask = torch.cat([torch.ones((len(seqs), start), dtype=mask.dtype), mask], dim=1)
+            ids, mask, pos, cached = cached_inputs(self.model, [encoded[i] for i in idx], self.tokenizer.pad_token_id,
+                                                   self.prefix)
+            if cached:
+                past = [np.ascontiguousarray(t.float().numpy()) for t in cache_arrays(next(iter(cached.values())))]
             else:
-                empty = np.zeros((len(seqs), self.kv_shape[0], 0, self.kv_shape[1]), dtype=np.float32)
-                past = [empty] * len(self.past_names)
+                past = [np.zeros((len(idx), self.kv_shape[0], 0, self.kv_shape[1]), dtype=np.float32)] * \
+                    len(self.past_names)
             hidden = self.session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                             "position_ids": (pos + start).numpy(),
-                                             **dict(zip(self.past_names, past))})[0]
+                                             "position_ids": pos.numpy(), **dict(zip(self.past_names, past))})[0]
             logits = hidden.astype(np.float64) @ w.T.astype(np.float64)
             if self.head_b is not None:
                 logits = logits + self.head_b[rows]
