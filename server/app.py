@@ -251,7 +251,7 @@ def plot_rounds(rows: list[dict], path: Path, title: str) -> None:
         ax.plot(*zip(*pts), "-" if key.endswith("_acc") else "--", marker="o" if key.endswith("_acc") else ".",
                 label=label)
     ax.set(xlabel="round (0 = initial adapter)", ylabel="score", ylim=(0, 1), title=title)
-    if keys:
+    if ax.get_legend_handles_labels()[0]:  # keys with no scored round draw nothing
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
