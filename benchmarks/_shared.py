@@ -4,6 +4,8 @@ credentials, the cell cache and the results files."""
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from pathlib import Path
 
 import yaml
@@ -150,6 +152,27 @@ class CellCache:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=self.indent))
         tmp.replace(self.path)
+
+
+class CpuMeter:
+    """Cores kept busy over an interval: the whole machine's (from /proc/stat, every process) and this process's
+    (every thread of it). `with CpuMeter() as m: ...` then `m.machine_cores`, `m.process_cores`, `m.wall_s`."""
+
+    @staticmethod
+    def _machine_busy_s() -> float:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "CpuMeter":
+        self._t, self._p, self._m = time.perf_counter(), time.process_time(), self._machine_busy_s()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall_s = time.perf_counter() - self._t
+        self.process_cores = (time.process_time() - self._p) / self.wall_s
+        self.machine_cores = (self._machine_busy_s() - self._m) / self.wall_s
 
 
 def finish_results(out: Path, *, md_extra: str = "", **kwargs) -> None:

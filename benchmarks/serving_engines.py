@@ -7,6 +7,9 @@ For each engine (torch, onnx, onnx-int8), the real gRPC server (TLS, tokens, aud
               concurrency 1's rate)
   quality     the engine's weighted F1 (bootstrap 95 % interval) on the whole FPB test split (1,212 rows) as the
               texts reach the model through the gate, and its agreement with the torch fp32 engine's labels
+Where the CPU goes (--cpu-engines): on a fresh server per engine, the cores the whole machine and the server's
+process keep busy at concurrency 1 and 32, the CPU seconds a request costs at each, and the gate's own CPU time per
+headline; a rate on C cores cannot exceed C / (CPU seconds per request), which bounds what concurrency can give.
 The response cache (torch engine, serving.response_cache) under a stream of repeated headlines (drawn Zipf-like
 from --cache-pool headlines): hit rate and latency; its answers are the model's by construction (tested).
 Each cell is cached in WORK/cells.json, so an interrupted run continues where it stopped.
@@ -18,6 +21,7 @@ Usage: python benchmarks/serving_engines.py --adapter runs/benchmarks/sentiment_
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import CellCache, benchmark_parser, dev_serving_files, finish_results  # benchmarks/_shared.py
+from _shared import CellCache, CpuMeter, benchmark_parser, dev_serving_files, finish_results  # benchmarks/_shared.py
 from serving import TOKEN, load_level
 
 from fedfingpt.common.config import load_config
@@ -85,6 +89,37 @@ def engine_cell(base, engine: str, args, callers, ca: str, headlines: list[str],
             "fpb_rows": len(gold), "fpb_score_s": round(score_s, 1), "preds": preds}
 
 
+def cpu_cell(base, engine: str, args, callers, ca: str, headlines: list[str], gate) -> dict:
+    """Cores busy and CPU seconds per request at concurrency 1 and 32 for one engine, and the gate's CPU per
+    request (the scan alone, in this process, on the same headlines)."""
+    cfg = base.model_copy(deep=True)
+    cfg.serving.engine = engine
+    server = InferenceServer(cfg).start()
+    target = f"127.0.0.1:{server.port}"
+    out: dict = {"engine": engine, "cores": os.cpu_count()}
+    try:
+        callers.submit(load_level, target, ca, headlines, 1, 20).result()  # warm
+        for level, n in ((1, args.cpu_requests), (32, args.cpu_requests_32)):
+            with CpuMeter() as m:
+                r = callers.submit(load_level, target, ca, headlines, level, n).result()
+            out[f"c{level}"] = {"rps": r["requests_per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                                "machine_cores": round(m.machine_cores, 2), "server_cores": round(m.process_cores, 2),
+                                "cpu_ms_per_request": round(1000 * m.machine_cores / r["requests_per_s"], 1)}
+    finally:
+        server.stop(1.0)
+    texts = headlines[: args.cpu_requests]
+    c0 = time.process_time()
+    for t in texts:
+        gate.scan(t, "analyst")
+    out["gate_cpu_ms"] = round(1000 * (time.process_time() - c0) / len(texts), 1)
+    c1 = out["c1"]
+    out["gate_share_c1"] = round(out["gate_cpu_ms"] / c1["cpu_ms_per_request"], 3)
+    # the most concurrency can give without cutting the work per request: every core busy at c1's cost
+    out["scaling_ceiling"] = round(out["cores"] / c1["machine_cores"], 2)
+    out["scaling_32"] = round(out["c32"]["rps"] / c1["rps"], 2)
+    return out
+
+
 def cache_cell(base, args, callers, ca: str, pool: list[str]) -> dict:
     out = {}
     stream = zipf_stream(pool, args.cache_requests, seed=1)
@@ -111,6 +146,9 @@ def main() -> None:
                          "native bf16, where torch serves bf16")
     ap.add_argument("--requests", type=int, default=1000, help="requests at concurrency 1 per engine")
     ap.add_argument("--requests-32", type=int, default=640, help="requests at concurrency 32 per engine")
+    ap.add_argument("--cpu-engines", default="onnx-int8,torch", help="engines whose CPU use is accounted ('' none)")
+    ap.add_argument("--cpu-requests", type=int, default=300, help="requests at concurrency 1 in the CPU accounting")
+    ap.add_argument("--cpu-requests-32", type=int, default=320, help="requests at concurrency 32 in it")
     ap.add_argument("--cache-pool", type=int, default=300, help="distinct headlines the cache stream draws from")
     ap.add_argument("--cache-requests", type=int, default=1000)
     ap.add_argument("--cache-size", type=int, default=256)
@@ -141,6 +179,11 @@ def main() -> None:
                 cache.save(f"engine:{engine}", engine_cell(base, engine, args, callers, str(certs["ca.pem"]),
                                                            headlines, fpb, gated))
                 log.info("%s: %s", engine, {k: v for k, v in cache.cells[f"engine:{engine}"].items() if k != "preds"})
+        for engine in filter(None, args.cpu_engines.split(",")):
+            if f"cpu:{engine}" not in cache.cells:
+                cache.save(f"cpu:{engine}", cpu_cell(base, engine, args, callers, str(certs["ca.pem"]), headlines,
+                                                     gate))
+                log.info("cpu %s: %s", engine, cache.cells[f"cpu:{engine}"])
         if "cache" not in cache.cells:
             pool = random.Random(0).sample(headlines, args.cache_pool)
             cache.save("cache", cache_cell(base, args, callers, str(certs["ca.pem"]), pool))
@@ -161,6 +204,7 @@ def main() -> None:
         rows.append(row)
     wanted = args.engines.split(",")
     missing = [e for e in wanted if f"engine:{e}" not in cache.cells] + ([] if "cache" in cache.cells else ["cache"])
+    missing += [f"cpu:{e}" for e in filter(None, args.cpu_engines.split(",")) if f"cpu:{e}" not in cache.cells]
     md = [f"Quality reference (agree_with_fp32, f1_ratio_to_fp32): the {ref_name} engine's fp32 labels."] if ref else []
     if c := cache.cells.get("cache"):
         md.append(f"## Response cache (torch engine, {c['size']} entries)\n\n{c['requests']} requests at concurrency 1 "
@@ -169,6 +213,21 @@ def main() -> None:
         for k in ("cache off", "cache on"):
             r = c[k]
             md.append(f"| {k} | {r['hits']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['rps']} |")
+    cpu = [c for k, c in cache.cells.items() if k.startswith("cpu:")]
+    if cpu:
+        md.append(f"\n## Where the CPU goes ({cpu[0]['cores']} cores)\n\nCores busy over the run (machine: every "
+                  "process, the callers included; server: the serving process), CPU milliseconds per request "
+                  "(machine cores / rate), the gate's scan alone per headline, and the ceiling on what concurrency "
+                  "can give while a request costs what it does at concurrency 1 (cores / machine cores busy at 1):\n\n"
+                  "| engine | rps c1 | machine / server cores c1 | CPU ms per request c1 | rps c32 | machine / server "
+                  "cores c32 | CPU ms per request c32 | gate CPU ms (share at c1) | c32 scaling | ceiling |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|")
+        for c in cpu:
+            a, b = c["c1"], c["c32"]
+            md.append(f"| {c['engine']} | {a['rps']} | {a['machine_cores']} / {a['server_cores']} | "
+                      f"{a['cpu_ms_per_request']} | {b['rps']} | {b['machine_cores']} / {b['server_cores']} | "
+                      f"{b['cpu_ms_per_request']} | {c['gate_cpu_ms']} ({c['gate_share_c1']:.0%}) | "
+                      f"{c['scaling_32']}x | {c['scaling_ceiling']}x |")
     if missing:
         md.append("\nNot yet measured: " + ", ".join(missing))
     finish_results(Path(args.out), benchmark="serving_engines", config=base.model_dump(mode="json"),
