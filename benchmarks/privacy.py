@@ -259,6 +259,24 @@ def cost_cell(cfg, dp: bool, steps: int, args) -> dict:
 
 # --- the run --------------------------------------------------------------------------------------------------------
 
+def import_cells(cache: CellCache, path: Path) -> None:
+    """Cells of an earlier report join the cache when their settings match and they keep their predictions (the
+    paired bootstraps need them); a warm start joins only where its adapter is still on disk."""
+    earlier = json.loads(path.read_text())
+    settings = {k: earlier["args"].get(k) for k in ("banks", "rounds", "local_steps", "lr", "expected_batch", "clip",
+                                                       "public", "warm_steps", "eval_rows")}
+    mine = {k: v for k, v in cache.data["settings"].items() if k != "config"}
+    if settings != mine:
+        raise SystemExit(f"--cells-from {path}: its settings {settings} differ from this run's {mine}")
+    for key, c in earlier["cells"].items():
+        usable = key.startswith("cost|") or f"{PRIVATE}_pred" in c or "mia_auc" in c
+        if key == "warm":
+            usable = usable and Path(c["adapter"]).is_dir()
+        if usable and key not in cache.cells:
+            cache.save(key, c)
+            log.info("%s: taken from %s", key, path)
+
+
 def main() -> None:
     ap = benchmark_parser("privacy", __doc__, config="federated.yaml")
     federation_args(ap, banks=5, rounds=3, local_steps=4, lr=2e-3, eval_rows=0)
@@ -281,6 +299,8 @@ def main() -> None:
     ap.add_argument("--cost-steps", type=int, default=6)
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-utility", action="store_true")
+    ap.add_argument("--cells-from", help="an earlier results JSON of the same settings: its cells that keep their "
+                    "predictions join the cache (the warm start only where its adapter folder still exists)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
@@ -302,6 +322,8 @@ def main() -> None:
                              "public": args.public, "warm_steps": args.warm_steps, "eval_rows": args.eval_rows,
                              "config": Path(args.config).name})
     cells = cache.cells
+    if args.cells_from:
+        import_cells(cache, Path(args.cells_from))
     levers = parse_levers(args.levers)
 
     def save(key: str, cell: dict) -> None:
@@ -443,7 +465,7 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
         title=f"Local DP-SGD on {base.model.base}, {args.banks} banks from a public warm start: utility on "
               f"{PRIVATE.upper()} test, audit, cost",
         md_extra=md_extra,
-        extra={"cells": {k: {f: v for f, v in c.items() if not f.endswith("_pred")} for k, c in cells.items()},
+        extra={"cells": cells,  # with each cell's predictions (one digit per test row), so a later run can pair them
                "levers": levers, "wall_s": round(wall, 1), "machine": machine_info(), "args": vars(args)},
     )
     plot(rows, Path(args.out).with_suffix(".png"))

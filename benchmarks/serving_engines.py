@@ -143,14 +143,14 @@ def main() -> None:
     ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint or a train output)")
     ap.add_argument("--engines", default=",".join(ENGINES + (("torch-fp32",) if cpu_has_native_bf16() else ())),
                     help="engines to measure; torch-fp32 (torch with bf16 off) is the fp32 reference on a CPU with "
-                         "native bf16, where torch serves bf16")
+                         "native bf16, where torch serves bf16 ('' none)")
     ap.add_argument("--requests", type=int, default=1000, help="requests at concurrency 1 per engine")
     ap.add_argument("--requests-32", type=int, default=640, help="requests at concurrency 32 per engine")
     ap.add_argument("--cpu-engines", default="onnx-int8,torch", help="engines whose CPU use is accounted ('' none)")
     ap.add_argument("--cpu-requests", type=int, default=300, help="requests at concurrency 1 in the CPU accounting")
     ap.add_argument("--cpu-requests-32", type=int, default=320, help="requests at concurrency 32 in it")
     ap.add_argument("--cache-pool", type=int, default=300, help="distinct headlines the cache stream draws from")
-    ap.add_argument("--cache-requests", type=int, default=1000)
+    ap.add_argument("--cache-requests", type=int, default=1000, help="requests of the cache cell (0: no cache cell)")
     ap.add_argument("--cache-size", type=int, default=256)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -174,7 +174,7 @@ def main() -> None:
     gated = [gate.scan(t, "analyst").text for t in headlines]  # the texts as the model sees them
     callers = ProcessPoolExecutor(1, mp_context=get_context("spawn"))  # the load is not the server's to carry
     try:
-        for engine in args.engines.split(","):
+        for engine in filter(None, args.engines.split(",")):
             if f"engine:{engine}" not in cache.cells:
                 cache.save(f"engine:{engine}", engine_cell(base, engine, args, callers, str(certs["ca.pem"]),
                                                            headlines, fpb, gated))
@@ -184,7 +184,7 @@ def main() -> None:
                 cache.save(f"cpu:{engine}", cpu_cell(base, engine, args, callers, str(certs["ca.pem"]), headlines,
                                                      gate))
                 log.info("cpu %s: %s", engine, cache.cells[f"cpu:{engine}"])
-        if "cache" not in cache.cells:
+        if "cache" not in cache.cells and args.cache_requests:
             pool = random.Random(0).sample(headlines, args.cache_pool)
             cache.save("cache", cache_cell(base, args, callers, str(certs["ca.pem"]), pool))
     finally:
@@ -202,8 +202,9 @@ def main() -> None:
             row["agree_with_fp32"] = round(float(np.mean([a == b for a, b in zip(c["preds"], ref["preds"])])), 4)
             row["f1_ratio_to_fp32"] = round(c["fpb_weighted_f1"] / ref["fpb_weighted_f1"], 4)
         rows.append(row)
-    wanted = args.engines.split(",")
-    missing = [e for e in wanted if f"engine:{e}" not in cache.cells] + ([] if "cache" in cache.cells else ["cache"])
+    wanted = list(filter(None, args.engines.split(",")))
+    missing = [e for e in wanted if f"engine:{e}" not in cache.cells]
+    missing += [] if "cache" in cache.cells or not args.cache_requests else ["cache"]
     missing += [f"cpu:{e}" for e in filter(None, args.cpu_engines.split(",")) if f"cpu:{e}" not in cache.cells]
     md = [f"Quality reference (agree_with_fp32, f1_ratio_to_fp32): the {ref_name} engine's fp32 labels."] if ref else []
     if c := cache.cells.get("cache"):
