@@ -105,7 +105,7 @@ def write_results(
     write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
     flat = [{k: _interval(v) if _is_interval(v) else v for k, v in r.items()
              if _is_interval(v) or not isinstance(v, (list, dict))} for r in rows]
-    md = (f"# {title}\n\n" if title else "") + format_markdown_table(flat, columns) + "\n"
+    md = (f"# {title}\n\n" if title else "") + (format_markdown_table(flat, columns) + "\n" if rows else "")
     write_text_atomic(md_path, md)
     return json_path, md_path
 
