@@ -56,9 +56,11 @@ def zipf_stream(pool: list[str], n: int, seed: int, s: float = 1.1) -> list[str]
 
 def engine_cell(base, engine: str, args, callers, ca: str, headlines: list[str], fpb, gated: list[str]) -> dict:
     """One engine measured; `torch-fp32` is the torch engine with bf16 off (the fp32 reference where the CPU has
-    native bf16 and `torch` serves bf16)."""
+    native bf16 and `torch` serves bf16); `onnx-int8-bN` is onnx-int8 with weights quantised in blocks of N."""
     cfg = base.model_copy(deep=True)
     cfg.serving.engine = "torch" if engine == "torch-fp32" else engine
+    if engine.startswith("onnx-int8-b"):
+        cfg.serving.engine, cfg.serving.int8_block_size = "onnx-int8", int(engine.removeprefix("onnx-int8-b"))
     if engine == "torch-fp32":
         cfg.serving.bf16_autocast = False
     t0 = time.perf_counter()
@@ -143,7 +145,7 @@ def main() -> None:
     ap.add_argument("--adapter", required=True, help="adapter folder (a round checkpoint or a train output)")
     ap.add_argument("--engines", default=",".join(ENGINES + (("torch-fp32",) if cpu_has_native_bf16() else ())),
                     help="engines to measure; torch-fp32 (torch with bf16 off) is the fp32 reference on a CPU with "
-                         "native bf16, where torch serves bf16 ('' none)")
+                         "native bf16, where torch serves bf16; onnx-int8-bN: int8 in blocks of N, not 64 ('' none)")
     ap.add_argument("--requests", type=int, default=1000, help="requests at concurrency 1 per engine")
     ap.add_argument("--requests-32", type=int, default=640, help="requests at concurrency 32 per engine")
     ap.add_argument("--cpu-engines", default="onnx-int8,torch", help="engines whose CPU use is accounted ('' none)")
@@ -193,10 +195,9 @@ def main() -> None:
     ref_name = "torch-fp32" if "engine:torch-fp32" in cache.cells else "torch"
     ref = cache.cells.get(f"engine:{ref_name}")
     rows = []
-    for engine in (*ENGINES, "torch-fp32"):
-        c = cache.cells.get(f"engine:{engine}")
-        if not c:
-            continue
+    measured = [k.removeprefix("engine:") for k in cache.cells if k.startswith("engine:")]
+    for engine in sorted(measured, key=lambda e: ([*ENGINES, "torch-fp32"] + [e]).index(e)):
+        c = cache.cells[f"engine:{engine}"]
         row = {k: v for k, v in c.items() if k != "preds"}
         if ref:
             row["agree_with_fp32"] = round(float(np.mean([a == b for a, b in zip(c["preds"], ref["preds"])])), 4)

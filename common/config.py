@@ -466,6 +466,9 @@ class ServingConfig(_Strict):
         "torch", description="What computes the label scores (server/inference/engines.py): torch; onnx (ONNX "
         "Runtime, fp32, the same function, exported in memory at start); onnx-int8 (weight-only block int8). "
         "Measured side by side in benchmarks/results/serving.md.")
+    int8_block_size: Literal[16, 32, 64, 128, 256] = Field(
+        64, description="onnx-int8: weights quantised in blocks of this many input rows, each with its own scale "
+        "(smaller: closer to fp32, more scales to read).")
     response_cache: int = Field(0, ge=0, description="Label scores of this many recent prompts kept, keyed on the "
                                 "redacted prompt, the adapter hash and the labels; hits are audited; 0 = off.")
     workers: int = Field(8, gt=0, description="gRPC worker threads; at least max_concurrent + 1 run, so that every "

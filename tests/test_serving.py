@@ -718,6 +718,36 @@ def test_the_onnx_engines_score_what_the_torch_engine_scores(tiny_config, tmp_pa
         served.close()
 
 
+def test_the_int8_block_size_reaches_the_quantised_graph(tiny_config, tmp_path, certs):
+    """serving.int8_block_size: every weight-only int8 matrix of the exported graph is quantised in blocks of the
+    configured size, and the engine built with it still scores what fp32 scores, closely; a size the quantiser has
+    no kernel for is refused when the configuration is read."""
+    import onnx
+
+    from fedfingpt.common.config import ServingConfig
+    from fedfingpt.server.inference.engines import export_decoder
+
+    ref = ModelServer(serving_config(tiny_config, tmp_path, certs))
+    try:
+        for block in (16, 32):
+            graph = onnx.load_from_string(export_decoder(ref.model, int8=True, block_size=block)[0])
+            sizes = {a.i for n in graph.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+                     if a.name == "block_size"}
+            assert sizes == {block}
+        served = ModelServer(serving_config(tiny_config, tmp_path, certs, engine="onnx-int8", int8_block_size=16))
+        try:
+            assert served.engine.int8_block == 16
+            prompts = ["Instruction: What is the sentiment of this news?\nInput: Profits rose.\nAnswer:"]
+            np.testing.assert_allclose(served.engine.score(prompts, ("negative", "neutral", "positive")),
+                                       ref.engine.score(prompts, ("negative", "neutral", "positive")), atol=0.05)
+        finally:
+            served.close()
+    finally:
+        ref.close()
+    with pytest.raises(ValueError, match="int8_block_size"):
+        ServingConfig(int8_block_size=48)
+
+
 def test_the_response_cache_answers_a_repeated_redacted_prompt_without_the_model(tiny_config, tmp_path, certs, gate):
     """serving.response_cache: a text that redacts to a prompt already scored is answered from the cache (no new
     forward), with the same probabilities, and the audit line counts the hit; the key holds no raw PII."""

@@ -74,9 +74,10 @@ class _LastHidden(torch.nn.Module):
                             use_cache=False, **{self.cache_kw: cache})[0][:, -1]
 
 
-def export_decoder(model, int8: bool = False) -> tuple[bytes, list[str], tuple[int, int]]:
+def export_decoder(model, int8: bool = False, block_size: int = 64) -> tuple[bytes, list[str], tuple[int, int]]:
     """The model's decoder as an ONNX graph (bytes; opset 17, dynamic batch, length and cached positions), the
-    names of its cache inputs and their (kv heads, dim), optionally with its matrices quantised weight-only to int8 in blocks of 64."""
+    names of its cache inputs and their (kv heads, dim), optionally with its matrices quantised weight-only to int8
+    in blocks of `block_size` input rows."""
     from ...common.predict import cache_kwarg, output_cache
 
     with torch.no_grad():
@@ -101,7 +102,7 @@ def export_decoder(model, int8: bool = False) -> tuple[bytes, list[str], tuple[i
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(onnx.load_from_string(buf.getvalue()), bits=8, block_size=64, is_symmetric=True,
+    q = MatMulNBitsQuantizer(onnx.load_from_string(buf.getvalue()), bits=8, block_size=block_size, is_symmetric=True,
                              accuracy_level=4)
     q.process()
     return q.model.model.SerializeToString(), past_names, kv_shape
@@ -111,13 +112,14 @@ class OnnxEngine:
     """Sentiment-style label scores from ONNX Runtime; other label sets through `fallback` (the torch engine)."""
 
     def __init__(self, model, tokenizer, max_length: int, batch_size: int, fallback: TorchEngine,
-                 int8: bool = False, threads: int | None = None, prefix=None) -> None:
+                 int8: bool = False, threads: int | None = None, prefix=None, int8_block: int = 64) -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:  # an optional engine: say what to install
             raise RuntimeError("serving.engine onnx needs onnxruntime (pip install onnxruntime onnx "
                                "onnx_ir; scripts/setup.sh installs them)") from err
         self.name = "onnx-int8" if int8 else "onnx"
+        self.int8_block = int8_block if int8 else None
         self.tokenizer, self.max_length, self.batch_size, self.fallback = tokenizer, max_length, batch_size, fallback
         head = model.get_output_embeddings()
         self.head_w = head.weight.detach().float().numpy()
@@ -126,7 +128,7 @@ class OnnxEngine:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only
-        graph, self.past_names, self.kv_shape = export_decoder(model, int8)
+        graph, self.past_names, self.kv_shape = export_decoder(model, int8, int8_block)
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.model, self.prefix = model, prefix  # prefix: a PrefixCache of the same model in fp32, or None
         self._labels: dict[tuple[str, ...], list[int] | None] = {}
@@ -163,7 +165,7 @@ class OnnxEngine:
         return out
 
 
-def make_engine(name: str, model, tokenizer, max_length: int, batch_size: int, bf16, prefix):
+def make_engine(name: str, model, tokenizer, max_length: int, batch_size: int, bf16, prefix, int8_block: int = 64):
     torch_engine = TorchEngine(model, tokenizer, max_length, batch_size, bf16, prefix)
     if name == "torch":
         return torch_engine
@@ -171,7 +173,7 @@ def make_engine(name: str, model, tokenizer, max_length: int, batch_size: int, b
         # the instructions' keys and values in fp32, whatever the torch path autocasts to: the graph is fp32
         own = PrefixCache(model, tokenizer, task_openings(), bf16=False) if prefix is not None else None
         return OnnxEngine(model, tokenizer, max_length, batch_size, torch_engine, int8=name == "onnx-int8",
-                          prefix=own)
+                          prefix=own, int8_block=int8_block)
     raise ValueError(f"serving.engine {name!r}: choose one of {', '.join(ENGINES)}")
 
 

@@ -155,7 +155,7 @@ class ModelServer:
         self.prefix = PrefixCache(self.model, self.tokenizer, task_openings(), bf16=self.bf16) \
             if s.prefix_cache else None
         self.engine = make_engine(s.engine, self.model, self.tokenizer, s.max_length, s.max_batch_size, self.bf16,
-                                  self.prefix)
+                                  self.prefix, s.int8_block_size)
         self.cache = ResponseCache(s.response_cache, self.adapter_sha256)
         log.info("serving engine %s%s, response cache %s", self.engine.name, " (bf16 weights)" if self.cast_bf16
                  else "", f"{s.response_cache} entries" if s.response_cache else "off")
