@@ -158,15 +158,18 @@ def warm_start_cell(base, args, work: Path, tests: dict) -> dict:
             "peak_rss_mb": round(rss.peak / 2**20)}
 
 
-def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict:
-    """Without DP the same recipe: steps of the logical batch's size (shuffled batches instead of Poisson samples),
-    as gradient accumulation over physical batches."""
+def with_recipe(cfg, epsilon: float | None):
+    """The cell's recipe at one budget. Without DP the same steps: the logical batch's size (shuffled batches instead
+    of Poisson samples), as gradient accumulation over physical batches."""
     p = cfg.privacy
     if epsilon is None:
-        cfg = with_overrides(cfg, {"training.batch_size": p.physical_batch_size,
-                                   "training.grad_accum": max(1, p.expected_batch_size // p.physical_batch_size)})
-    else:
-        cfg = with_overrides(cfg, {"privacy.mode": "local", "privacy.epsilon": epsilon})
+        return with_overrides(cfg, {"training.batch_size": p.physical_batch_size,
+                                    "training.grad_accum": max(1, p.expected_batch_size // p.physical_batch_size)})
+    return with_overrides(cfg, {"privacy.mode": "local", "privacy.epsilon": epsilon})
+
+
+def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict:
+    cfg = with_recipe(cfg, epsilon)
     fresh_start(run_dir)
     t0 = time.perf_counter()
     with TreeRSS() as rss:
@@ -198,8 +201,7 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
     cfg = with_overrides(cfg, {"federation.partition.max_rows": args.audit_rows,
                                "federation.rounds": args.audit_rounds,
                                "data.bank_extra_train": {0: str(canary_file)}})
-    if epsilon is not None:
-        cfg = with_overrides(cfg, {"privacy.mode": "local", "privacy.epsilon": epsilon})
+    cfg = with_recipe(cfg, epsilon)
     fresh_start(run_dir)
     t0 = time.perf_counter()
     simulate(cfg, run_dir, progress=False)
@@ -239,6 +241,46 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
             "members": len(members), "non_members": len(non_members),
             "canary_exposure_mean": float(np.mean(exposures)), "canary_exposure_max": float(np.max(exposures)),
             "exposures": [round(e, 3) for e in exposures], "wall_s": round(wall, 1)}
+
+
+def norms_cell(cfg, rows: int) -> dict:
+    """Per-example gradient norms where every cell starts (the warm start, or the initial adapter), on a seeded
+    sample of the private training rows: of all LoRA matrices (FedAvg trains A and B) and of the B matrices alone
+    (FFA-LoRA). Under Adam, a clip norm below every example's norm is no lever: each clipped gradient and the noise
+    (noise multiplier x clip) scale together, so the update is the same."""
+    from fedfingpt.common.adapter import start_from_adapter
+    from fedfingpt.common.models import use_bf16
+    from fedfingpt.common.train import answer_loss, collate
+
+    model, loaded = fresh_model(cfg)
+    if cfg.federation.initial_adapter:
+        start_from_adapter(model, cfg.federation.initial_adapter, base_sha256=loaded.base_sha256)
+    pool = training_pool(sentiment_splits(cfg.data.data_dir)["train"], cfg.federation.partition)
+    sample = random.Random(11).sample(pool, min(rows, len(pool)))
+    enc = encode_sentiment(loaded.tokenizer, sample, cfg.data.max_length)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16(cfg.training.bf16_autocast) else None
+    full, b_only = [], []
+    model.train()
+    for e in enc:
+        model.zero_grad(set_to_none=True)
+        batch = collate([e], loaded.tokenizer.pad_token_id)
+        with autocast or torch.autocast("cpu", enabled=False):
+            loss = answer_loss(model, batch, per_example=True, label_loss=cfg.training.loss == "labels")
+        loss.backward()
+        sq = {n: float(p.grad.float().pow(2).sum()) for n, p in params.items() if p.grad is not None}
+        full.append(math.sqrt(sum(sq.values())))
+        b_only.append(math.sqrt(sum(v for n, v in sq.items() if "lora_B" in n)))
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+    def quantiles(v: list[float]) -> dict:
+        q = np.quantile(v, [0.0, 0.1, 0.5, 0.9, 1.0])
+        return {"min": round(float(q[0]), 4), "p10": round(float(q[1]), 4), "median": round(float(q[2]), 4),
+                "p90": round(float(q[3]), 4), "max": round(float(q[4]), 4),
+                "share_over_clip": round(float(np.mean(np.array(v) > cfg.privacy.max_grad_norm)), 4)}
+
+    return {"rows": len(enc), "clip": cfg.privacy.max_grad_norm, "fedavg": quantiles(full), "ffa_lora": quantiles(b_only)}
 
 
 def cost_cell(cfg, dp: bool, steps: int, args) -> dict:
@@ -296,6 +338,8 @@ def main() -> None:
     ap.add_argument("--audit-rounds", type=int, default=3)
     ap.add_argument("--canary-repeats", type=int, default=6)
     ap.add_argument("--candidates", type=int, default=999)
+    ap.add_argument("--norm-rows", type=int, default=64, help="private training rows whose per-example gradient "
+                    "norms at the start are measured (0: not measured)")
     ap.add_argument("--cost-steps", type=int, default=6)
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-utility", action="store_true")
@@ -341,6 +385,8 @@ def main() -> None:
             log.info("public warm start: %d steps on %s", args.warm_steps, args.public)
             save("warm", warm_start_cell(base, args, work, tests))
         base = with_overrides(base, {"federation.initial_adapter": cells["warm"]["adapter"]})
+    if args.norm_rows and "norms" not in cells:
+        save("norms", norms_cell(base, args.norm_rows))
     eps_all = [None, *[float(e) for e in args.epsilons.split(",")]]
     lever_eps = [None if e == "none" else float(e) for e in args.lever_epsilons.split(",")]
     runs = [("recipe", {}, eps_all)] + [(name, ov, lever_eps) for name, ov in levers.items()]
@@ -456,6 +502,22 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
                                    f"{v['noise_multiplier']:.3f}, sampling rate {v['sample_rate']:.4f})"
                                    for b, v in cov.items()) for key, cov in covered.items()],
         *([""] + [f"Levers: {', '.join(f'{k} ({v})' for k, v in levers.items())}."] if levers else []),
+        *(["", f"Per-example gradient norms at the start of every cell ({n['rows']} seeded {PRIVATE.upper()} "
+               f"training rows; clip {n['clip']:g}): "
+               + "; ".join(f"{k} (the matrices it trains) median {n[k]['median']:.3g}, min {n[k]['min']:.3g}, "
+                           f"p90 {n[k]['p90']:.3g}, {100 * n[k]['share_over_clip']:.0f} % over the clip"
+                           for k in ("fedavg", "ffa_lora"))
+               + ". Under Adam a clip below every example's norm is no lever: the clipped gradients and the noise "
+                 "scale together."]
+          if (n := cells.get("norms")) else []),
+        *(["", f"Audit: FedAvg from the warm start over {args.banks} banks sharing {args.audit_rows} TFNS training rows, "
+               f"{args.audit_rounds} rounds x {args.local_steps} local steps of the recipe above (no DP: the same "
+               f"logical batches), so each bank's rows are trained on many times. Membership: log P(gold label) of "
+               f"the banks' training rows ({audit['members']}) against as many TFNS rows no bank held; AUC with a "
+               f"{RESAMPLES // 5}-resample interval. Canaries: 5 fake account numbers, {args.canary_repeats} copies "
+               f"each in bank 0's rows, each ranked among {args.candidates} random numbers of the same format "
+               f"(exposure log2({args.candidates + 1}) - log2(rank); about 1.4 bits by chance)."]
+          if (audit := next((c for k, c in cells.items() if k.startswith("audit|")), None)) else []),
     ])
     finish_results(
         Path(args.out), benchmark="privacy", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
