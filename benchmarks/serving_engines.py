@@ -58,9 +58,10 @@ def engine_cell(base, engine: str, args, callers, ca: str, headlines: list[str],
     """One engine measured; `torch-fp32` is the torch engine with bf16 off (the fp32 reference where the CPU has
     native bf16 and `torch` serves bf16); `onnx-int8-bN` is onnx-int8 with weights quantised in blocks of N."""
     cfg = base.model_copy(deep=True)
-    cfg.serving.engine = "torch" if engine == "torch-fp32" else engine
     if engine.startswith("onnx-int8-b"):
         cfg.serving.engine, cfg.serving.int8_block_size = "onnx-int8", int(engine.removeprefix("onnx-int8-b"))
+    else:
+        cfg.serving.engine = "torch" if engine == "torch-fp32" else engine
     if engine == "torch-fp32":
         cfg.serving.bf16_autocast = False
     t0 = time.perf_counter()
