@@ -22,7 +22,7 @@ from fedfingpt.common.config import load_config
 from fedfingpt.common.report import peak_rss_mb
 from fedfingpt.common.pii.gate import ComplianceGate
 from fedfingpt.simulations.pii_bank_texts import bank_pii_texts
-from serving import nano_person_recall, redaction_quality, research_records
+from serving import GOLD_TO_FOUND, nano_person_recall, redaction_quality, research_records
 
 from fedfingpt.common.tasks.sentiment_data import data_dir_from_env
 
@@ -57,6 +57,27 @@ def bank_set_quality(gate: ComplianceGate, items) -> tuple[list[dict], list[dict
     return rows, leaks
 
 
+def research_left(gate: ComplianceGate, records: list[dict]) -> tuple[Counter, Counter]:
+    """Per gold type of the research set that the policy acts on (a recognizer of a type the gate keeps): values
+    planted, raw values still whole in what the model would see, and values with any letter or digit outside every
+    finding (a part left, e.g. an address's street with its city redacted)."""
+    active = set(gate.entity_types())
+    planted, left, part = Counter(), Counter(), Counter()
+    for rec in records:
+        text = rec["full_text"]
+        acted = [g for g in rec["spans"] if GOLD_TO_FOUND.get(g["entity_type"], set()) & active]
+        if not acted:
+            continue
+        out = gate.scan(text, "analyst").text
+        found = gate.findings(text)
+        for g in acted:
+            planted[g["entity_type"]] += 1
+            left[g["entity_type"]] += g["entity_value"] in out
+            bare = [i for i in range(g["start_position"], g["end_position"]) if text[i].isalnum()]
+            part[g["entity_type"]] += any(not any(f.start <= i < f.end for f in found) for i in bare)
+    return planted, left, part
+
+
 def main() -> None:
     ap = benchmark_parser("gate", __doc__, config=None, work=False)
     ap.add_argument("--bank-texts", type=int, default=2000)
@@ -72,6 +93,10 @@ def main() -> None:
         log.info("bank-style %s", r)
     research = research_records(cfg.data.data_dir)
     research_rows = redaction_quality(gate, research)
+    r_planted, r_left, r_part = research_left(gate, research)
+    for r in research_rows:
+        if r_planted[r["entity"]]:
+            r["removed_recall"] = round(1 - r_left[r["entity"]] / r_planted[r["entity"]], 4)
     for r in research_rows:
         log.info("research %s", r)
     # a set the name rules were not read against: the finance-flavoured synthetic texts of nannigalaxy_pii_nano
@@ -81,7 +106,7 @@ def main() -> None:
     log.info("finance-flavoured PERSON %s", nano_r)
     rows = [{"set": f"bank-style ({len(items)} texts, seed {args.seed})", **r} for r in bank_rows] + \
            [{"set": f"Presidio research ({len(research)} texts)", "entity": r["entity"], "planted": r["gold"],
-             "typed_recall": round(r["recall"], 4), "precision": r["precision"] and round(r["precision"], 4),
+             "typed_recall": round(r["recall"], 4), "removed_recall": r.get("removed_recall"), "precision": r["precision"] and round(r["precision"], 4),
              "found_as": r["found_as"], "note": r["note"]} for r in research_rows] + \
            [{"set": f"finance-flavoured ({len(nano)} texts, nannigalaxy_pii_nano)", "entity": "PERSON",
              "planted": nano_r["gold"], "typed_recall": nano_r["recall"],
@@ -89,6 +114,10 @@ def main() -> None:
     worst = min((r for r in bank_rows if r.get("planted")), key=lambda r: r["typed_recall"])
     md = [f"Raw planted values left in the gate's output on the bank-style set: {len(leaks)} of "
           f"{sum(r.get('planted', 0) for r in bank_rows)} (by type: {dict(Counter(x['type'] for x in leaks))}).",
+          f"Raw values of the types the policy acts on left in the gate's output on the research set: "
+          f"{sum(r_left.values())} of {sum(r_planted.values())} (by type: "
+          f"{dict((t, n) for t, n in r_left.most_common() if n)}); values with some part left: "
+          f"{sum(r_part.values())} (by type: {dict((t, n) for t, n in r_part.most_common() if n)}).",
           f"Lowest typed recall on the bank-style set: {worst['entity']} {worst['typed_recall']}.",
           "The bank-style templates were written alongside the recognizers; another seed draws other values "
           "(names, numbers, cities, formats) into the same templates, not other templates. The name rules were "
