@@ -151,7 +151,8 @@ class ComplianceGate:
 # generic Presidio pattern) claim overlapping text under different types, ours is taken: on the bank-style set the
 # small spaCy model reads cities as people, people as places, a BIC or a date as a person, at 0.85.
 OURS = {"BankAccountRecognizer", "SwiftBicRecognizer", "AbaRoutingRecognizer", "TaxIdRecognizer",
-        "PhoneShapeRecognizer", "DateOfBirthRecognizer", "StreetAddressRecognizer", "CityRecognizer",
+        "PhoneShapeRecognizer", "PhoneLabelRecognizer", "CardNumberContextRecognizer", "PostalCodeRecognizer",
+        "DateOfBirthRecognizer", "StreetAddressRecognizer", "AddressLineRecognizer", "CityRecognizer",
         "PersonNameRecognizer"}
 OURS_FIRST = 0.5  # added to our findings' scores when overlaps are resolved (scores themselves are unchanged)
 

@@ -81,6 +81,51 @@ class PhoneShapeRecognizer(PatternRecognizer):
         return None if 7 <= digits <= 15 else False
 
 
+class PhoneLabelRecognizer(PatternRecognizer):
+    """Phone numbers written in groups with no country code or trunk zero ('467 3395', '60-56-85-91'), counted only
+    under a label that says so ('Phone:', 'Mobile:', 'Fax', 'Desk'); not 'call' or 'number', since grouped digits
+    near those are as often an amount in thousands ('12 500 000'). ISO dates and SSN-shaped numbers are left to
+    their own recognizers."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="PHONE_NUMBER",
+            patterns=[Pattern("grouped digits", r"(?<![\w+.,])\d{2,4}(?:[ -]\d{2,6}){1,3}\b(?![.,]\d)", 0.1)],
+            context=["phone", "tel", "telephone", "mobile", "cell", "fax", "desk", "whatsapp"],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        if re.fullmatch(r"(?:19|20)\d{2}-\d{2}-\d{2}|\d{3}-\d{2}-\d{4}", pattern_text):
+            return False
+        return None if 7 <= sum(c.isdigit() for c in pattern_text) <= 15 else False
+
+
+class CardNumberContextRecognizer(PatternRecognizer):
+    """Card numbers that fail the Luhn check (a mistyped or made-up number is still the customer's card as
+    written): 12 to 19 digits, plain or in groups of four, counted only with 'card' or a scheme's name nearby.
+    Numbers that pass the check are Presidio's CREDIT_CARD at full score."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="CREDIT_CARD",
+            patterns=[Pattern("card digits", r"\b\d{12,19}\b", 0.15),
+                      Pattern("grouped card digits", r"\b\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?\b", 0.15)],
+            context=["card", "credit", "debit", "visa", "mastercard", "amex", "maestro"],
+        )
+
+
+class PostalCodeRecognizer(PatternRecognizer):
+    """Postal codes (4 or 5 digits, optionally '-' and 3 or 4 more), a place as LOCATION, counted only with 'zip'
+    or 'postcode' nearby: a bare number of that shape is a year, an amount or a count."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="LOCATION",
+            patterns=[Pattern("postal code", r"(?<![\w.,])\d{4,5}(?:-\d{3,4})?\b(?![.,]\d)", 0.1)],
+            context=["zip", "zipcode", "postcode", "postal"],
+        )
+
+
 MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|" \
         r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 
@@ -109,7 +154,9 @@ STREET_TYPES = (r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blv
 class StreetAddressRecognizer(PatternRecognizer):
     """Street addresses: a house number before one to three capitalised words and a street type ('221B Baker
     Street', '1600 Pennsylvania Avenue NW'), a street word first ('Rue de Rivoli', 'Via Roma 12'), or a
-    compound street name before its number ('Hauptstrasse 5', 'Mariahilfer Strasse 12', 'Prinsengracht 263')."""
+    compound street name before its number ('Hauptstrasse 5', 'Mariahilfer Strasse 12', 'Prinsengracht 263'), a
+    street of any language between numbers before a flat ('9721 Dalmatinova 43 Apt. 678'), a flat or suite alone
+    ('Apt. 595', 'Suite 501')."""
 
     def __init__(self) -> None:
         super().__init__(
@@ -124,9 +171,30 @@ class StreetAddressRecognizer(PatternRecognizer):
                 Pattern("word then Strasse", r"\b[A-Z][a-zäöü]+(?:er)? (?:Strasse|Straße|Allee|Platz|Gasse|Weg) "
                         r"\d{1,4}[a-z]?\b", 0.6),
                 Pattern("street word then number", r"\b(?:Ulica|Calle|Via|Rua) [A-Z][\w'’-]+ \d{1,5}\b", 0.6),
+                Pattern("number, street, number, flat", r"\b\d{1,5} [^\W\d_][^\W\d_'’-]*(?:[ -][^\W\d_]+)? "
+                        r"\d{1,4}[A-Za-z]?,? (?i:apt\.?|suite|apartment) #?\d{1,5}\b", 0.6),
+                Pattern("flat or suite", r"\b(?i:apt\.|apt|suite|apartment) #?\d{1,5}[A-Za-z]?\b", 0.5),
             ],
             context=["address", "resident", "lives", "living", "moved", "street", "post"],
         )
+
+
+class AddressLineRecognizer(PatternRecognizer):
+    """An address line in any language, a house number, a street name and a number ('5366 Pivovarská 276',
+    '28245 Puruntie 82'), counted only after a word that says an address follows ('address', 'lives', 'moved',
+    'deliver'): the same shape without one is as often a year, a word and a figure."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="STREET_ADDRESS",
+            patterns=[Pattern("number, street, number",
+                              r"\b\d{1,5} [^\W\d_][^\W\d_'’-]*(?:[ -][^\W\d_]+)? \d{1,4}[A-Za-z]?\b(?![.,]\d)",
+                              0.1)],
+            context=["address", "resident", "lives", "living", "moved", "deliver", "shipped", "mailing"],
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        return False if re.match(rf"\d{{1,2}} {MONTH}\b", pattern_text, re.IGNORECASE) else None  # '18 May 2024'
 
 
 class CityRecognizer(EntityRecognizer):
@@ -272,5 +340,6 @@ def financial_recognizers(first_names: frozenset[str] = frozenset()) -> list[Ent
     """The gate's own recognizers; `first_names` (the person-name lists' curated first names, when the gate uses
     them) lets the city list leave a lone first name to the person recognizers unless a place word precedes it."""
     return [BankAccountRecognizer(), SwiftBicRecognizer(), AbaRoutingRecognizer(), TaxIdRecognizer(),
-            PhoneShapeRecognizer(), DateOfBirthRecognizer(), StreetAddressRecognizer(),
+            PhoneShapeRecognizer(), PhoneLabelRecognizer(), CardNumberContextRecognizer(), PostalCodeRecognizer(),
+            DateOfBirthRecognizer(), StreetAddressRecognizer(), AddressLineRecognizer(),
             CityRecognizer(first_names=first_names)]
