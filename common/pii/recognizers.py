@@ -151,6 +151,10 @@ STREET_TYPES = (r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Boulevard|Blv
                 r"Place|Pl|Terrace|Close|Grove|Parkway|Highway|Row|Walk|Gardens|Mews|Hill)")
 
 
+# a house number, a street name of any language (one or two words) and its number: '28245 Puruntie 82'
+ADDRESS_LINE = r"\b\d{1,5} [^\W\d_][^\W\d_'’-]*(?:[ -][^\W\d_]+)? \d{1,4}[A-Za-z]?"
+
+
 class StreetAddressRecognizer(PatternRecognizer):
     """Street addresses: a house number before one to three capitalised words and a street type ('221B Baker
     Street', '1600 Pennsylvania Avenue NW'), a street word first ('Rue de Rivoli', 'Via Roma 12'), or a
@@ -171,8 +175,8 @@ class StreetAddressRecognizer(PatternRecognizer):
                 Pattern("word then Strasse", r"\b[A-Z][a-zäöü]+(?:er)? (?:Strasse|Straße|Allee|Platz|Gasse|Weg) "
                         r"\d{1,4}[a-z]?\b", 0.6),
                 Pattern("street word then number", r"\b(?:Ulica|Calle|Via|Rua) [A-Z][\w'’-]+ \d{1,5}\b", 0.6),
-                Pattern("number, street, number, flat", r"\b\d{1,5} [^\W\d_][^\W\d_'’-]*(?:[ -][^\W\d_]+)? "
-                        r"\d{1,4}[A-Za-z]?,? (?i:apt\.?|suite|apartment) #?\d{1,5}\b", 0.6),
+                Pattern("number, street, number, flat", ADDRESS_LINE + r",? (?i:apt\.?|suite|apartment) #?\d{1,5}\b",
+                        0.6),
                 Pattern("flat or suite", r"\b(?i:apt\.|apt|suite|apartment) #?\d{1,5}[A-Za-z]?\b", 0.5),
             ],
             context=["address", "resident", "lives", "living", "moved", "street", "post"],
@@ -187,9 +191,7 @@ class AddressLineRecognizer(PatternRecognizer):
     def __init__(self) -> None:
         super().__init__(
             supported_entity="STREET_ADDRESS",
-            patterns=[Pattern("number, street, number",
-                              r"\b\d{1,5} [^\W\d_][^\W\d_'’-]*(?:[ -][^\W\d_]+)? \d{1,4}[A-Za-z]?\b(?![.,]\d)",
-                              0.1)],
+            patterns=[Pattern("number, street, number", ADDRESS_LINE + r"\b(?![.,]\d)", 0.1)],
             context=["address", "resident", "lives", "living", "moved", "deliver", "shipped", "mailing"],
         )
 
