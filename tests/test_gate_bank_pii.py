@@ -66,3 +66,24 @@ def test_no_raw_value_of_the_bank_style_set_survives_the_gate(gate):
     leaks = [(t, it.text[s:e]) for it in items for s, e, t in it.spans
              if it.text[s:e] in gate.scan(it.text, "analyst").text]
     assert not leaks, leaks[:10]
+
+
+@pytest.mark.parametrize("order", ["as listed", "reversed"])
+def test_a_finding_does_not_depend_on_the_order_presidio_collects_recognizers(gate, order):
+    """'Rangel' is a listed surname and a town: our name list and spaCy both find the same PERSON span at the same
+    score, and which of the two Presidio keeps decides the overlap with the town. Presidio collects recognizers in a
+    set, so its order differs from process to process; the gate fixes it, whatever order it is handed."""
+    from fedfingpt.common.pii.gate import _fixed_run_order
+
+    registry = gate.analyzer.registry
+    fixed = registry.get_recognizers
+    base = type(registry).get_recognizers.__get__(registry)
+    try:
+        registry.get_recognizers = lambda *a, **k: (list if order == "as listed" else
+                                                    lambda rs: list(reversed(rs)))(base(*a, **k))
+        _fixed_run_order(registry)
+        r = gate.scan("Mr. Rangel flew to HORTEN on Monday morning.", "analyst")
+        assert r.found.get("PERSON") == 1 and r.found.get("LOCATION", 0) <= 1, r.found
+        assert [f.entity_type for f in gate.findings("Mr. Rangel flew to HORTEN")][0] == "PERSON"
+    finally:
+        registry.get_recognizers = fixed

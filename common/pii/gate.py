@@ -85,6 +85,7 @@ class ComplianceGate:
             self.analyzer.registry.add_recognizer(person_name_recognizer(cfg.person_names_max_rank))
         for rec in financial_recognizers(first_names):
             self.analyzer.registry.add_recognizer(rec)
+        _fixed_run_order(self.analyzer.registry)
         # Presidio looks for context words only among the words around a finding that are not stop words, and
         # spaCy counts "name" (and "call", "full", ...) as one: "my name is vitoria" would never raise its finding
         vocab = engine.nlp["en"].vocab
@@ -188,6 +189,20 @@ def _lean_pipeline(nlp) -> None:
         Language.component(LOWER_LEMMA, func=_lower_lemma)
     if LOWER_LEMMA not in nlp.pipe_names:
         nlp.add_pipe(LOWER_LEMMA, first=True)
+
+
+def _fixed_run_order(registry) -> None:
+    """Run the recognizers in one fixed order: ours first, then by name. Presidio collects a request's recognizers in
+    a set (ordered by object address, so by chance from process to process) and, of two findings equal in type,
+    span and score, keeps the one its recognizer returned first; which of them is ours decides overlaps
+    (`_non_overlapping`), so without a fixed order a word that is both a listed name and a city ("Mr. Rangel") was
+    a person in one process and a place in the next."""
+    unordered = registry.get_recognizers
+
+    def ordered(*args, **kwargs):
+        return sorted(unordered(*args, **kwargs), key=lambda rec: (rec.name not in OURS, rec.name))
+
+    registry.get_recognizers = ordered
 
 
 def _non_overlapping(results):
