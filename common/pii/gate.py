@@ -154,6 +154,7 @@ class ComplianceGate:
 OURS = {"BankAccountRecognizer", "SwiftBicRecognizer", "AbaRoutingRecognizer", "TaxIdRecognizer",
         "PhoneShapeRecognizer", "PhoneLabelRecognizer", "CardNumberContextRecognizer", "PostalCodeRecognizer",
         "DateOfBirthRecognizer", "StreetAddressRecognizer", "AddressLineRecognizer", "CityRecognizer",
+        "AddressBlockRecognizer", "PlaceCueRecognizer",
         "PersonNameRecognizer"}
 OURS_FIRST = 0.5  # added to our findings' scores when overlaps are resolved (scores themselves are unchanged)
 

