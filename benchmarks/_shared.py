@@ -4,6 +4,7 @@ credentials, the cell cache and the results files."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from fedfingpt.common.models import attach_lora, load_base_model
 
 
 HERE = Path(__file__).resolve().parent
+log = logging.getLogger("bench")
 
 
 def benchmark_parser(name: str, doc: str | None, config: str | None = "federated.yaml",
@@ -43,12 +45,27 @@ def federation_args(ap: argparse.ArgumentParser, *, banks: int, rounds: int, loc
     ap.add_argument("--eval-rows", type=int, default=eval_rows, help="rows of FPB test and TFNS valid (seeded sample)")
 
 
+# A simulated round runs its banks one after another on a machine shared with other work: a deployment's round
+# timeout (federation.round_timeout_s, 30 minutes) would drop the last bank of a slow round and change the cell
+BENCH_ROUND_TIMEOUT_S = 12 * 3600
+
+
 def federation_overrides(args) -> dict:
     """Config overrides for the federation of `federation_args`: banks, rounds and local steps as given, one bank
-    may be missing from a round, no client-side evaluation, a fresh run (never a resume of an older one)."""
+    may be missing from a round (a failure, never slowness: see BENCH_ROUND_TIMEOUT_S), no client-side evaluation,
+    a fresh run (never a resume of an older one)."""
     return {"federation.num_banks": args.banks, "federation.rounds": args.rounds,
             "federation.local_steps": args.local_steps, "federation.client_eval": False, "federation.resume": False,
-            "federation.min_banks": max(1, args.banks - 1)}
+            "federation.min_banks": max(1, args.banks - 1), "federation.round_timeout_s": BENCH_ROUND_TIMEOUT_S}
+
+
+def dropped_updates(history: list[dict]) -> list[dict]:
+    """Every update a simulated federation's server dropped (round, bank, reason), from its report's history: a
+    cell states them rather than pass for one in which every bank took part."""
+    out = [{"round": h.get("round"), **d} for h in history for d in ((h.get("train") or {}).get("dropped") or [])]
+    for d in out:
+        log.warning("round %s: an update of bank %s was dropped (%s)", d["round"], d.get("bank"), d.get("reason"))
+    return out
 
 
 def fresh_model(cfg):

@@ -47,8 +47,8 @@ from fedfingpt.common.tasks.sentiment_data import LABELS as CLASSES, sentiment_s
 from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.simulations.run import simulate
 
-from _shared import (SEED_BASE, CellCache, benchmark_parser, federation_args, finish_results, fresh_model,  # benchmarks/_shared.py
-                     RowBootstrap, predictions, seeded)
+from _shared import (BENCH_ROUND_TIMEOUT_S, SEED_BASE, CellCache, benchmark_parser, dropped_updates,  # benchmarks/_shared.py
+                     federation_args, finish_results, fresh_model, RowBootstrap, predictions, seeded)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -134,8 +134,11 @@ def local_only(cfg, tests) -> dict:
 
 def federated(cfg, run_dir: Path, tests) -> dict:
     t0 = time.perf_counter()
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.round_timeout_s = BENCH_ROUND_TIMEOUT_S
     with TreeRSS() as rss:
         out = simulate(cfg, run_dir, progress=False)
+        dropped = dropped_updates(out["history"])
         train_s = time.perf_counter() - t0
         trains = [h["train"] for h in out["history"] if h.get("train")]
         if not any(t["banks"] for t in trains):
@@ -157,7 +160,7 @@ def federated(cfg, run_dir: Path, tests) -> dict:
     down = np.mean([b["bytes_down"] for t in trains for b in t["banks"]]) / 1e6
     cell = {**scores, "mb_up": round(float(up), 3), "mb_down": round(float(down), 3), "train_s": round(train_s, 1),
             "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(rss.peak / 2**20),
-            "dropped": sum(len(t["dropped"]) for t in trains),
+            "dropped": len(dropped),
             "curve_loss": [round(sum(b["train_loss"] * b["num_examples"] for b in t["banks"])
                                  / sum(b["num_examples"] for b in t["banks"]), 4) if t["banks"] else None
                            for t in trains]}

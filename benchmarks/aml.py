@@ -42,7 +42,7 @@ from fedfingpt.server.checkpoint import latest_checkpoint, peft_names_to_ours
 from fedfingpt.common.tasks.aml_scenario import aml_split, write_aml_report
 from fedfingpt.simulations.run import simulate
 
-from _shared import CellCache, benchmark_parser, fresh_model  # benchmarks/_shared.py
+from _shared import BENCH_ROUND_TIMEOUT_S, CellCache, benchmark_parser, dropped_updates, fresh_model  # benchmarks/_shared.py
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -150,8 +150,10 @@ def score(model, loaded, cfg, test, val: list, reasons: list) -> dict:
 def federated_cell(cfg, test, work: Path, val: list, reasons: list) -> dict:
     t0 = time.perf_counter()
     run_dir = work / cfg.name
+    cfg = cfg.model_copy(deep=True)
+    cfg.federation.round_timeout_s = BENCH_ROUND_TIMEOUT_S
     with TreeRSS() as rss:
-        simulate(cfg, run_dir, progress=False)
+        dropped = dropped_updates(simulate(cfg, run_dir, progress=False)["history"])
         train_s = time.perf_counter() - t0
         model, loaded = fresh_model(cfg)
         rnd, _, saved = latest_checkpoint(run_dir, loaded.base_sha256)
@@ -160,7 +162,7 @@ def federated_cell(cfg, test, work: Path, val: list, reasons: list) -> dict:
     f = cfg.federation
     steps = f.num_banks * f.rounds * f.local_steps
     return {**scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20), **extras(r),
-            "s_per_step": round(train_s / steps, 2)}
+            "s_per_step": round(train_s / steps, 2), "dropped_updates": dropped}
 
 
 # about 1,000-1,300 training and 170-210 validation cases per bank, 2,300 held out; the adapter's budget per bank

@@ -58,8 +58,8 @@ from fedfingpt.simulations.bank_folders import simulated_bank_rows
 from fedfingpt.simulations.partition import training_pool
 from fedfingpt.simulations.run import simulate
 
-from _shared import (CellCache, benchmark_parser, federation_args, federation_overrides, finish_results, fresh_model,
-                     RowBootstrap, predictions, seeded)
+from _shared import (CellCache, benchmark_parser, dropped_updates, federation_args, federation_overrides, finish_results,
+                     fresh_model, RowBootstrap, predictions, seeded)
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench")
@@ -191,7 +191,8 @@ def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict
                                "steps": sum(int(e["steps"]) for e in ledger.data["entries"]),
                                "noise_multiplier": max(x.get("dp_noise_multiplier") or 0 for x in banks if x["bank"] == b),
                                "sample_rate": max(x.get("dp_sample_rate") or 0 for x in banks if x["bank"] == b)}
-    return {**scores, "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
+    return {**scores, "dropped_updates": dropped_updates(out["history"]),
+            "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "peak_rss_mb": round(rss.peak / 2**20), "covered": covered,
             "epsilon_spent_max": max((c["epsilon"] for c in covered.values()), default=None),
             "noise_multiplier": max((c["noise_multiplier"] for c in covered.values()), default=None)}
@@ -204,7 +205,7 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
     cfg = with_recipe(cfg, epsilon)
     fresh_start(run_dir)
     t0 = time.perf_counter()
-    simulate(cfg, run_dir, progress=False)
+    dropped = dropped_updates(simulate(cfg, run_dir, progress=False)["history"])
     wall = time.perf_counter() - t0
     model, loaded = final_model(cfg, run_dir)
     n = cfg.federation.num_banks
@@ -240,7 +241,7 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
     return {"mia_auc": mia["roc_auc"], "mia_auc_ci95": [round(float(q), 4) for q in np.quantile(auc_boot, [0.025, 0.975])],
             "members": len(members), "non_members": len(non_members),
             "canary_exposure_mean": float(np.mean(exposures)), "canary_exposure_max": float(np.max(exposures)),
-            "exposures": [round(e, 3) for e in exposures], "wall_s": round(wall, 1)}
+            "exposures": [round(e, 3) for e in exposures], "dropped_updates": dropped, "wall_s": round(wall, 1)}
 
 
 def norms_cell(cfg, rows: int) -> dict:
@@ -518,6 +519,11 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
                f"each in bank 0's rows, each ranked among {args.candidates} random numbers of the same format "
                f"(exposure log2({args.candidates + 1}) - log2(rank); about 1.4 bits by chance)."]
           if (audit := next((c for k, c in cells.items() if k.startswith("audit|")), None)) else []),
+        *([""] + ["Dropped updates (the cell trained without them): "
+                  + "; ".join(f"{k}: " + ", ".join(f"round {d['round']} bank {d.get('bank')} ({d.get('reason')})"
+                                                   for d in c["dropped_updates"])
+                              for k, c in cells.items() if c.get("dropped_updates"))]
+          if any(c.get("dropped_updates") for c in cells.values() if isinstance(c, dict)) else []),
     ])
     finish_results(
         Path(args.out), benchmark="privacy", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
