@@ -168,6 +168,28 @@ def with_recipe(cfg, epsilon: float | None):
     return with_overrides(cfg, {"privacy.mode": "local", "privacy.epsilon": epsilon})
 
 
+def coverage(cfg, run_dir: Path, history: list[dict]) -> dict:
+    """What a DP run's epsilon covers, from each bank's own ledger: the rows it protects, its epsilon, the ledger's
+    entries and steps, the noise multiplier and the sampling rate."""
+    banks = [b for h in history if h.get("train") for b in h["train"]["banks"]]
+    if not banks:
+        raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
+    covered = {}
+    if cfg.privacy.mode != "local":
+        return covered
+    for b in sorted({b["bank"] for b in banks}):
+        ledger = PrivacyLedger.open(run_dir / "banks" / f"bank-{b}", bank=b, accountant_kind=cfg.privacy.accountant,
+                                    delta=cfg.privacy.delta)
+        mine = [x for x in banks if x["bank"] == b]
+        covered[str(b)] = {"rows_protected": max(x["num_examples"] for x in mine),
+                           "epsilon": round(ledger.epsilon(), 4),
+                           "ledger_entries": len(ledger.data["entries"]),
+                           "steps": sum(int(e["steps"]) for e in ledger.data["entries"]),
+                           "noise_multiplier": max(x.get("dp_noise_multiplier") or 0 for x in mine),
+                           "sample_rate": max(x.get("dp_sample_rate") or 0 for x in mine)}
+    return covered
+
+
 def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict:
     cfg = with_recipe(cfg, epsilon)
     fresh_start(run_dir)
@@ -177,20 +199,7 @@ def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict
         train_s = time.perf_counter() - t0
         model, loaded = final_model(cfg, run_dir)
         scores = predictions(model, loaded.tokenizer, tests, cfg)
-    banks = [b for h in out["history"] if h.get("train") for b in h["train"]["banks"]]
-    if not banks:
-        raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
-    covered = {}
-    if epsilon is not None:  # what the epsilon covers, from each bank's own ledger
-        for b in sorted({b["bank"] for b in banks}):
-            ledger = PrivacyLedger.open(run_dir / "banks" / f"bank-{b}", bank=b, accountant_kind=cfg.privacy.accountant,
-                                        delta=cfg.privacy.delta)
-            rows = max(x["num_examples"] for x in banks if x["bank"] == b)
-            covered[str(b)] = {"rows_protected": rows, "epsilon": round(ledger.epsilon(), 4),
-                               "ledger_entries": len(ledger.data["entries"]),
-                               "steps": sum(int(e["steps"]) for e in ledger.data["entries"]),
-                               "noise_multiplier": max(x.get("dp_noise_multiplier") or 0 for x in banks if x["bank"] == b),
-                               "sample_rate": max(x.get("dp_sample_rate") or 0 for x in banks if x["bank"] == b)}
+    covered = coverage(cfg, run_dir, out["history"])
     return {**scores, "dropped_updates": dropped_updates(out["history"]),
             "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "peak_rss_mb": round(rss.peak / 2**20), "covered": covered,
@@ -205,7 +214,8 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
     cfg = with_recipe(cfg, epsilon)
     fresh_start(run_dir)
     t0 = time.perf_counter()
-    dropped = dropped_updates(simulate(cfg, run_dir, progress=False)["history"])
+    history = simulate(cfg, run_dir, progress=False)["history"]
+    dropped, covered = dropped_updates(history), coverage(cfg, run_dir, history)
     wall = time.perf_counter() - t0
     model, loaded = final_model(cfg, run_dir)
     n = cfg.federation.num_banks
@@ -241,7 +251,9 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
     return {"mia_auc": mia["roc_auc"], "mia_auc_ci95": [round(float(q), 4) for q in np.quantile(auc_boot, [0.025, 0.975])],
             "members": len(members), "non_members": len(non_members),
             "canary_exposure_mean": float(np.mean(exposures)), "canary_exposure_max": float(np.max(exposures)),
-            "exposures": [round(e, 3) for e in exposures], "dropped_updates": dropped, "wall_s": round(wall, 1)}
+            "exposures": [round(e, 3) for e in exposures], "dropped_updates": dropped, "wall_s": round(wall, 1),
+            "covered": covered, "epsilon_spent_max": max((c["epsilon"] for c in covered.values()), default=None),
+            "noise_multiplier": max((c["noise_multiplier"] for c in covered.values()), default=None)}
 
 
 def norms_cell(cfg, rows: int) -> dict:
@@ -471,7 +483,8 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
             rows.append({"part": "audit", "strategy": "fedavg", "variant": "recipe", "epsilon": key.split("|")[1],
                          "mia_auc": c["mia_auc"], "mia_auc_ci95": c.get("mia_auc_ci95"),
                          "canary_exposure_mean": c["canary_exposure_mean"],
-                         "canary_exposure_max": c["canary_exposure_max"], "wall_s": c["wall_s"]})
+                         "canary_exposure_max": c["canary_exposure_max"], "wall_s": c["wall_s"],
+                         "epsilon_spent": c.get("epsilon_spent_max"), "noise_multiplier": c.get("noise_multiplier")})
         elif key.startswith("cost|"):
             rows.append({"part": "cost", "strategy": key.split("|")[1], "s_per_batch": c["s_per_batch"],
                          "wall_s": c["train_s"], "peak_rss_mb": c["peak_rss_mb"]})
