@@ -169,15 +169,14 @@ def with_recipe(cfg, epsilon: float | None):
 
 
 def coverage(cfg, run_dir: Path, history: list[dict]) -> dict:
-    """What a DP run's epsilon covers, from each bank's own ledger: the rows it protects, its epsilon, the ledger's
-    entries and steps, the noise multiplier and the sampling rate."""
+    """What a DP run's epsilon covers, from each bank's own ledger: per bank (`covered`) the rows it protects, its
+    epsilon, the ledger's entries and steps, the noise multiplier and the sampling rate; and the largest epsilon
+    and noise multiplier over the banks. Empty per-bank entries without DP."""
     banks = [b for h in history if h.get("train") for b in h["train"]["banks"]]
     if not banks:
         raise RuntimeError(f"{run_dir}: no bank update was aggregated; see the log above")
-    covered = {}
-    if cfg.privacy.mode != "local":
-        return covered
-    for b in sorted({b["bank"] for b in banks}):
+    covered, dp_banks = {}, (sorted({b["bank"] for b in banks}) if cfg.privacy.mode == "local" else [])
+    for b in dp_banks:
         ledger = PrivacyLedger.open(run_dir / "banks" / f"bank-{b}", bank=b, accountant_kind=cfg.privacy.accountant,
                                     delta=cfg.privacy.delta)
         mine = [x for x in banks if x["bank"] == b]
@@ -187,7 +186,8 @@ def coverage(cfg, run_dir: Path, history: list[dict]) -> dict:
                            "steps": sum(int(e["steps"]) for e in ledger.data["entries"]),
                            "noise_multiplier": max(x.get("dp_noise_multiplier") or 0 for x in mine),
                            "sample_rate": max(x.get("dp_sample_rate") or 0 for x in mine)}
-    return covered
+    return {"covered": covered, "epsilon_spent_max": max((c["epsilon"] for c in covered.values()), default=None),
+            "noise_multiplier": max((c["noise_multiplier"] for c in covered.values()), default=None)}
 
 
 def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict:
@@ -199,12 +199,9 @@ def utility_cell(cfg, epsilon: float | None, run_dir: Path, tests: dict) -> dict
         train_s = time.perf_counter() - t0
         model, loaded = final_model(cfg, run_dir)
         scores = predictions(model, loaded.tokenizer, tests, cfg)
-    covered = coverage(cfg, run_dir, out["history"])
     return {**scores, "dropped_updates": dropped_updates(out["history"]),
             "train_s": round(train_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(rss.peak / 2**20), "covered": covered,
-            "epsilon_spent_max": max((c["epsilon"] for c in covered.values()), default=None),
-            "noise_multiplier": max((c["noise_multiplier"] for c in covered.values()), default=None)}
+            "peak_rss_mb": round(rss.peak / 2**20), **coverage(cfg, run_dir, out["history"])}
 
 
 def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, secrets: list[str], args) -> dict:
@@ -252,8 +249,7 @@ def audit_cell(cfg, epsilon: float | None, run_dir: Path, canary_file: Path, sec
             "members": len(members), "non_members": len(non_members),
             "canary_exposure_mean": float(np.mean(exposures)), "canary_exposure_max": float(np.max(exposures)),
             "exposures": [round(e, 3) for e in exposures], "dropped_updates": dropped, "wall_s": round(wall, 1),
-            "covered": covered, "epsilon_spent_max": max((c["epsilon"] for c in covered.values()), default=None),
-            "noise_multiplier": max((c["noise_multiplier"] for c in covered.values()), default=None)}
+            **covered}
 
 
 def norms_cell(cfg, rows: int) -> dict:
