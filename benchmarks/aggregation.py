@@ -399,7 +399,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.barh(y, [r["mean_wf1"] for r in these], xerr=[lo, hi], capsize=2,
                 color=["k" if r["spec"] == "fedavg" else colour[r.get("vs_fedavg_verdict")] for r in these],
                 hatch=None)
-        ax.set_yticks(y, [r["strategy"] for r in these], fontsize=7)
+        layouts = {r.get("rounds_x_steps") for r in these}  # a --splits run: name each bar's rounds x steps
+        ax.set_yticks(y, [r["strategy"] + (f" {r['rounds_x_steps']}" if len(layouts) > 1 else "") for r in these],
+                      fontsize=7)
         if ceiling:
             ax.axvline(ceiling["mean_wf1"], color="k", ls="--", lw=1, label="centralized")
         if floor is not None:
