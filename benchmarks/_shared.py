@@ -113,14 +113,18 @@ class RowBootstrap:
         self.truth = {k: np.array([LABELS.index(r.label) for r in v]) for k, v in tests.items()}
         self.rows = {k: rng.integers(0, len(t), size=(resamples, len(t))) for k, t in self.truth.items()}
 
-    def resampled(self, cells: list[dict]):
-        """Per resample: the mean over the given cells (seeds) of the mean over the test sets of the weighted F1,
-        from each cell's `<set>_pred` strings (a personalised cell, one string per bank: the banks' mean)."""
+    def resampled(self, cells: list[dict], sets: tuple[str, ...] | None = None):
+        """Per resample: the mean over the given cells (seeds) of the mean over the test sets (`sets`, default all)
+        of the weighted F1, from each cell's `<set>_pred` strings (a personalised cell, one string per bank: the
+        banks' mean)."""
         import numpy as np
         from fedfingpt.common.metrics import weighted_f1_from_indices
 
+        chosen = {k: v for k, v in self.truth.items() if sets is None or k in sets}
+        if not chosen:
+            raise ValueError(f"sets {sets!r}: none of the scored test sets ({', '.join(self.truth)})")
         out = np.zeros(self.resamples)
-        for k, truth in self.truth.items():
+        for k, truth in chosen.items():
             t = truth[self.rows[k]]
             for c in cells:
                 preds = c[f"{k}_pred"] if isinstance(c[f"{k}_pred"], list) else [c[f"{k}_pred"]]
@@ -130,7 +134,7 @@ class RowBootstrap:
                         raise SystemExit(f"a cached cell scored {len(pred)} {k} rows, this run {len(truth)}: "
                                          "its test rows differ; use another --work")
                     out += weighted_f1_from_indices(t, pred[self.rows[k]], self.classes) / len(preds)
-        return out / (len(self.truth) * len(cells))
+        return out / (len(chosen) * len(cells))
 
 
 def dev_serving_files(work: Path, token: str) -> tuple[dict, Path]:

@@ -205,6 +205,14 @@ def summarise(cells: dict, stats: RowBootstrap, args, tuned: dict) -> tuple[list
             row.update({"vs_fedavg": float(point), "vs_fedavg_ci95": [round(float(lo), 4), round(float(hi), 4)],
                         "p_vs_fedavg": float(min(1.0, 2 * (min((d < 0).mean(), (d > 0).mean()) + (d == 0).mean() / 2))),
                         "vs_fedavg_verdict": "tie" if lo <= 0 <= hi else ("better" if lo > 0 else "worse")})
+        ceiling = groups.get(("-", "centralized", default_layout), {})
+        paired = [s for s in seeds if s in ceiling]
+        if spec != "centralized" and paired:  # the targets are per test set: centralized minus this, paired by seed
+            for k in stats.truth:
+                d = (stats.resampled([ceiling[s] for s in paired], sets=(k,))
+                     - stats.resampled([by_seed[s] for s in paired], sets=(k,)))
+                row[f"central_gap_{k}"] = float(np.mean([ceiling[s][k] - by_seed[s][k] for s in paired]))
+                row[f"central_gap_{k}_ci95"] = [round(float(q), 4) for q in np.quantile(d, [0.025, 0.975])]
         cells0 = [by_seed[s] for s in seeds]
         if all(c.get("curve_f1") for c in cells0):
             row["curve_f1"] = [float(x) for x in np.mean([c["curve_f1"] for c in cells0], axis=0)]
@@ -350,14 +358,16 @@ def write(args, base, cells: dict, stats: RowBootstrap, tests: dict, total_steps
         "F1 over the seeds; its interval is a 1,000-resample bootstrap over the test rows (seeds averaged inside each "
         "resample); `seed_sd` the standard deviation over seeds. `vs_fedavg` is the paired difference from FedAvg "
         "under the same partition and seeds, with its bootstrap interval and two-sided p: an interval holding 0 is a "
-        "tie (`vs_fedavg_verdict`), not a ranking.",
+        "tie (`vs_fedavg_verdict`), not a ranking. `central_gap_fpb` / `central_gap_tfns` are centralized minus the "
+        "setting on each test set over the seeds both ran (the targets' measure), with a paired bootstrap interval.",
         "",
         *([f"Best setting per swept strategy: {best_said}."] if best_said else []),
     ])
     finish_results(
         out, benchmark="aggregation", config=base.model_dump(mode="json"), seed=base.training.seed, rows=rows,
         columns=["partition", "strategy", "rounds_x_steps", "seeds", "fpb_wf1", "tfns_wf1", "mean_wf1", "mean_wf1_ci95", "seed_sd",
-                 "vs_fedavg", "vs_fedavg_ci95", "p_vs_fedavg", "vs_fedavg_verdict", "mb_up", "mb_down", "cpu_min",
+                 "vs_fedavg", "vs_fedavg_ci95", "p_vs_fedavg", "vs_fedavg_verdict", "central_gap_fpb",
+                 "central_gap_fpb_ci95", "central_gap_tfns", "central_gap_tfns_ci95", "mb_up", "mb_down", "cpu_min",
                  "peak_rss_mb"],
         title=f"LoRA aggregation strategies, {base.model.base}, {args.banks} banks, {args.rounds} rounds x "
               f"{args.local_steps} local steps x batch {base.training.batch_size} ({total_steps} steps, {examples:,} "
