@@ -409,9 +409,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.barh(y, [r["mean_wf1"] for r in these], xerr=[lo, hi], capsize=2,
                 color=["k" if r["spec"] == "fedavg" else colour[r.get("vs_fedavg_verdict")] for r in these],
                 hatch=None)
-        layouts = {r.get("rounds_x_steps") for r in these}  # a --splits run: name each bar's rounds x steps
-        ax.set_yticks(y, [r["strategy"] + (f" {r['rounds_x_steps']}" if len(layouts) > 1 else "") for r in these],
-                      fontsize=7)
+        split = {r.get("rounds_x_steps") for r in these} - {"-"}  # a --splits run: name each bar's rounds x steps
+        ax.set_yticks(y, [r["strategy"] + (f" {r['rounds_x_steps']}" if len(split) > 1 and r.get("rounds_x_steps")
+                                           in split else "") for r in these], fontsize=7)
         if ceiling:
             ax.axvline(ceiling["mean_wf1"], color="k", ls="--", lw=1, label="centralized")
         if floor is not None:
