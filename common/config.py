@@ -270,10 +270,11 @@ class FederationConfig(_Strict):
     min_banks: int = Field(2, ge=1, description="A round needs this many valid updates, else the global model is kept.")
     round_timeout_s: float = Field(1800, gt=0, description="Replies later than this are dropped for the round.")
     strategy: str = Field(
-        "norm_bound", pattern=r"^[a-z][a-z0-9_]*$", description="Aggregation strategy by name, one file each in "
-        "server/strategies/ (checked there: server.strategies.check_strategy). The default, norm_bound, is "
-        "FedAvg with each bank's update scaled to at most the round's median norm: best of the grid under strong label "
-        "skew, level with FedAvg elsewhere (benchmarks/aggregation.py); secure aggregation needs a sum-based one.")
+        "fedavg", pattern=r"^[a-z][a-z0-9_]*$", description="Aggregation strategy by name, one file each in "
+        "server/strategies/ (checked there: server.strategies.check_strategy). The default, fedavg, is the best "
+        "measured at the plateau budget: no strategy beat it at Dirichlet 0.5 (norm_bound ties over 3 seeds) or 0.1 "
+        "(norm_bound 0.8 points below; benchmarks/results/aggregation_plateau.md); it composes with secure "
+        "aggregation.")
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated bank (sets concurrency).")

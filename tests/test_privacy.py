@@ -351,11 +351,14 @@ def test_secure_aggregation_refuses_strategies_that_need_updates_in_clear(strate
                                          "federation": {"strategy": strategy}}))
 
 
-def test_secure_aggregation_with_the_default_strategy_names_the_ones_that_compose():
-    # the default (norm_bound) bounds each update on the server, which secure aggregation hides: the refusal says
-    # what to choose instead, and offers only strategies that need the sum alone
+def test_secure_aggregation_composes_with_the_default_strategy_and_a_refusal_names_the_ones_that_do():
+    # the default strategy (fedavg) needs only the sum, so turning secure aggregation on needs nothing else
+    check_strategy(config_from_dict({"privacy": {"secure_aggregation": True}}))
+    # norm_bound bounds each update on the server, which secure aggregation hides: the refusal says what to choose
+    # instead, and offers only strategies that need the sum alone
     with pytest.raises(ConfigError, match="federation.strategy norm_bound") as err:
-        check_strategy(config_from_dict({"privacy": {"secure_aggregation": True}}))
+        check_strategy(config_from_dict({"privacy": {"secure_aggregation": True},
+                                         "federation": {"strategy": "norm_bound"}}))
     offered = str(err.value).split("only the sum:")[1]
     assert "fedavg" in offered and "ffa_lora" in offered
     assert not any(s in offered for s in ("median", "trimmed_mean", "norm_bound", "fedex_lora", "hetlora"))
