@@ -78,21 +78,27 @@ def parse_spec(spec: str) -> tuple[str, dict]:
             raise SystemExit(f"--strategies: {item!r} in {spec!r} is not KEY=VALUE with KEY one of "
                              f"{', '.join(AggregationConfig.model_fields)}")
         try:
-            overrides[key] = float(value)
-        except ValueError:
-            raise SystemExit(f"--strategies: {key}={value!r} in {spec!r} is not a number") from None
+            overrides[key] = getattr(AggregationConfig.model_validate({key: value}), key)
+        except ValueError as err:
+            why = err.errors()[0]["msg"] if hasattr(err, "errors") else str(err)
+            raise SystemExit(f"--strategies: {key}={value!r} in {spec!r}: {why}") from None
     return name, overrides
+
+
+def show(value) -> str:
+    """A setting's value in its shortest form (numbers as %g, words as they are)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def spec_key(name: str, overrides: dict) -> str:
     """The canonical cell name: keys sorted, numbers in shortest form."""
-    return name + ("@" + ":".join(f"{k}={v:g}" for k, v in sorted(overrides.items())) if overrides else "")
+    return name + ("@" + ":".join(f"{k}={show(v)}" for k, v in sorted(overrides.items())) if overrides else "")
 
 
 def spec_label(name: str, overrides: dict, tuned: bool = False) -> str:
     label = LABELS.get(name, name)
     if overrides:
-        label += " (" + ", ".join(f"{k} {v:g}" for k, v in sorted(overrides.items())) + ")"
+        label += " (" + ", ".join(f"{k} {show(v)}" for k, v in sorted(overrides.items())) + ")"
     return label + (" tuned" if tuned else "")
 
 
@@ -346,7 +352,7 @@ def write(args, base, cells: dict, stats: RowBootstrap, tests: dict, total_steps
                  f"a seeded sample of {args.eval_rows} rows of FPB test and of TFNS test (a sample)")
     rows_said = rows_said.replace("TFNS test", "TFNS test (its published validation split)", 1)
     best_said = "; ".join(f"{part}: " + ", ".join(
-        f"{LABELS.get(k, k)} " + (", ".join(f"{o} {v:g}" for o, v in sorted(b["overrides"].items())) or "the config's defaults")
+        f"{LABELS.get(k, k)} " + (", ".join(f"{o} {show(v)}" for o, v in sorted(b["overrides"].items())) or "the config's defaults")
         for k, b in chosen.items()) for part, chosen in best.items() if chosen)
     md_extra = "\n".join([
         f"Budget per cell: {total_steps} optimizer steps of batch {base.training.batch_size} ({examples:,} examples; "

@@ -250,6 +250,10 @@ class AggregationConfig(_Strict):
     beta_2: float = Field(0.99, ge=0, lt=1, description="fedadam/fedyogi: second-moment decay.")
     tau: float = Field(1e-6, gt=0, description="fedadam/fedyogi: adaptivity floor (LoRA updates are ~1e-3).")
     trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut at each end per coordinate.")
+    weighting: Literal["examples", "uniform"] = Field(
+        "examples", description="Mean-based strategies (all but median and trimmed_mean): weight each bank's update "
+        "by its example count, or count every bank the same (uniform: a bank holding most of the rows, often of one "
+        "label, cannot pull the global adapter towards its own mix). Central DP always counts banks the same.")
     norm_bound: float | None = Field(
         None, gt=0, description="norm_bound: L2 bound on each bank's update (delta from the global adapter); "
         "None = the median of the round's update norms times norm_bound_factor.")

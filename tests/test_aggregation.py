@@ -10,7 +10,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedfingpt.client.app import proximal_term
 from fedfingpt.common.runconfig import train_reply
 from fedfingpt.common.adapter import arrays_to_record, record_to_arrays, select_parts, truncate_rank
-from fedfingpt.common.config import config_from_dict
+from fedfingpt.common.config import ConfigError, config_from_dict
 from fedfingpt.server.aggregation import (coordinate_median, fedex_residual, hetero_rank_mean, norm_bounded_mean,
                                           trimmed_mean, update_problem, weighted_mean)
 from fedfingpt.server.strategies import STRATEGIES, build_strategy, check_strategy
@@ -76,6 +76,17 @@ def test_fedavg_and_fedprox_are_the_weighted_mean_and_fedprox_sends_mu():
     msgs, got = one_round(make("fedprox", proximal_mu=0.3), ref, ups)
     close(got, mean_of(ups))
     assert msgs[0].content["config"]["proximal-mu"] == pytest.approx(0.3)
+
+
+def test_uniform_weighting_counts_every_bank_the_same_and_is_refused_under_secure_aggregation():
+    ref = reference()
+    ups = bank_updates(ref)
+    _, got = one_round(make("fedavg", weighting="uniform"), ref, ups)
+    close(got, mean_of(ups, weights=[1, 1, 1]))
+    assert not np.allclose(got[A1], mean_of(ups)[A1], atol=1e-4)  # the example weights differ: so would the mean
+    with pytest.raises(ConfigError, match="weighting uniform with privacy.secure_aggregation"):
+        check_strategy(config_from_dict({"federation": {"aggregation": {"weighting": "uniform"}},
+                                         "privacy": {"secure_aggregation": True}}))
 
 
 def test_proximal_term_pulls_toward_the_global_weights():

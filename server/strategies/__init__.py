@@ -64,6 +64,9 @@ def check_strategy(cfg: Config) -> type[LoraFedAvg]:
                               f"federation.strategy to one that {fits}: {', '.join(composing(what))}")
     if p.secure_aggregation and cls.legacy_base is None:
         raise ConfigError(f"privacy.secure_aggregation with federation.strategy {f.strategy}: it has no secure path")
+    if p.secure_aggregation and f.aggregation.weighting == "uniform":
+        raise ConfigError("federation.aggregation.weighting uniform with privacy.secure_aggregation: SecAgg+ unmasks "
+                          "only the example-weighted mean; set weighting to examples, or turn secure aggregation off")
     if f.aggregation.bank_ranks and not cls.lower_rank:
         takers = ", ".join(n for n, c in STRATEGIES.items() if c.lower_rank)
         raise ConfigError("federation.aggregation.bank_ranks gives banks their own LoRA ranks; only strategy "
@@ -77,7 +80,9 @@ def check_strategy(cfg: Config) -> type[LoraFedAvg]:
 
 def build_strategy(cfg: Config, **common) -> LoraFedAvg:
     cls = check_strategy(cfg)
-    return cls(**cls.options(cfg), **common)
+    strategy = cls(**cls.options(cfg), **common)
+    strategy.uniform_weights = cfg.federation.aggregation.weighting == "uniform"
+    return strategy
 
 
 __all__ = ["STRATEGIES", "STRATEGY_NAMES", "LoraFedAvg", "build_strategy", "check_strategy", "composing",

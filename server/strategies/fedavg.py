@@ -89,7 +89,8 @@ class LoraFedAvg(FedAvg):
 
     def summary(self) -> None:
         shared = {"AB": "A and B", "A": "A only", "B": "B only"}[self.parts]
-        extra = ", ".join(f"{k}={v}" for k, v in self.settings().items())
+        settings = {**self.settings(), **({"weighting": "uniform"} if self.uniform_weights else {})}
+        extra = ", ".join(f"{k}={v}" for k, v in settings.items())
         log.info("strategy %s: shares %s%s%s%s", self.name, shared, f", banks keep {self.local}" if self.local else "",
                  f", {self.frozen} frozen" if self.frozen else "", f"; {extra}" if extra else "")
         super().summary()
@@ -101,7 +102,9 @@ class LoraFedAvg(FedAvg):
 
     def setup_lora(self, *, min_valid_updates: int = 1, max_examples: float = float("inf"), round_offset: int = 0):
         """Our settings; subclasses that also inherit a Flower strategy with a fixed signature call this after it."""
-        self.uniform_weights = False  # central DP: every bank counts the same (the noise calibration assumes it)
+        # every bank counts the same: federation.aggregation.weighting uniform, and central DP (its noise
+        # calibration assumes it); set by build_strategy and wrap_central_dp
+        self.uniform_weights = False
         self.min_valid_updates = min_valid_updates
         self.max_examples = max_examples
         self.round_offset = round_offset
