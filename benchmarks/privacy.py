@@ -158,6 +158,10 @@ def warm_start_cell(base, args, work: Path, tests: dict) -> dict:
             "peak_rss_mb": round(rss.peak / 2**20)}
 
 
+# Settings that training without DP never reads: a lever made only of these is compared with the recipe's no-DP cell.
+DP_ONLY = {"privacy.max_grad_norm", "privacy.delta", "privacy.accountant"}
+
+
 def with_recipe(cfg, epsilon: float | None):
     """The cell's recipe at one budget. Without DP the same steps: the logical batch's size (shuffled batches instead
     of Poisson samples), as gradient accumulation over physical batches."""
@@ -378,10 +382,11 @@ def main() -> None:
     if args.cells_from:
         import_cells(cache, Path(args.cells_from))
     levers = parse_levers(args.levers)
+    cache.data["levers"] = {**cache.data.get("levers", {}), **levers}  # every lever measured in this work folder
 
     def save(key: str, cell: dict) -> None:
         cache.save(key, cell)
-        write(args, base, cells, tests, levers, time.perf_counter() - t_all)
+        write(args, base, cells, tests, cache.data["levers"], time.perf_counter() - t_all)
         log.info("%s: %s", key, {k: v for k, v in cell.items() if not isinstance(v, (list, dict))
                                  and not k.endswith("_pred")})
 
@@ -404,6 +409,8 @@ def main() -> None:
             for variant, overrides, epsilons in runs:
                 for strategy in args.strategies.split(","):
                     for eps in epsilons:
+                        if eps is None and variant != "recipe" and set(overrides) <= DP_ONLY:
+                            continue  # no DP ignores these settings: the recipe's no-DP cell is the reference
                         e = "none" if eps is None else f"{eps:g}"
                         key = f"utility|{strategy}|{e}|{variant}|s{seed}"
                         if key in cells:
@@ -428,7 +435,7 @@ def main() -> None:
             if key not in cells:
                 cfg = with_overrides(base, {"federation.strategy": "fedavg"})
                 save(key, audit_cell(cfg, eps, work / f"priv-audit-{key.split('|')[1]}", canary_file, secrets, args))
-    write(args, base, cells, tests, levers, time.perf_counter() - t_all)
+    write(args, base, cells, tests, cache.data["levers"], time.perf_counter() - t_all)
     log.info("wrote %s.{json,md,png}", args.out)
 
 
@@ -511,7 +518,9 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
                                    f"{v['steps']} steps in {v['ledger_entries']} ledger entries (noise "
                                    f"{v['noise_multiplier']:.3f}, sampling rate {v['sample_rate']:.4f})"
                                    for b, v in cov.items()) for key, cov in covered.items()],
-        *([""] + [f"Levers: {', '.join(f'{k} ({v})' for k, v in levers.items())}."] if levers else []),
+        *([""] + [f"Levers: {', '.join(f'{k} ({v})' for k, v in levers.items())}. A lever that changes only "
+                  f"settings training without DP never reads ({', '.join(sorted(DP_ONLY))}) is compared with the "
+                  "recipe's no-DP cell."] if levers else []),
         *(["", f"Per-example gradient norms at the start of every cell ({n['rows']} seeded {PRIVATE.upper()} "
                f"training rows; clip {n['clip']:g}): "
                + "; ".join(f"{k} (the matrices it trains) median {n[k]['median']:.3g}, min {n[k]['min']:.3g}, "
