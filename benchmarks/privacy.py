@@ -443,6 +443,8 @@ def main() -> None:
 
 def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> None:
     stats = RowBootstrap(tests)
+    measured = {key.split("|")[3] for key in cells if key.startswith("utility|")}
+    levers = {name: ov for name, ov in levers.items() if name in measured}  # a lever with no cell yet is not named
     rows = []
     gold = [r.label for r in tests[PRIVATE]]
     rows.append({"part": "utility", "strategy": "always 'neutral' (floor)", "variant": "-", "epsilon": "-",
