@@ -347,6 +347,8 @@ def main() -> None:
     ap.add_argument("--warm-lr", type=float, default=2e-3)
     ap.add_argument("--levers", default="", help="NAME:KEY=VALUE[:KEY=VALUE],... recipe changes measured")
     ap.add_argument("--lever-epsilons", default="8", help="epsilons (and 'none') the levers run at")
+    ap.add_argument("--variants", default="", help="comma-separated variants this sitting runs ('recipe' and lever "
+                    "names; default all): the rest stay as cached")
     ap.add_argument("--audit-rows", type=int, default=500, help="pool rows of the audit federation (small banks)")
     ap.add_argument("--audit-rounds", type=int, default=3)
     ap.add_argument("--canary-repeats", type=int, default=6)
@@ -359,6 +361,9 @@ def main() -> None:
     ap.add_argument("--cells-from", help="an earlier results JSON of the same settings: its cells that keep their "
                     "predictions join the cache (the warm start only where its adapter folder still exists)")
     args = ap.parse_args()
+    unknown = sorted(set(filter(None, args.variants.split(","))) - {"recipe", *parse_levers(args.levers)})
+    if unknown:
+        ap.error(f"--variants: {', '.join(unknown)} is neither 'recipe' nor a lever named in --levers")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
     t_all = time.perf_counter()
@@ -404,6 +409,8 @@ def main() -> None:
     eps_all = [None, *[float(e) for e in args.epsilons.split(",")]]
     lever_eps = [None if e == "none" else float(e) for e in args.lever_epsilons.split(",")]
     runs = [("recipe", {}, eps_all)] + [(name, ov, lever_eps) for name, ov in levers.items()]
+    if args.variants:
+        runs = [r for r in runs if r[0] in args.variants.split(",")]
     if not args.skip_utility:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for variant, overrides, epsilons in runs:
