@@ -424,8 +424,8 @@ def main() -> None:
                             continue
                         cfg = with_overrides(seeded(base, seed), {"federation.strategy": strategy, **overrides})
                         cfg.name = f"priv-{strategy}-{e}-{variant}-s{seed}"
-                        log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks, args.rounds,
-                                 args.local_steps)
+                        log.info("%s: %d banks x %d rounds x %d local steps", key, args.banks,
+                                 cfg.federation.rounds, cfg.federation.local_steps)
                         save(key, utility_cell(cfg, eps, work / cfg.name, tests))
     if not args.skip_audit:
         rng = random.Random(2026)
