@@ -464,6 +464,7 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
                      "tfns_wf1_ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
                      "wall_s": warm["wall_s"], "peak_rss_mb": warm["peak_rss_mb"]})
     groups: dict[tuple, dict[int, dict]] = {}
+    per_seed: list[str] = []
     for key, c in cells.items():
         if key.startswith("utility|"):
             _, strategy, eps, variant, seed = key.split("|")
@@ -490,6 +491,12 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
         if warm:
             row["vs_warm_start"] = row["tfns_wf1"] - warm[PRIVATE]
         rows.append(row)
+        if len(seeds) > 1:  # each seed's figure, so a mean over seeds never hides a bad one
+            per_seed.append(f"{strategy} {variant} at epsilon {eps}: " + ", ".join(
+                f"seed {s} {by_seed[s][PRIVATE]:.3f}" + (f" ({100 * (by_seed[s][PRIVATE] - ref[s][PRIVATE]):+.1f} "
+                                                          "against no DP)" if eps != "none" and s in common else "")
+                + (f" noise {by_seed[s]['noise_multiplier']:.2f}" if by_seed[s].get("noise_multiplier") else "")
+                for s in seeds))
     for key, c in cells.items():
         if key.startswith("audit|"):
             rows.append({"part": "audit", "strategy": "fedavg", "variant": "recipe", "epsilon": key.split("|")[1],
@@ -527,6 +534,8 @@ def write(args, base, cells: dict, tests: dict, levers: dict, wall: float) -> No
                                    f"{v['steps']} steps in {v['ledger_entries']} ledger entries (noise "
                                    f"{v['noise_multiplier']:.3f}, sampling rate {v['sample_rate']:.4f})"
                                    for b, v in cov.items()) for key, cov in covered.items()],
+        *(["", "Per seed (TFNS weighted F1; noise: the largest multiplier over the banks):", "",
+            *[f"- {line}" for line in per_seed]] if per_seed else []),
         *([""] + [f"Levers: {', '.join(f'{k} ({v})' for k, v in levers.items())}. A lever that changes only "
                   f"settings training without DP never reads ({', '.join(sorted(DP_ONLY))}) is compared with the "
                   "recipe's no-DP cell."] if levers else []),
