@@ -11,7 +11,8 @@ set data.aml.generator.difficulty to 0.5 and 1 (innocent look-alikes of every sh
 laundering that hides) with 2,000 accounts per bank (thousands of cases per bank); amlworld reads the IBM
 AMLworld HI-Small laundering patterns under data/aml (positives: each pattern around its focus account; negatives:
 windows of the 1,000 normal transactions the shared sample holds, which cover 30 minutes: a negative there is
-far smaller than a pattern, so that world tells little about look-alikes). Each world has its own work folder and
+far smaller than a pattern, so that world tells little about look-alikes; its adapter cells train at the hard world's
+budget and formulation). Each world has its own work folder and
 results files (aml, aml_medium, aml_hard, aml_amlworld).
 
 Budgets match: a local-only bank trains rounds x local_steps steps (what it trains in the federation), the
@@ -169,13 +170,18 @@ def federated_cell(cfg, test, work: Path, val: list, reasons: list) -> dict:
 # is rounds x local_steps = 32 steps of 8 cases; narratives spell out 3 transfers (the features line carries the rest)
 BIG = {"data.aml.generator.accounts_per_bank": 2000, "data.aml.val_share": 0.1, "data.aml.max_lines": 3,
        "federation.rounds": 4, "federation.local_steps": 8}
+
+
 def _ci(pair) -> str:
     return f"{pair[0]:.3f}-{pair[1]:.3f}"
 
 
 WORLDS = {"easy": {}, "medium": {"data.aml.generator.difficulty": 0.5, **BIG},
           "hard": {"data.aml.generator.difficulty": 1.0, **BIG},
-          "amlworld": {"data.aml.source": "amlworld", "data.aml.path": "aml/ibm_amlworld_hi_small_patterns"}}
+          # the adapter's budget and formulation as in the hard world (4 x 8 steps per bank, 3 transfer lines)
+          "amlworld": {"data.aml.source": "amlworld", "data.aml.path": "aml/ibm_amlworld_hi_small_patterns",
+                       "data.aml.val_share": 0.1, "data.aml.max_lines": 3, "federation.rounds": 4,
+                       "federation.local_steps": 8}}
 
 
 def test_sample(test: list, n: int, seed: int) -> list:
@@ -317,9 +323,9 @@ def write(args, cfg, split, test: list, cells: dict, wall: float) -> None:
         title=f"AML screening on {cfg.model.base}, world {args.world} ({split.source}): "
               + (f"a seeded sample (stratified by typology) of {len(test)} of the {len(split.test)} held-out cases "
                  if len(test) < len(split.test) else f"{len(test)} held-out cases ")
-              + f"({sum(c.suspicious for c in test)} laundering), {cfg.federation.num_banks} banks; bank {b} never "
-              "trained on "
-              f"{', '.join(sorted(unseen))}",
+              + f"({sum(c.suspicious for c in test)} laundering), {cfg.federation.num_banks} banks; "
+              + (f"bank {b} never trained on {', '.join(sorted(unseen))}" if unseen
+                 else f"bank {b} trained on every held-out typology"),
         extra={"cells": cells, "unseen_bank": b, "unseen_typologies": sorted(unseen), "held_out_by_typology": held,
                "bank_table": split.table(), "recall_by_typology_rows": typ_rows, "wall_s": round(wall, 1),
                "machine": machine_info(), "args": vars(args)},
