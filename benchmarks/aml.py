@@ -178,10 +178,9 @@ def _ci(pair) -> str:
 
 WORLDS = {"easy": {}, "medium": {"data.aml.generator.difficulty": 0.5, **BIG},
           "hard": {"data.aml.generator.difficulty": 1.0, **BIG},
-          # the adapter's budget and formulation as in the hard world (4 x 8 steps per bank, 3 transfer lines)
+          # the adapter's budget, validation share and formulation as in the generated worlds (BIG less the generator)
           "amlworld": {"data.aml.source": "amlworld", "data.aml.path": "aml/ibm_amlworld_hi_small_patterns",
-                       "data.aml.val_share": 0.1, "data.aml.max_lines": 3, "federation.rounds": 4,
-                       "federation.local_steps": 8}}
+                       **{k: v for k, v in BIG.items() if not k.startswith("data.aml.generator.")}}}
 
 
 def test_sample(test: list, n: int, seed: int) -> list:
