@@ -12,8 +12,8 @@ laundering that hides) with 2,000 accounts per bank (thousands of cases per bank
 AMLworld HI-Small laundering patterns under data/aml (positives: each pattern around its focus account; negatives:
 windows of the 1,000 normal transactions the shared sample holds, which cover 30 minutes: a negative there is
 far smaller than a pattern, so that world tells little about look-alikes; its adapter cells train at the hard world's
-budget and formulation). Each world has its own work folder and
-results files (aml, aml_medium, aml_hard, aml_amlworld).
+budget and formulation). Each world has its own work folder and results files (aml, aml_medium, aml_hard,
+aml_amlworld).
 
 Budgets match: a local-only bank trains rounds x local_steps steps (what it trains in the federation), the
 federation trains banks x rounds x local_steps in all, and centralized training takes that many steps on the pooled
