@@ -17,10 +17,13 @@ aml_amlworld).
 
 Budgets match: a local-only bank trains rounds x local_steps steps (what it trains in the federation), the
 federation trains banks x rounds x local_steps in all, and centralized training takes that many steps on the pooled
-cases. Cells are cached in the work folder (an interrupted run continues); results are rewritten after every cell.
+cases. The decision head (--settings head; common/tasks/aml_head.py) is logistic regression on the frozen base
+model's hidden states where the answer states its decision: local-only per bank, federated (summed gradients each
+round, the same function as pooled training) and centralized; its states are kept in the work folder.
+Cells are cached in the work folder (an interrupted run continues); results are rewritten after every cell.
 Writes benchmarks/results/aml.{json,md,png}.
 Usage: python benchmarks/aml.py [--config configs/federated_aml.yaml] [--world easy|medium|hard|amlworld]
-       [--unseen-bank 3] [--settings rules,trees,local,federated,centralized]
+       [--unseen-bank 3] [--settings rules,trees,local,federated,centralized,head]
 """
 
 from __future__ import annotations
@@ -113,6 +116,80 @@ def trained_cell(cfg, cases, val: list, steps: int, test, seed_offset: int, reas
         r = score(model, loaded, cfg, test, val, reasons)
     return {**scored(r, time.perf_counter() - t0, steps, rss.peak / 2**20), **extras(r),
             "s_per_step": round(train_s / steps, 2), "losses": result.losses, **({"curve": points} if curve else {})}
+
+
+def decision_states_cached(cfg, path: Path, groups: dict[str, list]) -> dict[str, np.ndarray]:
+    """The frozen base model's decision states (common/tasks/aml_head.py) of each group of cases, kept by case id
+    in `path` (an .npz another run of the same world may share: --states) so a rerun computes only the cases it
+    lacks. The file records what the states depend on (model, prompt length and lines, bf16) and is recomputed
+    when they differ."""
+    from fedfingpt.common.models import load_base_model
+    from fedfingpt.common.tasks.aml_head import decision_states
+
+    key = f"{cfg.model.base}|{cfg.data.max_length}|{cfg.data.aml.max_lines}|{cfg.eval.bf16_autocast}"
+    known: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["key"]) == key:
+                known = dict(zip((str(i) for i in z["ids"]), z["states"]))
+            else:
+                log.warning("%s holds states of %s, not %s: recomputing", path, z["key"], key)
+    todo = [c for cases in groups.values() for c in cases if c.id not in known]
+    todo = list({c.id: c for c in todo}.values())
+    if todo:
+        loaded = load_base_model(cfg.model)
+        done, t0 = 0, time.perf_counter()
+
+        def tick(k: int) -> None:
+            nonlocal done
+            done += k
+            if done % 512 < k or done == len(todo):
+                log.info("decision states: %d/%d cases (%.3f s a case)", done, len(todo),
+                         (time.perf_counter() - t0) / done)
+
+        states = decision_states(loaded.model, loaded.tokenizer, todo, max_length=cfg.data.max_length,
+                                 max_lines=cfg.data.aml.max_lines, bf16=cfg.eval.bf16_autocast, on_batch=tick)
+        known.update({c.id: x for c, x in zip(todo, states)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, key=np.array(key), ids=np.array(list(known)), states=np.stack(list(known.values())))
+        tmp.replace(path)  # written whole, then renamed: never half a file
+    return {g: np.stack([known[c.id] for c in cases]) if cases else np.zeros((0, 0)) for g, cases in groups.items()}
+
+
+def head_cells(cfg, split, test: list, states: Path, wanted_banks) -> dict[str, dict]:
+    """The decision head (logistic regression on the frozen base model's decision states, common/tasks/aml_head.py):
+    local-only per bank (its training and validation cases), federated (the banks' summed gradients each round, the
+    penalty and the calibration from their summed validation losses and histograms), centralized (pooled cases).
+    The model is not trained; the reasons are not the head's (it gives the decision and the score only)."""
+    from fedfingpt.common.tasks.aml_calibration import Calibration, score_histogram
+    from fedfingpt.common.tasks.aml_head import fit_head_tuned
+
+    nb = cfg.federation.num_banks
+    groups = {"test": test, **{f"train{b}": split.train[b] for b in range(nb)},
+              **{f"val{b}": split.val[b] for b in range(nb)}}
+    t0 = time.perf_counter()
+    st = decision_states_cached(cfg, states, groups)
+    states_s = time.perf_counter() - t0
+    lab = {g: np.array([c.suspicious for c in cases]) for g, cases in groups.items()}
+    tr = [(st[f"train{b}"], lab[f"train{b}"]) for b in range(nb)]
+    va = [(st[f"val{b}"], lab[f"val{b}"]) for b in range(nb)]
+    pooled = [(np.concatenate([x for x, _ in tr]), np.concatenate([y for _, y in tr]))]
+    plans = {**{f"head-local/{b}": ([tr[b]], [va[b]]) for b in wanted_banks},
+             "head-federated": (tr, va), "head-central": (pooled, va)}
+    out = {}
+    for key, (train_sets, val_sets) in plans.items():
+        t1 = time.perf_counter()
+        head = fit_head_tuned(train_sets, val_sets)
+        cal = Calibration.fit([score_histogram(head.scores(x), y) for x, y in val_sets])
+        q = np.asarray(cal.probability(head.scores(st["test"])))
+        r = aml_report([c.typology for c in test], [float(x) for x in q], [None] * len(test), threshold=cal.threshold)
+        out[key] = {**scored({**r, "typology_accuracy": None, "scores": [round(float(x), 5) for x in q]},
+                             time.perf_counter() - t1, head.rounds, None),
+                    "threshold": cal.threshold, "l2": head.l2,
+                    "calibration": {**cal.__dict__, "validation_cases": cal.n_positive + cal.n_negative},
+                    "states_s": round(states_s, 1), "train_cases": int(sum(len(y) for _, y in train_sets))}
+    return out
 
 
 def extras(r: dict) -> dict:
@@ -209,7 +286,7 @@ def unseen_recall(cell: dict, test, threshold: float, unseen: set[str]) -> float
 def main() -> None:
     ap = benchmark_parser("aml", __doc__, config="federated_aml.yaml")
     ap.add_argument("--unseen-bank", type=int, default=3, help="the bank whose unseen typologies are reported")
-    ap.add_argument("--settings", default="rules,trees,local,federated,centralized")
+    ap.add_argument("--settings", default="rules,trees,local,federated,centralized,head")
     ap.add_argument("--world", choices=list(WORLDS), default="easy", help="which AML world (see above)")
     ap.add_argument("--test-sample", type=int, default=None,
                     help="score a seeded sample of this many held-out cases (stratified by typology; every cell the "
@@ -221,6 +298,8 @@ def main() -> None:
                     "(default all)")
     ap.add_argument("--curve-cases", type=int, default=120, help="validation cases (a seeded sample) scored every "
                     "quarter of the centralized training: the learning curve of the decision (0 = none)")
+    ap.add_argument("--states", default=None, help="the decision head's states file (.npz, by case id; default "
+                    "WORK/decision_states.npz): another run of the same world's, to reuse its states")
     ap.add_argument("--reasons", type=int, default=40, help="held-out cases whose generated replies are checked "
                     "for faithful reasons, per adapter cell (seeded, half laundering)")
     args = ap.parse_args()
@@ -241,7 +320,7 @@ def main() -> None:
     test = split.test if not args.test_sample else test_sample(split.test, args.test_sample, cfg.data.seed)
     val = split.val
     wanted = args.settings.split(",")
-    if not all(val) and set(wanted) & {"local", "federated", "centralized"}:
+    if not all(val) and set(wanted) & {"local", "federated", "centralized", "head"}:
         raise SystemExit("the adapter cells calibrate on every bank's validation cases: set data.aml.val_share "
                          "(the medium and hard worlds set 0.1)")
     rng = np.random.default_rng(cfg.data.seed)
@@ -287,6 +366,14 @@ def main() -> None:
         curve = test_sample(val_all, args.curve_cases, cfg.data.seed) if args.curve_cases else None
         save("centralized", trained_cell(cfg, pooled, val, f.num_banks * per_bank, test, seed_offset=100,
                                          reasons=reasons, curve=curve))
+    if "head" in wanted:
+        banks = [int(x) for x in args.local_banks.split(",")] if args.local_banks else range(f.num_banks)
+        keys = [f"head-local/{b}" for b in banks] + ["head-federated", "head-central"]
+        if any(k not in cells for k in keys):
+            states = Path(args.states) if args.states else work / "decision_states.npz"
+            for key, cell in head_cells(cfg, split, test, states, banks).items():
+                if key not in cells:
+                    save(key, cell)
     write(args, cfg, split, test, cells, time.perf_counter() - t_all)
     log.info("wrote %s.{json,md,png}", args.out)
 
@@ -301,7 +388,8 @@ def write(args, cfg, split, test: list, cells: dict, wall: float) -> None:
     for key, c in cells.items():
         ci = binary_intervals(y, c["scores"], c.get("threshold", thr), seed=cfg.training.seed)
         setting, _, bank = key.partition("/")
-        name = setting if not bank else f"{'trees ' if setting.startswith('trees') else ''}local-only bank {bank}"
+        kind = {"trees-local": "trees ", "head-local": "head "}.get(setting, "")
+        name = setting if not bank else f"{kind}local-only bank {bank}"
         rows.append({"setting": name, "f1": c["f1"], "f1_ci95": _ci(ci["f1"]), "pr_auc_ci95": _ci(ci["pr_auc"]),
                      "precision": c["precision"], "recall": c["recall"], "pr_auc": c["pr_auc"],
                      "alert_rate": c["alert_rate"], f"unseen_recall_bank{b}": unseen_recall(c, test, thr, unseen),
@@ -345,7 +433,7 @@ def plot(rows: list[dict], unseen: list[str], typs: list[str], path: Path, bank:
     import matplotlib.pyplot as plt
 
     show = [r for r in rows if r["setting"] in ("rules", "trees-central", f"local-only bank {bank}", "federated",
-                                                "centralized")]
+                                                "centralized", "head-federated")]
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / max(1, len(show))
     for i, r in enumerate(show):
