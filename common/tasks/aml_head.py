@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .aml_calibration import _sigmoid
+
 L2_GRID = (1e-3, 1e-2, 1e-1)  # the ridge penalties tried; the one with the lowest summed validation loss is kept
 
 
@@ -79,8 +81,7 @@ class DecisionHead:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """P(laundering) per row of decision states."""
-        z = ((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.w + self.b
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        return _sigmoid(((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.w + self.b)
 
 
 def _check(banks: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -109,7 +110,7 @@ def fit_head(banks: Sequence[tuple[np.ndarray, np.ndarray]], l2: float = 1e-2, r
         g = np.zeros_like(theta)
         for z, y in data:  # each bank: the gradient of its cases' summed loss at the current head
             if len(y):
-                err = 1.0 / (1.0 + np.exp(-np.clip(z @ theta[:-1] + theta[-1], -500, 500))) - y
+                err = _sigmoid(z @ theta[:-1] + theta[-1]) - y
                 g[:-1] += z.T @ err
                 g[-1] += err.sum()
         g /= n
